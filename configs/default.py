@@ -1,0 +1,85 @@
+"""Shared base config: multitask fine-tuning of MiniLM on sst, para and sts, losses summed.
+
+Every other config starts from this one. Any field can be overridden on the command line,
+e.g. `--config.data.source=csv --config.num_steps=2000`.
+"""
+
+from ml_collections import ConfigDict
+
+
+def _task(kind: str, pair: bool, num_classes: int, files: tuple[str, str, str], tfds_name: str,
+          tfds_fields: tuple[str, str, str], batch_size: int = 16) -> ConfigDict:
+    return ConfigDict(dict(
+        kind=kind,  # classification (softmax, accuracy) | binary (one logit, accuracy) | regression (Pearson r)
+        pair=pair,  # True: sentence-pair task (text_a, text_b)
+        num_classes=num_classes,  # classification only: number of classes
+        label_min=0.0,  # regression only: lowest score
+        label_max=5.0,  # regression only: highest score
+        weight=1.0,  # this task's loss weight (loss.combination='weighted')
+        batch_size=batch_size,  # examples of this task per training step (global, over all devices)
+        files=dict(train=files[0], dev=files[1], test=files[2]),  # data.source='csv': file names in data.csv_dir
+        tfds=dict(
+            name=tfds_name,  # data.source='tfds': the TFDS dataset, e.g. glue/sst2
+            splits=dict(train="train", dev="validation", test="test"),  # our split -> the dataset's split
+            fields=dict(text_a=tfds_fields[0], text_b=tfds_fields[1], label=tfds_fields[2]),  # '' = built-in mapping
+        ),
+    ))
+
+
+def get_config() -> ConfigDict:
+    config = ConfigDict()
+    config.seed = 0  # seeds init, dropout, data order and PCGrad's task orders
+    config.task_names = ("sst", "para", "sts")  # tasks trained, each defined in config.tasks
+    config.tasks = ConfigDict(dict(  # one block a task: its kind, data files and batch size (see _task)
+        sst=_task("classification", False, 5, ("ids-sst-train.csv", "ids-sst-dev.csv", "ids-sst-test-student.csv"),
+                  "", ("", "", "")),
+        para=_task("binary", True, 1, ("quora-train.csv", "quora-dev.csv", "quora-test-student.csv"),
+                   "", ("", "", "")),
+        sts=_task("regression", True, 1, ("sts-train.csv", "sts-dev.csv", "sts-test-student.csv"),
+                  "", ("", "", "")),
+    ))
+
+    config.data = ConfigDict()
+    config.data.source = "demo"  # demo (embedded, generated) | csv (CS224N files) | tfds (TFDS by name)
+    config.data.csv_dir = "../shared/data/cs224n"  # source=csv: folder of the CS224N files
+    config.data.tfds_data_dir = ""  # source=tfds: TFDS data_dir with prepared datasets ('' = TFDS default)
+    config.data.buckets = (32, 64, 128)  # padded lengths; a batch pads to the smallest that fits
+    config.data.max_length = 128  # truncation length (tokens, special tokens included)
+    config.data.on_bad_row = "skip"  # error: stop at a bad row | skip: leave it out, count and report it
+    config.data.max_train_examples = -1  # keep only the first N training rows per task (-1 = all)
+    config.data.max_eval_examples = -1  # keep only the first N dev/test rows per task (-1 = all)
+
+    config.model = ConfigDict()
+    config.model.name = "minilm"  # model alias (minilm) or a local Hugging Face BERT directory
+    config.model.pooling = "mean"  # sentence embedding: mean (sentence-transformers) | cls
+    config.model.pair_mode = "cross"  # cross: [CLS] a [SEP] b [SEP] jointly | siamese: [u; v; |u-v|; u*v]
+    config.model.shared_layers = 0  # dense+GELU layers shared by all tasks between encoder and heads
+    config.model.shared_dim = 0  # width of the shared layers (0 = the encoder's hidden size)
+    config.model.dropout = 0.1  # dropout before the shared layers and the heads
+    config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
+    config.optim = ConfigDict()
+    config.optim.learning_rate = 5e-5  # AdamW peak learning rate
+    config.optim.warmup_fraction = 0.1  # linear warm-up over this fraction of num_steps, then linear decay
+    config.optim.weight_decay = 0.01  # AdamW decoupled weight decay (not on biases and LayerNorm)
+    config.optim.clip_norm = 1.0  # clip the (combined) gradient to this global norm (0 = off)
+    config.optim.gradient_surgery = "none"  # none | pcgrad (per-task gradients, projected, then combined)
+    config.optim.surgery_scope = "shared"  # pcgrad on: all params | shared (heads pass through)
+    config.optim.surgery_reduction = "sum"  # pcgrad: combine projected gradients by sum | mean
+
+    config.loss = ConfigDict()
+    config.loss.combination = "sum"  # sum | weighted (each task's loss times tasks.<name>.weight)
+    config.sampling = "all"  # tasks per step: all | round_robin | proportional (to training set size)
+
+    config.num_steps = 200  # training steps
+    config.log_every = 10  # steps between training-metric logs
+    config.eval_every = 100  # steps between dev evaluations (and best-checkpoint updates); 0 = at the end only
+    config.eval_batch_size = 64  # evaluation batch (global)
+    config.checkpoint_every = 100  # steps between checkpoints for resumption
+    config.keep_checkpoints = 2  # latest checkpoints kept (the best one is kept apart)
+
+    config.mesh = ConfigDict()
+    config.mesh.axes = ("data",)  # mesh axis names; the batch is split over all of them
+    config.mesh.shape = (-1,)  # devices along each axis (-1 = all the rest)
+    config.lock()  # a misspelt field is an error, not a silently ignored new one
+    return config

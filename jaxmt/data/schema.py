@@ -1,0 +1,116 @@
+"""Task specifications and the in-memory form of a data split.
+
+Every data source (CS224N CSV files, TFDS, the embedded demo set) produces the same
+`TaskData`, so tokenization, batching and evaluation never care where rows came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+CLASSIFICATION = "classification"  # K-way softmax, metric accuracy
+BINARY = "binary"  # one logit with a sigmoid, metric accuracy
+REGRESSION = "regression"  # a bounded score, metric Pearson r
+TASK_KINDS = (CLASSIFICATION, BINARY, REGRESSION)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """What a task predicts; the model and the losses are built from this alone."""
+
+    name: str
+    kind: str
+    is_pair: bool
+    num_classes: int = 1
+    label_min: float = 0.0  # regression only: the score range
+    label_max: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"task {self.name!r}: kind must be one of {TASK_KINDS}, got {self.kind!r}")
+        if self.kind == CLASSIFICATION and self.num_classes < 2:
+            raise ValueError(f"task {self.name!r}: a classification task needs num_classes >= 2")
+
+    @property
+    def metric_name(self) -> str:
+        return "pearson" if self.kind == REGRESSION else "accuracy"
+
+    @property
+    def output_dim(self) -> int:
+        return self.num_classes if self.kind == CLASSIFICATION else 1
+
+    @property
+    def label_dtype(self) -> type:
+        return np.float32 if self.kind == REGRESSION else np.int32
+
+    def check_label(self, value: float) -> str | None:
+        """Returns why `value` is not a valid label for this task, or None when it is."""
+        if not np.isfinite(value):
+            return f"label {value!r} is not a finite number"
+        if self.kind == REGRESSION:
+            if not self.label_min <= value <= self.label_max:
+                return f"score {value!r} is outside [{self.label_min}, {self.label_max}]"
+            return None
+        if value != int(value):
+            return f"class label {value!r} is not an integer"
+        upper = 2 if self.kind == BINARY else self.num_classes
+        if not 0 <= value < upper:
+            return f"class label {int(value)} is outside 0..{upper - 1}"
+        return None
+
+
+# The three tasks of the CS224N multitask project; other tasks are declared in the config.
+DEFAULT_TASKS = {
+    "sst": TaskSpec("sst", CLASSIFICATION, is_pair=False, num_classes=5),
+    "para": TaskSpec("para", BINARY, is_pair=True),
+    "sts": TaskSpec("sts", REGRESSION, is_pair=True, label_min=0.0, label_max=5.0),
+}
+
+
+@dataclasses.dataclass
+class SkippedRow:
+    """A row left out under `on_bad_row='skip'` (or an unlabeled training row), kept for the report."""
+
+    location: str  # "file:line"
+    reason: str
+
+
+@dataclasses.dataclass
+class TaskData:
+    """One split of one task: raw text, ids and (except for test files) labels."""
+
+    spec: TaskSpec
+    split: str
+    source: str  # human-readable origin: a path, "tfds:glue/sst2[validation]", "demo"
+    ids: list[str]
+    text_a: list[str]
+    text_b: list[str] | None  # None for single-sentence tasks
+    labels: np.ndarray | None  # [N] int32 / float32; None when the split has no labels
+    skipped: list[SkippedRow] = dataclasses.field(default_factory=list)
+    is_demo: bool = False
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        if len(self.text_a) != n or (self.text_b is not None and len(self.text_b) != n):
+            raise ValueError(f"{self.source}: ids and texts have different lengths")
+        if self.labels is not None and len(self.labels) != n:
+            raise ValueError(f"{self.source}: {len(self.labels)} labels for {n} rows")
+        if self.spec.is_pair and self.text_b is None:
+            raise ValueError(f"{self.source}: task {self.spec.name!r} needs sentence pairs")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, indices: Sequence[int]) -> TaskData:
+        """The rows at `indices`, in that order (used to cap a split for quick runs)."""
+        idx = list(indices)
+        return dataclasses.replace(
+            self,
+            ids=[self.ids[i] for i in idx],
+            text_a=[self.text_a[i] for i in idx],
+            text_b=None if self.text_b is None else [self.text_b[i] for i in idx],
+            labels=None if self.labels is None else self.labels[np.asarray(idx, dtype=np.int64)],
+        )

@@ -1,0 +1,85 @@
+"""Task specs and splits from the config, whatever the source: CS224N CSV, TFDS or demo."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ml_collections import ConfigDict
+
+from jaxmt.data.csv_source import read_csv_split
+from jaxmt.data.demo import DEMO_BANNER, demo_split
+from jaxmt.data.errors import DataError
+from jaxmt.data.schema import TaskData, TaskSpec
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("demo", "csv", "tfds")
+SPLITS = ("train", "dev", "test")
+
+
+def task_specs(config: ConfigDict) -> dict[str, TaskSpec]:
+    """The specs of `config.task_names`, each from its `config.tasks.<name>` block."""
+    if not config.task_names:
+        raise ValueError("config.task_names is empty: name at least one task")
+    specs = {}
+    for name in config.task_names:
+        if name not in config.tasks:
+            raise ValueError(f"unknown task {name!r} in config.task_names; the config defines {sorted(config.tasks)}")
+        task = config.tasks[name]
+        specs[name] = TaskSpec(name=name, kind=task.kind, is_pair=task.pair, num_classes=task.num_classes,
+                               label_min=task.label_min, label_max=task.label_max)
+    return specs
+
+
+def _cap(value: int) -> int | None:
+    return value if value and value > 0 else None
+
+
+def load_split(config: ConfigDict, spec: TaskSpec, split: str) -> TaskData | None:
+    """One split of one task, or None where the source has no such split (e.g. a Quora test file)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    data_cfg, task_cfg = config.data, config.tasks[spec.name]
+    cap = _cap(data_cfg.max_train_examples if split == "train" else data_cfg.max_eval_examples)
+    if data_cfg.source == "demo":
+        return demo_split(spec, split, max_examples=cap)
+    if data_cfg.source == "csv":
+        filename = task_cfg.files[split]
+        if not filename:
+            return None
+        path = os.path.join(os.path.expanduser(data_cfg.csv_dir), filename)
+        if not os.path.exists(path) and split == "test":
+            log.warning("%s: no test file, task %s gets no test predictions", path, spec.name)
+            return None
+        return read_csv_split(spec, path, split, on_bad_row=data_cfg.on_bad_row, max_examples=cap)
+    if data_cfg.source == "tfds":
+        from jaxmt.data.tfds_source import load_tfds_split
+
+        tfds_cfg = task_cfg.tfds
+        if not tfds_cfg.name:
+            raise ValueError(f"config.tasks.{spec.name}.tfds.name is empty: name a TFDS dataset, e.g. glue/sst2")
+        if not tfds_cfg.splits[split]:
+            return None
+        fields = {k: v for k, v in tfds_cfg.fields.items() if v} or None
+        return load_tfds_split(spec, tfds_cfg.name, tfds_cfg.splits[split], data_dir=data_cfg.tfds_data_dir or None,
+                               fields=fields, on_bad_row=data_cfg.on_bad_row, max_examples=cap)
+    raise ValueError(f"config.data.source must be one of {SOURCES}, got {data_cfg.source!r}")
+
+
+def load_splits(config: ConfigDict, specs: dict[str, TaskSpec], split: str) -> dict[str, TaskData]:
+    """`split` of every task that has it; logs what was read and what was skipped."""
+    out = {}
+    for name, spec in specs.items():
+        data = load_split(config, spec, split)
+        if data is None:
+            continue
+        banner = f" [{DEMO_BANNER}]" if data.is_demo else ""
+        skipped = f", {len(data.skipped)} bad rows skipped" if data.skipped else ""
+        log.info("%s %s: %d examples from %s%s%s", name, split, len(data), data.source, skipped, banner)
+        for row in data.skipped:
+            log.info("  skipped %s: %s", row.location, row.reason)
+        out[name] = data
+    if split == "train" and not out:
+        raise DataError("no training data for any task")
+    return out

@@ -1,0 +1,43 @@
+"""Task heads: pure functions of (params, features), with their own init.
+
+A head sees the shared features of one or two sentences ([B, S, D], S=2 for siamese pairs,
+combined as [u; v; |u-v|; u*v]) and returns what the task's loss reads: class logits [B, K],
+one paraphrase logit [B], or a similarity score [B] inside the task's range.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxmt.data.schema import BINARY, CLASSIFICATION, TaskSpec
+
+
+def combine_pair(features: jax.Array) -> jax.Array:
+    """[B, 1, D] -> [B, D]; [B, 2, D] -> [B, 4D] as [u; v; |u - v|; u * v] (Sentence-BERT)."""
+    if features.shape[1] == 1:
+        return features[:, 0]
+    u, v = features[:, 0], features[:, 1]
+    return jnp.concatenate([u, v, jnp.abs(u - v), u * v], axis=-1)
+
+
+def head_input_dim(feature_dim: int, num_sequences: int) -> int:
+    return feature_dim if num_sequences == 1 else 4 * feature_dim
+
+
+def init_head(rng: jax.Array, spec: TaskSpec, input_dim: int, stddev: float = 0.02) -> dict:
+    """A linear head, initialised like BERT's classifiers (normal(0.02) weights, zero bias)."""
+    kernel = stddev * jax.random.normal(rng, (input_dim, spec.output_dim), jnp.float32)
+    return {"kernel": kernel, "bias": jnp.zeros((spec.output_dim,), jnp.float32)}
+
+
+def apply_head(params: dict, spec: TaskSpec, features: jax.Array) -> jax.Array:
+    """Task outputs from shared features [B, S, D]; always float32 for a stable loss."""
+    x = combine_pair(features).astype(jnp.float32)
+    out = x @ params["kernel"] + params["bias"]
+    if spec.kind == CLASSIFICATION:
+        return out
+    out = out[:, 0]
+    if spec.kind == BINARY:
+        return out
+    return spec.label_min + (spec.label_max - spec.label_min) * jax.nn.sigmoid(out)

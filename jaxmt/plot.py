@@ -1,0 +1,85 @@
+"""Command line: python -m jaxmt.plot --workdir=DIR [--out=FILE.png]
+
+Draws what a run logged over training: per-task losses, and, for PCGrad runs, the pairwise
+cosine similarity of the task gradients and the number of conflicting pairs per step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: not found; is {workdir} a jaxmt training workdir?")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def series(rows: list[dict], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
+    """{metric name: (steps, values)} of every metric starting with `prefix`."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith(prefix):
+                steps, values = out.setdefault(key[len(prefix):], ([], []))
+                steps.append(row["step"])
+                values.append(value)
+    return out
+
+
+def plot_run(workdir: str, out: str | None = None) -> str:
+    """Writes the PNG and returns its path (default WORKDIR/training.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(workdir)
+    losses = series(rows, "train/loss/")
+    cosines = series(rows, "train/pcgrad/cos/")
+    conflicts = series(rows, "train/pcgrad/conflicts")
+    panels = 1 + bool(cosines)
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    ax = axes[0, 0]
+    for name, (steps, values) in sorted(losses.items()):
+        ax.plot(steps, values, label=name)
+    ax.set(title="training loss by task", xlabel="step", ylabel="loss")
+    ax.legend()
+    if cosines:
+        ax = axes[0, 1]
+        for name, (steps, values) in sorted(cosines.items()):
+            ax.plot(steps, values, label=f"cos({name.replace('-', ', ')})")
+        ax.axhline(0.0, color="gray", lw=0.8)
+        ax.set(title="PCGrad: task-gradient cosine", xlabel="step", ylabel="cosine similarity")
+        if conflicts:
+            twin = ax.twinx()
+            steps, values = conflicts[""]
+            twin.step(steps, values, where="post", color="black", alpha=0.3, label="conflicting pairs")
+            twin.set_ylabel("conflicting pairs (ordered)")
+            twin.legend(loc="lower right")
+        ax.legend(loc="upper right")
+    fig.suptitle(os.path.basename(os.path.abspath(workdir)))
+    fig.tight_layout()
+    out = out or os.path.join(workdir, "training.png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (holds metrics.jsonl).")
+_OUT = flags.DEFINE_string("out", None, "Output PNG (default: WORKDIR/training.png).")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    print(plot_run(_WORKDIR.value, _OUT.value))
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("workdir")
+    app.run(main)

@@ -1,0 +1,47 @@
+"""Running a model over whole splits: predictions in data order, and the dev metrics."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxmt.data.sampling import eval_batches
+from jaxmt.data.tokenization import EncodedSplit
+from jaxmt.models.multitask import MultitaskModel
+from jaxmt.parallel.mesh import batch_sharding, replicated
+from jaxmt.training.metrics import task_metric
+from jaxmt.training.step import make_predict_step
+
+
+class Predictor:
+    """Jitted predict steps, one per task, compiled once per bucket length."""
+
+    def __init__(self, model: MultitaskModel, mesh: Mesh, batch_size: int, buckets, pad_id: int) -> None:
+        self.model, self.mesh = model, mesh
+        self.batch_size, self.buckets, self.pad_id = batch_size, tuple(buckets), pad_id
+        self._steps = {
+            task: jax.jit(make_predict_step(model, task), in_shardings=(replicated(mesh), batch_sharding(mesh)),
+                          out_shardings=replicated(mesh))
+            for task in model.specs
+        }
+
+    def predict(self, params: dict, task: str, split: EncodedSplit) -> np.ndarray:
+        """Predictions for every example of `split`, in the split's order."""
+        out = np.zeros(len(split.data), dtype=split.data.spec.label_dtype)
+        sharding = batch_sharding(self.mesh)
+        for idx, batch in eval_batches(split, self.batch_size, self.buckets, self.pad_id):
+            preds = self._steps[task](params, jax.device_put(batch, sharding))
+            out[idx] = np.asarray(jax.device_get(preds))[: len(idx)]
+        return out
+
+    def evaluate(self, params: dict, splits: dict[str, EncodedSplit]) -> tuple[dict[str, float], dict]:
+        """Metrics {task: accuracy or pearson, 'mean': their mean} and predictions by task."""
+        metrics, predictions = {}, {}
+        for task, split in splits.items():
+            predictions[task] = self.predict(params, task, split)
+            if split.data.labels is not None:
+                metrics[task] = task_metric(split.data.spec, predictions[task], split.data.labels)
+        if metrics:
+            metrics["mean"] = float(np.mean([metrics[t] for t in splits if t in metrics]))
+        return metrics, predictions

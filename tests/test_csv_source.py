@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+
+from jaxmt.data.csv_source import read_csv_split
+from jaxmt.data.errors import DataError
+from jaxmt.data.schema import DEFAULT_TASKS
+
+SST, PARA, STS = DEFAULT_TASKS["sst"], DEFAULT_TASKS["para"], DEFAULT_TASKS["sts"]
+
+
+def write(tmp_path, name, text, encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return str(path)
+
+
+def test_reads_sst_rows_by_header_name(tmp_path):
+    path = write(tmp_path, "sst.csv", "\tid\tsentence\tsentiment\n0\tx1\t A fine film .\t3\n1\tx2\t Awful .\t0\n")
+    data = read_csv_split(SST, path, "train")
+    assert data.ids == ["x1", "x2"]
+    assert data.text_a == ["A fine film .", "Awful ."]
+    np.testing.assert_array_equal(data.labels, [3, 0])
+    assert data.labels.dtype == np.int32 and data.text_b is None
+
+
+def test_malformed_test_header_with_extra_unnamed_column(tmp_path):
+    path = write(tmp_path, "t.csv", "0\t\tid\tsentence\n1\t0.0\tb75\t Effective but too-tepid biopic\n")
+    data = read_csv_split(SST, path, "test")
+    assert data.ids == ["b75"] and data.text_a == ["Effective but too-tepid biopic"] and data.labels is None
+
+
+def test_quoted_fields_crlf_and_bom(tmp_path):
+    text = '\ufeff\tid\tsentence1\tsentence2\tis_duplicate\r\n0\ta\t"""Quoted"" q?"\tOther q?\t1.0\r\n'
+    data = read_csv_split(PARA, write(tmp_path, "q.csv", text), "train")
+    assert data.text_a == ['"Quoted" q?'] and data.text_b == ["Other q?"] and data.labels.tolist() == [1]
+
+
+QUORA_EMPTY_LABEL = (
+    "\tid\tsentence1\tsentence2\tis_duplicate\n"
+    "1\tok1\tWhat is up?\tWhat's up?\t1.0\n"
+    '2\tbad\tAny idea?\t"""Where can I find a dress?"\t\n'
+    "3\tok2\tHow?\tWhy?\t0.0\n"
+)
+
+
+def test_empty_label_is_an_error_naming_file_line_and_field(tmp_path):
+    path = write(tmp_path, "quora.csv", QUORA_EMPTY_LABEL)
+    with pytest.raises(DataError, match=r"quora\.csv:3 \(field 'is_duplicate'\): empty label"):
+        read_csv_split(PARA, path, "train", on_bad_row="error")
+
+
+def test_empty_label_rows_are_skipped_and_reported_not_silently_dropped(tmp_path, caplog):
+    path = write(tmp_path, "quora.csv", QUORA_EMPTY_LABEL)
+    data = read_csv_split(PARA, path, "train", on_bad_row="skip")
+    assert data.ids == ["ok1", "ok2"]
+    assert len(data.skipped) == 1
+    assert data.skipped[0].location.endswith("quora.csv:3") and "empty label" in data.skipped[0].reason
+    assert "skipped 1 bad rows" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("0\tx\t\t3\n", r":2 \(field 'sentence'\): empty sentence"),
+        ("0\tx\tok .\tgood\n", r":2 \(field 'sentiment'\): label 'good' is not a number"),
+        ("0\tx\tok .\t7\n", r":2 \(field 'sentiment'\): class label 7 is outside 0..4"),
+        ("0\tx\tok .\t2.5\n", r"class label 2.5 is not an integer"),
+        ("0\tx\tok .\tnan\n", r"label nan is not a finite number"),
+        ("0\tx\tok .\n", r":2: 3 columns where the header has 4"),
+        ('0\tx\t"never closed .\t3\n', r"quote that never closes"),
+    ],
+)
+def test_bad_rows_name_line_and_field(tmp_path, body, message):
+    path = write(tmp_path, "sst.csv", "\tid\tsentence\tsentiment\n" + body)
+    with pytest.raises(DataError, match=message):
+        read_csv_split(SST, path, "train", on_bad_row="error")
+
+
+def test_missing_empty_undecodable_files_and_missing_columns(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        read_csv_split(SST, str(tmp_path / "nope.csv"), "train")
+    with pytest.raises(DataError, match="file is empty"):
+        read_csv_split(SST, write(tmp_path, "e.csv", ""), "train")
+    with pytest.raises(DataError, match=r"l\.csv:2: not valid UTF-8"):
+        read_csv_split(SST, write(tmp_path, "l.csv", "\tid\tsentence\n0\tx\tcaf\xe9\n", "latin-1"), "train")
+    with pytest.raises(DataError, match=r"h\.csv:1: header has no column 'sentence2'"):
+        read_csv_split(STS, write(tmp_path, "h.csv", "\tid\tsentence1\tsimilarity\n0\tx\ta\t1\n"), "train")
+
+
+def test_score_range_for_sts(tmp_path):
+    path = write(tmp_path, "sts.csv", "\tid\tsentence1\tsentence2\tsimilarity\n0\tx\ta\tb\t5.5\n1\ty\ta\tb\t4.6\n")
+    data = read_csv_split(STS, path, "train", on_bad_row="skip")
+    assert data.labels.tolist() == pytest.approx([4.6]) and "outside [0.0, 5.0]" in data.skipped[0].reason
+
+
+def test_real_files_row_counts_and_the_two_empty_quora_labels(shared_cs224n):
+    quora = read_csv_split(PARA, str(shared_cs224n / "quora-train.csv"), "train", on_bad_row="skip")
+    assert len(quora) == 16214 - 2
+    assert [s.location.rsplit(":", 1)[1] for s in quora.skipped] == ["2050", "11401"]
+    assert all("empty label" in s.reason for s in quora.skipped)
+    assert len(read_csv_split(SST, str(shared_cs224n / "ids-sst-dev.csv"), "dev")) == 1101
+    test = read_csv_split(SST, str(shared_cs224n / "ids-sst-test-student.csv"), "test")
+    assert len(test) == 2210 and test.labels is None
+    sts = read_csv_split(STS, str(shared_cs224n / "sts-dev.csv"), "dev")
+    assert len(sts) == 863 and sts.labels.min() >= 0 and sts.labels.max() <= 5

@@ -1,0 +1,164 @@
+"""Training on a tiny random BERT: the loss falls, resumption is exact, evaluation is read-only."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, tiny_config
+
+from jaxmt.data.demo import demo_split
+from jaxmt.data.sampling import TaskSampler, train_batches
+from jaxmt.data.schema import DEFAULT_TASKS
+from jaxmt.training import setup
+from jaxmt.training.optimizer import make_optimizer
+from jaxmt.training.step import init_state, make_train_step
+
+
+def train_losses(tiny_bert, config, steps):
+    specs = DEFAULT_TASKS
+    encoded = setup.encode_splits(config, {t: demo_split(s, "train", 64) for t, s in specs.items()},
+                                  tiny_bert.tokenizer)
+    model = setup.build_model(config, tiny_bert.config, specs)
+    tx = make_optimizer(config, steps, len(specs))
+    state = init_state(model, tx, jax.random.PRNGKey(0), tiny_bert.params)
+    step_fn = jax.jit(make_train_step(model, tx, setup.loss_weights(config, specs),
+                                      per_task_grads=config.optim.gradient_surgery == "pcgrad"))
+    sampler = TaskSampler({t: 64 for t in specs}, {t: 16 for t in specs}, "all", 0, steps)
+    losses = []
+    for step in range(steps):
+        batches = train_batches(encoded, sampler, step, config.data.buckets, tiny_bert.tokenizer.pad_token_id)
+        state, metrics = step_fn(state, batches, jax.random.PRNGKey(1))
+        losses.append({k: float(v) for k, v in metrics.items()})
+    return state, losses
+
+
+@pytest.mark.parametrize("surgery", ["none", "pcgrad"])
+def test_tiny_bert_training_lowers_every_task_loss(tiny_bert, tiny_bert_dir, surgery):
+    config = tiny_config(tiny_bert_dir, **{"optim.learning_rate": 1e-2, "optim.gradient_surgery": surgery,
+                                           "optim.warmup_fraction": 0.05, "model.dropout": 0.0})
+    state, losses = train_losses(tiny_bert, config, steps=60)
+    for task in DEFAULT_TASKS:
+        first = np.mean([m[f"loss/{task}"] for m in losses[:5]])
+        last = np.mean([m[f"loss/{task}"] for m in losses[-5:]])
+        assert last < 0.9 * first, (task, first, last)
+    chex.assert_trees_all_equal_shapes_and_dtypes(
+        state.params, init_state(setup.build_model(config, tiny_bert.config, DEFAULT_TASKS),
+                                 make_optimizer(config, 60, 3), jax.random.PRNGKey(0), tiny_bert.params).params)
+    assert int(state.step) == 60
+
+
+def read_jsonl(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def tree_digest(path):
+    digest = hashlib.sha256()
+    for root, _, files in sorted(os.walk(path)):
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(full.encode())
+            digest.update(open(full, "rb").read())
+            digest.update(str(os.stat(full).st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory, tiny_bert_dir):
+    from jaxmt.training.trainer import train_and_evaluate
+
+    workdir = str(tmp_path_factory.mktemp("run") / "work")
+    config = tiny_config(tiny_bert_dir, **{"optim.gradient_surgery": "pcgrad"})
+    results = train_and_evaluate(config, workdir)
+    return workdir, config, results
+
+
+def test_trainer_writes_logs_checkpoints_and_results(trained_workdir):
+    workdir, config, results = trained_workdir
+    assert results["demo_data"] is True and results["steps"] == 6
+    assert set(results["dev"]) == {"sst", "para", "sts", "mean"}
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-2:] == ["3", "6"]
+    assert os.listdir(os.path.join(workdir, "best"))
+    assert any(name.startswith("events") for name in os.listdir(os.path.join(workdir, "tensorboard")))
+    rows = read_jsonl(workdir)
+    train_rows = [r for r in rows if "train/loss/total" in r]
+    assert [r["step"] for r in train_rows] == [2, 4, 6]
+    assert all("train/pcgrad/cos/para-sst" in r and "train/pcgrad/conflicts" in r for r in train_rows)
+    assert [r["step"] for r in rows if "dev/mean" in r] == [3, 6]
+    assert json.load(open(os.path.join(workdir, "results.json")))["dev"] == results["dev"]
+
+
+def test_resumed_run_equals_uninterrupted_run(trained_workdir, tmp_path, tiny_bert_dir):
+    from jaxmt.training.trainer import train_and_evaluate
+
+    workdir, config, results = trained_workdir
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(workdir, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))  # as if killed after the step-3 checkpoint
+    os.remove(os.path.join(resumed, "metrics.jsonl"))
+    again = train_and_evaluate(config, resumed)
+    assert again["resumed_from_step"] == 3
+    full = {r["step"]: r for r in read_jsonl(workdir) if "train/loss/total" in r}
+    part = {r["step"]: r for r in read_jsonl(resumed) if "train/loss/total" in r}
+    assert sorted(part) == [4, 6]
+    for step in part:
+        for key in ("train/loss/sst", "train/loss/para", "train/loss/sts", "train/pcgrad/cos/para-sst"):
+            assert part[step][key] == pytest.approx(full[step][key], rel=1e-5, abs=1e-6), (step, key)
+    for key, value in results["dev"].items():
+        assert again["dev"][key] == pytest.approx(value, abs=1e-6)
+
+
+def test_evaluate_restores_writes_cs224n_predictions_and_never_touches_checkpoints(trained_workdir, tmp_path):
+    from jaxmt.evaluate import evaluate_workdir
+
+    workdir, _, results = trained_workdir
+    before = tree_digest(os.path.join(workdir, "checkpoints")) + tree_digest(os.path.join(workdir, "best"))
+    out = evaluate_workdir(workdir, split="dev", checkpoint="latest", output_dir=str(tmp_path / "pred"))
+    for key, value in results["dev"].items():
+        assert out["metrics"][key] == pytest.approx(value, abs=1e-6)
+    lines = open(out["prediction_files"]["sst"]).read().splitlines()
+    assert lines[0] == "id \t Predicted_Sentiment "
+    assert len(lines) == 1 + 48 and lines[1].startswith("demo-sst-dev-0 , ")
+    assert open(out["prediction_files"]["sts"]).readline() == "id \t Predicted_Similiarity \n"
+    test = evaluate_workdir(workdir, split="test", checkpoint="best", output_dir=str(tmp_path / "pred"))
+    assert test["metrics"] == {} and set(test["prediction_files"]) == {"sst", "para", "sts"}
+    after = tree_digest(os.path.join(workdir, "checkpoints")) + tree_digest(os.path.join(workdir, "best"))
+    assert before == after
+
+
+MULTI_DEVICE_SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+from jaxmt.training.trainer import train_and_evaluate
+import jax
+config = tiny_config({model!r}, **{{"num_steps": 4, "log_every": 1, "eval_every": 0, "model.dropout": 0.0}})
+train_and_evaluate(config, {workdir!r})
+print(json.dumps({{"devices": jax.device_count()}}))
+"""
+
+
+def run_with_devices(n, model_dir, workdir):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
+    script = MULTI_DEVICE_SCRIPT.format(tests=str(ROOT / "tests"), model=str(model_dir), workdir=str(workdir))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["devices"] == n
+    return {r["step"]: r for r in read_jsonl(workdir) if "train/loss/total" in r}
+
+
+def test_four_emulated_devices_give_the_same_losses_as_one(tiny_bert_dir, tmp_path):
+    one = run_with_devices(1, tiny_bert_dir, tmp_path / "one")
+    four = run_with_devices(4, tiny_bert_dir, tmp_path / "four")
+    assert sorted(one) == sorted(four) == [1, 2, 3, 4]
+    for step in one:
+        for key in ("train/loss/sst", "train/loss/para", "train/loss/sts"):
+            assert four[step][key] == pytest.approx(one[step][key], abs=1e-4), (step, key)
