@@ -77,9 +77,17 @@ def get_config() -> ConfigDict:
     config.eval_batch_size = 64  # evaluation batch (global)
     config.checkpoint_every = 100  # steps between checkpoints for resumption
     config.keep_checkpoints = 2  # latest checkpoints kept (the best one is kept apart)
+    config.on_nonfinite = "stop"  # NaN/Inf loss or gradient: stop (exit 3, last good checkpoint kept) | skip the step
 
     config.mesh = ConfigDict()
-    config.mesh.axes = ("data",)  # mesh axis names; the batch is split over all of them
-    config.mesh.shape = (-1,)  # devices along each axis (-1 = all the rest)
+    config.mesh.axes = ("data", "fsdp", "tensor")  # batch over data and fsdp; params sharded over fsdp and tensor
+    config.mesh.shape = (-1, 1, 1)  # devices along each axis (-1 = all the rest), e.g. (2, 2, 2) on 8 devices
+
+    config.parallel = ConfigDict()
+    config.parallel.mode = "jit"  # jit: one sharded SPMD step over the mesh | pmap: jax.pmap, data parallel only
+    config.parallel.distributed = "auto"  # auto: multi-process when flags, env or a TPU pod/SLURM job say so | on | off
+    config.parallel.coordinator_address = ""  # multi-process: host:port of process 0 ('' = env or cluster detection)
+    config.parallel.num_processes = 0  # multi-process: number of processes (0 = env or cluster detection)
+    config.parallel.process_id = -1  # multi-process: this process's index (-1 = env or cluster detection)
     config.lock()  # a misspelt field is an error, not a silently ignored new one
     return config

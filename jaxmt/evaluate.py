@@ -8,7 +8,6 @@ submission format to DIR/predictions/ (e.g. sst-dev-output.csv).
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import jax
@@ -16,12 +15,14 @@ from absl import app, flags
 from ml_collections import ConfigDict
 
 from jaxmt.checkpointing.manager import Checkpoints, abstract_like
+from jaxmt.cli import parse_flags, setup_logging
 from jaxmt.data.demo import DEMO_BANNER
 from jaxmt.data.sources import load_splits, task_specs
 from jaxmt.models.pretrained import load_pretrained
 from jaxmt.parallel.mesh import make_mesh
 from jaxmt.training import setup
 from jaxmt.training.evaluation import Predictor
+from jaxmt.training.faults import user_facing_errors
 
 # The CS224N starter code's column names (its "Similiarity" spelling included, which its grader expects).
 PREDICTION_COLUMNS = {"sst": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase", "sts": "Predicted_Similiarity"}
@@ -73,17 +74,19 @@ def evaluate_workdir(workdir: str, split: str = "dev", checkpoint: str = "best",
             "prediction_files": files, "demo_data": any(d.is_demo for d in data.values())}
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (holds config.json and checkpoints).")
-_SPLIT = flags.DEFINE_enum("split", "dev", ["dev", "test"], "Which split to predict.")
-_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to restore.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where predictions go (default: WORKDIR/predictions).")
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "A training workdir (holds config.json and checkpoints).", required=True)
+    flags.DEFINE_enum("split", "dev", ["dev", "test"], "Which split to predict.")
+    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to restore.")
+    flags.DEFINE_string("output_dir", None, "Where predictions go (default: WORKDIR/predictions).")
 
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("jaxmt").setLevel(logging.INFO)
-    result = evaluate_workdir(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value, _OUTPUT_DIR.value)
+    setup_logging()
+    f = flags.FLAGS
+    with user_facing_errors():
+        result = evaluate_workdir(f.workdir, f.split, f.checkpoint, f.output_dir)
     tag = f"[{DEMO_BANNER}] " if result["demo_data"] else ""
     for task, value in result["metrics"].items():
         print(f"{tag}{result['split']} {task}: {value:.4f}")
@@ -91,5 +94,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("workdir")
-    app.run(main)
+    define_flags()
+    app.run(main, flags_parser=parse_flags)

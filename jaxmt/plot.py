@@ -11,6 +11,8 @@ import os
 
 from absl import app, flags
 
+from jaxmt.cli import parse_flags
+
 
 def read_metrics(workdir: str) -> list[dict]:
     path = os.path.join(workdir, "metrics.jsonl")
@@ -71,15 +73,16 @@ def plot_run(workdir: str, out: str | None = None) -> str:
     return out
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (holds metrics.jsonl).")
-_OUT = flags.DEFINE_string("out", None, "Output PNG (default: WORKDIR/training.png).")
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "A training workdir (holds metrics.jsonl).", required=True)
+    flags.DEFINE_string("out", None, "Output PNG (default: WORKDIR/training.png).")
 
 
 def main(argv: list[str]) -> None:
     del argv
-    print(plot_run(_WORKDIR.value, _OUT.value))
+    print(plot_run(flags.FLAGS.workdir, flags.FLAGS.out))
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("workdir")
-    app.run(main)
+    define_flags()
+    app.run(main, flags_parser=parse_flags)

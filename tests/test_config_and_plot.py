@@ -5,8 +5,9 @@ import os
 import pytest
 from conftest import ROOT, tiny_config
 
+from jaxmt.errors import ConfigError
 from jaxmt.parallel.mesh import MeshError, make_mesh, mesh_shape
-from jaxmt.training.setup import ConfigError, check_config
+from jaxmt.training.setup import check_config
 
 
 def load_config(name):
@@ -52,7 +53,7 @@ def test_pcgrad_needs_every_task_each_step(tiny_bert_dir):
 def test_unknown_task_and_misspelt_key(tiny_bert_dir):
     from jaxmt.data.sources import task_specs
 
-    with pytest.raises(ValueError, match="unknown task 'nli'"):
+    with pytest.raises(ConfigError, match="unknown task 'nli'"):
         task_specs(tiny_config(tiny_bert_dir, task_names=("sst", "nli")))
     config = tiny_config(tiny_bert_dir)
     with pytest.raises(AttributeError, match="learning_rat"):

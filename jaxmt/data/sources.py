@@ -11,6 +11,7 @@ from jaxmt.data.csv_source import read_csv_split
 from jaxmt.data.demo import DEMO_BANNER, demo_split
 from jaxmt.data.errors import DataError
 from jaxmt.data.schema import TaskData, TaskSpec
+from jaxmt.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +22,17 @@ SPLITS = ("train", "dev", "test")
 def task_specs(config: ConfigDict) -> dict[str, TaskSpec]:
     """The specs of `config.task_names`, each from its `config.tasks.<name>` block."""
     if not config.task_names:
-        raise ValueError("config.task_names is empty: name at least one task")
+        raise ConfigError("config.task_names is empty: name at least one task")
     specs = {}
     for name in config.task_names:
         if name not in config.tasks:
-            raise ValueError(f"unknown task {name!r} in config.task_names; the config defines {sorted(config.tasks)}")
+            raise ConfigError(f"unknown task {name!r} in config.task_names; the config defines {sorted(config.tasks)}")
         task = config.tasks[name]
-        specs[name] = TaskSpec(name=name, kind=task.kind, is_pair=task.pair, num_classes=task.num_classes,
-                               label_min=task.label_min, label_max=task.label_max)
+        try:
+            specs[name] = TaskSpec(name=name, kind=task.kind, is_pair=task.pair, num_classes=task.num_classes,
+                                   label_min=task.label_min, label_max=task.label_max)
+        except ValueError as err:
+            raise ConfigError(f"config.tasks.{name}: {err}") from None
     return specs
 
 
@@ -39,7 +43,7 @@ def _cap(value: int) -> int | None:
 def load_split(config: ConfigDict, spec: TaskSpec, split: str) -> TaskData | None:
     """One split of one task, or None where the source has no such split (e.g. a Quora test file)."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
     data_cfg, task_cfg = config.data, config.tasks[spec.name]
     cap = _cap(data_cfg.max_train_examples if split == "train" else data_cfg.max_eval_examples)
     if data_cfg.source == "demo":
@@ -58,13 +62,13 @@ def load_split(config: ConfigDict, spec: TaskSpec, split: str) -> TaskData | Non
 
         tfds_cfg = task_cfg.tfds
         if not tfds_cfg.name:
-            raise ValueError(f"config.tasks.{spec.name}.tfds.name is empty: name a TFDS dataset, e.g. glue/sst2")
+            raise ConfigError(f"config.tasks.{spec.name}.tfds.name is empty: name a TFDS dataset, e.g. glue/sst2")
         if not tfds_cfg.splits[split]:
             return None
         fields = {k: v for k, v in tfds_cfg.fields.items() if v} or None
         return load_tfds_split(spec, tfds_cfg.name, tfds_cfg.splits[split], data_dir=data_cfg.tfds_data_dir or None,
                                fields=fields, on_bad_row=data_cfg.on_bad_row, max_examples=cap)
-    raise ValueError(f"config.data.source must be one of {SOURCES}, got {data_cfg.source!r}")
+    raise ConfigError(f"config.data.source must be one of {SOURCES}, got {data_cfg.source!r}")
 
 
 def load_splits(config: ConfigDict, specs: dict[str, TaskSpec], split: str) -> dict[str, TaskData]:

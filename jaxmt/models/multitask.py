@@ -97,4 +97,5 @@ def _matching_encoder_params(initial: dict, pretrained: dict) -> dict:
     if want != got:
         raise ValueError("the pretrained encoder's parameter tree does not match its config "
                          f"({jax.tree_util.tree_structure(got)} vs {jax.tree_util.tree_structure(want)})")
-    return jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), pretrained)
+    # A copy, never an alias: a donated train state must not take the caller's pretrained buffers with it.
+    return jax.tree_util.tree_map(lambda x: jnp.array(x, dtype=jnp.float32, copy=True), pretrained)

@@ -1,4 +1,10 @@
-"""The device mesh and the shardings of batches and replicated state."""
+"""The device mesh, and which of its axes split the batch.
+
+Axes are named by role: 'data' (pure data parallelism), 'fsdp' (data parallelism whose params
+and optimizer state are also sharded, see `sharding_rules`) and 'tensor' (Megatron-style
+model parallelism). The batch is split over every axis but 'tensor': the devices of one
+tensor-parallel group work on the same examples.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +13,64 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+MODEL_AXES = ("tensor",)  # axes whose devices see the same batch rows
+
 
 class MeshError(ValueError):
-    """A mesh that does not fit the devices, or a batch that does not split over it."""
+    """A mesh that does not fit the devices, or a batch or parameter that does not split over it."""
 
 
 def mesh_shape(axes: Sequence[str], shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
     """Resolves one -1 entry to 'the rest of the devices'; checks the product."""
+    axes, shape = tuple(axes), tuple(shape)
     if len(axes) != len(shape):
-        raise MeshError(f"mesh axes {tuple(axes)} and shape {tuple(shape)} differ in length")
-    shape = list(shape)
+        raise MeshError(f"config.mesh.axes {axes} and config.mesh.shape {shape} differ in length")
+    if len(set(axes)) != len(axes):
+        raise MeshError(f"config.mesh.axes {axes} names an axis twice")
     if shape.count(-1) > 1:
-        raise MeshError(f"mesh shape {tuple(shape)}: at most one -1")
+        raise MeshError(f"config.mesh.shape {shape}: at most one -1 (= the rest of the devices)")
+    if any(s == 0 or s < -1 for s in shape):
+        raise MeshError(f"config.mesh.shape {shape}: sizes must be positive, or -1 for the rest")
     known = math.prod(s for s in shape if s != -1)
-    if known <= 0 or num_devices % known:
-        raise MeshError(f"mesh shape {tuple(shape)} does not fit {num_devices} devices")
-    shape = [num_devices // known if s == -1 else s for s in shape]
-    if math.prod(shape) != num_devices:
-        raise MeshError(f"mesh shape {tuple(shape)} uses {math.prod(shape)} devices, but there are {num_devices}")
-    return tuple(shape)
+    if num_devices % known:
+        raise MeshError(f"config.mesh.shape {shape} over axes {axes} does not fit {num_devices} devices "
+                        f"(jax.device_count()): it needs a multiple of {known}; make the sizes multiply to "
+                        f"{num_devices}")
+    resolved = tuple(num_devices // known if s == -1 else s for s in shape)
+    if math.prod(resolved) != num_devices:
+        raise MeshError(f"config.mesh.shape {shape} over axes {axes} does not fit {num_devices} devices "
+                        f"(jax.device_count()): it uses {math.prod(resolved)}; put -1 on one axis or make the sizes "
+                        f"multiply to {num_devices}")
+    return resolved
 
 
 def make_mesh(axes: Sequence[str], shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh over all devices (all processes'), laid out for the interconnect where JAX knows it."""
     devices = list(jax.devices() if devices is None else devices)
     resolved = mesh_shape(axes, shape, len(devices))
-    return Mesh(np.asarray(devices).reshape(resolved), tuple(axes))
+    try:
+        grid = mesh_utils.create_device_mesh(resolved, devices, allow_split_physical_axes=True)
+    except (ValueError, NotImplementedError):  # a topology it cannot map: plain order is still correct
+        grid = np.asarray(devices).reshape(resolved)
+    return Mesh(grid, tuple(axes))
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes the batch dimension is split over."""
+    return tuple(a for a in mesh.axis_names if a not in MODEL_AXES)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return math.prod(mesh.shape[a] for a in batch_axes(mesh))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) dimension split over every mesh axis: pure data parallelism."""
-    return NamedSharding(mesh, P(mesh.axis_names))
+    """Leading (batch) dimension split over the data-parallel axes, replicated over 'tensor'."""
+    return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -47,5 +78,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_divisible(batch_size: int, mesh: Mesh, what: str) -> None:
-    if batch_size % mesh.size:
-        raise MeshError(f"{what} = {batch_size} is not divisible by the {mesh.size} data-parallel devices")
+    size = data_parallel_size(mesh)
+    if batch_size % size:
+        raise MeshError(f"{what} = {batch_size} is not divisible by the {size} data-parallel devices "
+                        f"(mesh axes {batch_axes(mesh)} of {dict(mesh.shape)})")
+    if batch_size % jax.process_count():
+        raise MeshError(f"{what} = {batch_size} is not divisible by the {jax.process_count()} processes")

@@ -21,7 +21,8 @@ class Predictor:
         self.model, self.mesh = model, mesh
         self.batch_size, self.buckets, self.pad_id = batch_size, tuple(buckets), pad_id
         self._steps = {
-            task: jax.jit(make_predict_step(model, task), in_shardings=(replicated(mesh), batch_sharding(mesh)),
+            # params as they come (replicated, FSDP- or tensor-sharded); batches split over the data axes
+            task: jax.jit(make_predict_step(model, task), in_shardings=(None, batch_sharding(mesh)),
                           out_shardings=replicated(mesh))
             for task in model.specs
         }

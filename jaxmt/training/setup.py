@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
@@ -17,16 +16,14 @@ from ml_collections import ConfigDict
 from jaxmt.data.sampling import SAMPLING_MODES
 from jaxmt.data.schema import TaskData, TaskSpec
 from jaxmt.data.tokenization import PAIR_MODES, EncodedSplit, encode_split
+from jaxmt.errors import ConfigError
 from jaxmt.models.multitask import MultitaskModel, SharedBackbone
-from jaxmt.parallel.mesh import check_divisible, replicated
+from jaxmt.parallel.mesh import check_divisible
+from jaxmt.parallel.state_sharding import state_shardings as rule_shardings
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; raised before any data is read or code compiled."""
 
 
 def _one_of(value: object, allowed: tuple, field: str) -> None:
@@ -45,6 +42,7 @@ def check_config(config: ConfigDict) -> None:
     _one_of(config.optim.surgery_reduction, ("sum", "mean"), "optim.surgery_reduction")
     _one_of(config.loss.combination, ("sum", "weighted"), "loss.combination")
     _one_of(config.data.on_bad_row, ("error", "skip"), "data.on_bad_row")
+    _one_of(config.on_nonfinite, ("stop", "skip"), "on_nonfinite")
     if config.optim.gradient_surgery == "pcgrad" and config.sampling != "all":
         raise ConfigError("optim.gradient_surgery='pcgrad' needs every task's gradient each step: set sampling='all'")
     buckets = tuple(config.data.buckets)
@@ -97,8 +95,9 @@ def encode_splits(config: ConfigDict, data: dict[str, TaskData], tokenizer) -> d
 
 
 def state_shardings(abstract_state, mesh: Mesh):
-    """Parameter and optimizer-state shardings: replicated (pure data parallelism)."""
-    return jax.tree_util.tree_map(lambda _: replicated(mesh), abstract_state)
+    """Shardings of a TrainState or params tree: params by `jaxmt.parallel.sharding_rules` (FSDP over 'fsdp',
+    Megatron over 'tensor'), optimizer state following its params; errors name any param that does not split."""
+    return rule_shardings(abstract_state, mesh)
 
 
 @dataclasses.dataclass

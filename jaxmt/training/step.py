@@ -34,15 +34,19 @@ def init_state(model: MultitaskModel, tx: optax.GradientTransformation, rng: jax
 
 
 def make_train_step(
-    model: MultitaskModel, tx: optax.GradientTransformation, loss_weights: dict[str, float], per_task_grads: bool
+    model: MultitaskModel, tx: optax.GradientTransformation, loss_weights: dict[str, float], per_task_grads: bool,
+    axis_name: str | None = None, stacked_grad_shardings=None,
 ) -> Callable:
     """Returns `train_step(state, batches, rng) -> (state, metrics)`.
 
     `batches` maps task name -> batch. With `per_task_grads`, each task's loss is
     differentiated on its own batch (one forward and one backward pass per task) and the
-    gradients reach `tx` stacked as [T, ...] in sorted task order.
+    gradients reach `tx` stacked as [T, ...] in sorted task order (laid out as
+    `stacked_grad_shardings` when given). Under `jax.pmap`, `axis_name` averages losses and
+    gradients over the devices before anything reads them, so every device applies the same update.
     """
     task_ids = {task: i for i, task in enumerate(sorted(model.specs))}
+    replica_mean = (lambda x: x) if axis_name is None else (lambda x: jax.lax.pmean(x, axis_name))
 
     def loss_of(params, task, batch, rng):
         outputs = model.outputs(params, task, batch, rng=rng, deterministic=False)
@@ -56,22 +60,35 @@ def make_train_step(
         if per_task_grads:
             losses, grads = {}, []
             for t in tasks:
-                losses[t], g = jax.value_and_grad(loss_of)(state.params, t, batches[t], rngs[t])
+                losses[t], g = replica_mean(jax.value_and_grad(loss_of)(state.params, t, batches[t], rngs[t]))
                 grads.append(jax.tree_util.tree_map(lambda x, w=loss_weights[t]: w * x, g))
                 metrics[f"grad_norm/{t}"] = optax.global_norm(grads[-1])
             grads = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *grads)
+            if stacked_grad_shardings is not None:
+                grads = jax.lax.with_sharding_constraint(grads, stacked_grad_shardings)
         else:
             def total_loss(params):
                 losses = {t: loss_of(params, t, batches[t], rngs[t]) for t in tasks}
                 return sum(loss_weights[t] * losses[t] for t in tasks), losses
 
-            (_, losses), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
+            (_, losses), grads = replica_mean(jax.value_and_grad(total_loss, has_aux=True)(state.params))
             metrics["grad_norm"] = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics.update({f"loss/{t}": losses[t] for t in tasks})
         metrics["loss/total"] = sum(loss_weights[t] * losses[t] for t in tasks)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        # A NaN/Inf loss or gradient never reaches the params: the step keeps the old state and
+        # reports the fault, and the trainer stops or skips as configured.
+        finite = jnp.isfinite(metrics["loss/total"]) & jnp.isfinite(optax.global_norm(grads))
+        metrics["nonfinite"] = ~finite
+        metrics.update({f"nonfinite/{t}": ~jnp.isfinite(losses[t]) for t in tasks})
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_state = TrainState(
+            step=state.step + 1,
+            params=jax.tree_util.tree_map(keep, params, state.params),
+            opt_state=jax.tree_util.tree_map(keep, opt_state, state.opt_state),
+        )
+        return new_state, metrics
 
     return train_step
 

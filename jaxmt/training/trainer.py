@@ -16,15 +16,20 @@ from tqdm import tqdm
 
 from jaxmt.checkpointing.manager import Checkpoints, abstract_like
 from jaxmt.data.demo import DEMO_BANNER
-from jaxmt.data.sampling import TaskSampler, train_batches
+from jaxmt.data.sampling import TaskSampler
 from jaxmt.data.sources import load_splits, task_specs
 from jaxmt.models.pretrained import load_pretrained
-from jaxmt.parallel.mesh import batch_sharding, make_mesh, replicated
+from jaxmt.parallel import distributed
+from jaxmt.parallel.host_data import put_global
+from jaxmt.parallel.mesh import make_mesh
+from jaxmt.parallel.state_sharding import encoder_shardings
+from jaxmt.parallel.step_runner import make_step_runner
 from jaxmt.training import setup
 from jaxmt.training.evaluation import Predictor
+from jaxmt.training.faults import NonFiniteError, Preempted, PreemptionGuard
 from jaxmt.training.metric_writers import MetricWriter
 from jaxmt.training.optimizer import make_optimizer
-from jaxmt.training.step import init_state, make_train_step
+from jaxmt.training.step import init_state
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,24 @@ def _surgery_metrics(opt_state, task_names: list[str]) -> dict[str, float]:
     return out
 
 
+def check_finite(step: int, metrics: dict, mode: str, skipped_steps: list[int]) -> None:
+    """Acts on the step's NaN/Inf flags: raise (mode 'stop') or record the skipped step ('skip').
+
+    The step itself never applies a non-finite update, so the params are the last good ones either way.
+    """
+    flags = jax.device_get({k: v for k, v in metrics.items() if k.startswith("nonfinite")})
+    if not flags["nonfinite"]:
+        return
+    tasks = [k.split("/", 1)[1] for k, v in flags.items() if "/" in k and v]
+    what = f"non-finite loss in task {', '.join(tasks)}" if tasks else "non-finite gradient (all losses finite)"
+    if mode == "stop":
+        raise NonFiniteError(f"step {step}: {what}; the update was not applied and the checkpoints hold the last "
+                             "good state. Lower the learning rate, check the data, or set "
+                             "--config.on_nonfinite=skip to skip such steps")
+    log.warning("step %d: %s; update skipped (on_nonfinite='skip')", step, what)
+    skipped_steps.append(step)
+
+
 def write_json(path: str, payload: dict) -> None:
     """Writes through a temporary file, so a crash never leaves half a JSON file."""
     tmp = path + ".tmp"
@@ -56,6 +79,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the results."""
     setup.check_config(config)
     specs = task_specs(config)
+    distributed.initialize(config.parallel)  # before any JAX computation; a no-op for one process
     mesh = make_mesh(config.mesh.axes, config.mesh.shape)
     setup.check_batches_fit(config, mesh)
     pretrained = load_pretrained(config.model.name)
@@ -75,6 +99,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     init_rng, step_rng = jax.random.split(rng)
     abstract_state = jax.eval_shape(lambda p: init_state(model, tx, init_rng, p), pretrained.params)
     state_sharding = setup.state_shardings(abstract_state, mesh)
+    runner = make_step_runner(config, mesh, model, tx, setup.loss_weights(config, specs), state_sharding)
 
     os.makedirs(workdir, exist_ok=True)
     config_path = os.path.join(workdir, "config.json")
@@ -89,17 +114,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     else:
         start_step = 0
         init = jax.jit(lambda p: init_state(model, tx, init_rng, p), out_shardings=state_sharding)
-        state = init(pretrained.params)
+        state = init(put_global(pretrained.params, encoder_shardings(pretrained.params, mesh)))
     del pretrained
 
-    data_sharding = batch_sharding(mesh)
-    train_step = jax.jit(
-        make_train_step(model, tx, setup.loss_weights(config, specs),
-                        per_task_grads=config.optim.gradient_surgery == "pcgrad"),
-        in_shardings=(state_sharding, data_sharding, replicated(mesh)),
-        out_shardings=(state_sharding, replicated(mesh)),
-        donate_argnums=(0,),
-    )
     predictor = Predictor(model, mesh, config.eval_batch_size, config.data.buckets, tokenizer.pad_token_id)
     sampler = TaskSampler({t: len(s.data) for t, s in train_split.items()},
                           {t: config.tasks[t].batch_size for t in train_split},
@@ -109,39 +126,58 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     best_metrics: dict[str, float] = {}
     dev_metrics: dict[str, float] = {}
     compiled: set = set()
+    skipped_steps: list[int] = []
     task_names = sorted(specs)
     start_time = time.time()
     bar = tqdm(range(start_step, config.num_steps), initial=start_step, total=config.num_steps,
                desc=f"{tag}train", disable=jax.process_index() != 0, dynamic_ncols=True)
-    for step in bar:
-        batches = train_batches(train_split, sampler, step, config.data.buckets, tokenizer.pad_token_id)
-        shape_key = tuple((t, b["input_ids"].shape) for t, b in sorted(batches.items()))
-        if shape_key not in compiled:
-            compiled.add(shape_key)
-            log.info("compiling the train step for %s (compile #%d)", shape_key, len(compiled))
-        state, metrics = train_step(state, jax.device_put(batches, data_sharding), step_rng)
-        done = step + 1
-        if done % config.log_every == 0 or done == config.num_steps:
-            scalars = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
-            scalars.update({f"train/{k}": v for k, v in _surgery_metrics(state.opt_state, task_names).items()})
-            scalars["train/compiles"] = len(compiled)
-            writer.write(done, scalars)
-            bar.set_postfix({k.split("/", 2)[-1]: f"{v:.3f}" for k, v in scalars.items() if "/loss/" in k})
-        eval_due = config.eval_every and done % config.eval_every == 0
-        if eval_due or done == config.num_steps:
-            dev_metrics, _ = predictor.evaluate(state.params, dev_split)
-            writer.write(done, {f"dev/{k}": v for k, v in dev_metrics.items()})
-            summary = "  ".join(f"{k} {v:.4f}" for k, v in dev_metrics.items())
-            bar.write(f"{tag}step {done}: dev {summary}")
-            if dev_metrics and (best is None or dev_metrics["mean"] > best):
-                best, best_metrics = dev_metrics["mean"], dict(dev_metrics, step=done)
-                checkpoints.save_best(done, state.params, best, dev_metrics)
-        if done % config.checkpoint_every == 0 or done == config.num_steps:
-            checkpoints.save(done, state)
-    bar.close()
-    checkpoints.wait()
-    checkpoints.close()
-    writer.close()
+    pending = None  # (step, metrics) whose fault flags are still to be read, one step behind
+    try:
+        with PreemptionGuard() as guard:
+            for step in bar:
+                batches = runner.batches(train_split, sampler, step, config.data.buckets, tokenizer.pad_token_id)
+                shape_key = tuple((t, b["input_ids"].shape) for t, b in sorted(batches.items()))
+                if shape_key not in compiled:
+                    compiled.add(shape_key)
+                    log.info("compiling the train step for %s (compile #%d)", shape_key, len(compiled))
+                state, metrics = runner.step(state, batches, step_rng)
+                done = step + 1
+                stop_signal = guard.received  # read once: a signal may land at any point below
+                if pending is not None:  # reading the previous step's flags keeps one step in flight
+                    check_finite(*pending, config.on_nonfinite, skipped_steps)
+                pending = (done, metrics)
+                log_due = done % config.log_every == 0 or done == config.num_steps
+                eval_due = (config.eval_every and done % config.eval_every == 0) or done == config.num_steps
+                save_due = done % config.checkpoint_every == 0 or done == config.num_steps or stop_signal
+                if log_due or eval_due or save_due:  # these wait for the step anyway
+                    check_finite(done, metrics, config.on_nonfinite, skipped_steps)
+                    pending = None
+                if log_due:
+                    scalars = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()
+                               if not k.startswith("nonfinite")}
+                    scalars.update({f"train/{k}": v for k, v in _surgery_metrics(state.opt_state, task_names).items()})
+                    scalars["train/compiles"] = len(compiled)
+                    scalars["train/skipped_steps"] = len(skipped_steps)
+                    writer.write(done, scalars)
+                    bar.set_postfix({k.split("/", 2)[-1]: f"{v:.3f}" for k, v in scalars.items() if "/loss/" in k})
+                if eval_due:
+                    dev_metrics, _ = predictor.evaluate(state.params, dev_split)
+                    writer.write(done, {f"dev/{k}": v for k, v in dev_metrics.items()})
+                    summary = "  ".join(f"{k} {v:.4f}" for k, v in dev_metrics.items())
+                    bar.write(f"{tag}step {done}: dev {summary}")
+                    if dev_metrics and (best is None or dev_metrics["mean"] > best):
+                        best, best_metrics = dev_metrics["mean"], dict(dev_metrics, step=done)
+                        checkpoints.save_best(done, state.params, best, dev_metrics)
+                if save_due:
+                    checkpoints.save(done, state, force=True)
+                if stop_signal:
+                    checkpoints.wait()
+                    raise Preempted(stop_signal, done, workdir)
+    finally:
+        bar.close()
+        checkpoints.wait()
+        checkpoints.close()
+        writer.close()
     results = {
         "demo_data": is_demo,
         "data": {"source": config.data.source, "train_sizes": {t: len(d) for t, d in train_data.items()},
@@ -154,6 +190,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         "best_dev": best_metrics,
         "devices": mesh.size,
         "train_step_compiles": len(compiled),
+        "skipped_nonfinite_steps": skipped_steps,
     }
     if jax.process_index() == 0:
         write_json(os.path.join(workdir, "results.json"), results)

@@ -1,0 +1,48 @@
+"""AC-GAN-BERT: semi-supervised SST-5 with a conditional generator and a discriminator on MiniLM embeddings.
+
+Train with `python -m jaxmt.gan.train --config=configs/acgan.py --workdir=runs/acgan`, or compare
+against the plain fine-tuned baseline over labeled fractions with `python -m jaxmt.gan.sweep`.
+"""
+
+from ml_collections import ConfigDict
+
+from configs import default
+
+
+def get_config() -> ConfigDict:
+    config = default.get_config()
+    config.unlock()
+    config.task_names = ("sst",)
+    config.data.buckets = (32, 64)
+    config.data.max_length = 64
+    config.eval_every = 0
+    config.gan = ConfigDict(dict(
+        method="acgan",  # acgan: GAN training of encoder+D and G | baseline: plain fine-tuning on the labeled subset
+        form="acgan",  # discriminator: acgan (real/fake logit + K-way class head) | ganbert (K+1 logits, last = fake)
+        update_order="simultaneous",  # simultaneous: D and G from the same params | alternating: G sees the updated D
+        labeled_fraction=0.1,  # share of the training set that keeps its labels (class-stratified, seeded, fixed)
+        min_labeled_per_batch=4,  # labeled rows in every batch at least (oversampling a small labeled pool)
+        fake_batch_size=0,  # generated rows a step (0 = the task's batch size)
+        noise_dim=100,  # size of G's uniform noise z
+        g_layers=1,  # G's hidden layers
+        g_width=0,  # G's hidden width (0 = the encoder's feature dim)
+        g_dropout=0.1,  # dropout after each hidden layer of G
+        d_layers=1,  # D's hidden layers (>= 1: feature matching reads the last one)
+        d_width=0,  # D's hidden width (0 = the encoder's feature dim)
+        d_dropout=0.1,  # dropout on D's input and after each hidden layer
+        leaky_slope=0.2,  # negative slope of the leaky ReLUs of G and D
+        g_learning_rate=1e-4,  # G's AdamW learning rate (constant; encoder+D use config.optim)
+        weights=dict(
+            d_supervised=1.0,  # D: cross-entropy on labeled real examples
+            d_unsupervised=1.0,  # D: real-vs-fake on all real and fake examples
+            d_fake_class=1.0,  # D, acgan form only: class loss of fakes for their conditioning label
+            g_fool=1.0,  # G: non-saturating fooling loss
+            g_feature_matching=1.0,  # G: GAN-BERT feature matching (mean D features, real vs fake)
+            g_class=1.0,  # G: fakes classified as their conditioning label
+        ),
+        collapse_examples=1000,  # dev rows whose real embeddings the mode-collapse checks compare against
+        collapse_fakes_per_class=200,  # generated embeddings per class for the mode-collapse checks
+        save_checkpoints=True,  # Orbax checkpoints for resumption (the sweep turns them off)
+    ))
+    config.lock()
+    return config

@@ -1,0 +1,130 @@
+"""A GAN run's pieces from its config: checks, data with its labeled subset, networks, optimizers.
+
+Shared by the GAN trainer and the baseline, so both read the same task, the same labeled subset
+(a function of the config's seed and fraction) and the same dev set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import optax
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from jaxmt.data.schema import CLASSIFICATION, TaskSpec
+from jaxmt.data.sources import load_splits, task_specs
+from jaxmt.data.tokenization import EncodedSplit
+from jaxmt.errors import ConfigError
+from jaxmt.gan.losses import LossWeights
+from jaxmt.gan.networks import FORMS, Discriminator, Generator
+from jaxmt.gan.semi_supervised import stratified_labeled_subset
+from jaxmt.gan.step import UPDATES, GanModel
+from jaxmt.models.pretrained import PretrainedBert, load_pretrained
+from jaxmt.parallel.mesh import make_mesh
+from jaxmt.training import setup
+
+log = logging.getLogger(__name__)
+
+METHODS = ("acgan", "baseline")
+
+
+def check_gan_config(config: ConfigDict) -> None:
+    """The general checks, then the GAN block's: one classification task, sensible sizes and weights."""
+    if "gan" not in config:
+        raise ConfigError("this config has no `gan` block: start from configs/acgan.py")
+    setup.check_config(config)
+    gan = config.gan
+    for field, allowed in (("method", METHODS), ("form", FORMS), ("update_order", UPDATES)):
+        if gan[field] not in allowed:
+            raise ConfigError(f"config.gan.{field} = {gan[field]!r}; expected one of {allowed}")
+    if len(config.task_names) != 1:
+        raise ConfigError(f"config.task_names = {tuple(config.task_names)}: a GAN run trains one classification "
+                          "task, e.g. --config.task_names=sst")
+    task = config.tasks.get(config.task_names[0], None)
+    if task is not None and (task.kind != CLASSIFICATION or task.pair):
+        raise ConfigError(f"task {config.task_names[0]!r} is a {task.kind} {'pair ' if task.pair else ''}task; "
+                          "AC-GAN-BERT needs a single-sentence classification task (e.g. sst)")
+    if not 0.0 < gan.labeled_fraction <= 1.0:
+        raise ConfigError(f"config.gan.labeled_fraction = {gan.labeled_fraction}: must be in (0, 1]")
+    for field in ("noise_dim", "d_layers", "collapse_examples", "collapse_fakes_per_class"):
+        if gan[field] < 1:
+            raise ConfigError(f"config.gan.{field} = {gan[field]}: must be >= 1")
+    for field in ("g_layers", "g_width", "d_width", "fake_batch_size"):
+        if gan[field] < 0:
+            raise ConfigError(f"config.gan.{field} = {gan[field]}: must be >= 0")
+    for field in ("g_dropout", "d_dropout"):
+        if not 0.0 <= gan[field] < 1.0:
+            raise ConfigError(f"config.gan.{field} = {gan[field]}: must be in [0, 1)")
+    negative = [k for k, v in gan.weights.items() if v < 0]
+    if negative:
+        raise ConfigError(f"config.gan.weights: {negative} negative; loss weights must be >= 0")
+
+
+@dataclasses.dataclass
+class GanData:
+    """The task, its encoded train and dev splits, and the labeled subset of train."""
+
+    spec: TaskSpec
+    pretrained: PretrainedBert
+    train: EncodedSplit
+    dev: EncodedSplit
+    labeled: np.ndarray  # indices into train
+    is_demo: bool
+
+    @property
+    def pad_id(self) -> int:
+        return self.pretrained.tokenizer.pad_token_id
+
+    def class_counts(self, indices: np.ndarray | None = None) -> list[int]:
+        labels = self.train.data.labels if indices is None else self.train.data.labels[indices]
+        return np.bincount(labels, minlength=self.spec.num_classes).tolist()
+
+
+def load_gan_data(config: ConfigDict, pretrained: PretrainedBert | None = None) -> GanData:
+    """Reads and tokenizes train and dev of the one task and picks its labeled subset."""
+    specs = task_specs(config)
+    (name, spec), = specs.items()
+    pretrained = pretrained or load_pretrained(config.model.name)
+    train_data = load_splits(config, specs, "train")[name]
+    dev = load_splits(config, specs, "dev")
+    if name not in dev or dev[name].labels is None:
+        raise ConfigError(f"task {name!r} has no labeled dev split: AC-GAN-BERT reports dev accuracy")
+    if train_data.labels is None:
+        raise ConfigError(f"task {name!r}: the training split has no labels")
+    encoded = setup.encode_splits(config, {name: train_data}, pretrained.tokenizer)[name]
+    dev_split = setup.encode_splits(config, {name: dev[name]}, pretrained.tokenizer)[name]
+    labeled = stratified_labeled_subset(train_data.labels, config.gan.labeled_fraction, config.seed)
+    data = GanData(spec=spec, pretrained=pretrained, train=encoded, dev=dev_split, labeled=labeled,
+                   is_demo=train_data.is_demo)
+    log.info("%s: %d of %d training examples labeled (fraction %g, per class %s)", name, len(labeled),
+             len(train_data), config.gan.labeled_fraction, data.class_counts(labeled))
+    return data
+
+
+def make_mesh_for(config: ConfigDict) -> Mesh:
+    mesh = make_mesh(config.mesh.axes, config.mesh.shape)
+    setup.check_batches_fit(config, mesh)
+    return mesh
+
+
+def build_gan(config: ConfigDict, bert_config, spec: TaskSpec) -> GanModel:
+    encoder = setup.build_model(config, bert_config, {spec.name: spec})
+    dim = encoder.backbone.feature_dim
+    g = config.gan
+    generator = Generator(num_classes=spec.num_classes, feature_dim=dim, noise_dim=g.noise_dim,
+                          hidden=(g.g_width or dim,) * g.g_layers, dropout_rate=g.g_dropout, slope=g.leaky_slope)
+    discriminator = Discriminator(num_classes=spec.num_classes, feature_dim=dim, form=g.form,
+                                  hidden=(g.d_width or dim,) * g.d_layers, dropout_rate=g.d_dropout,
+                                  slope=g.leaky_slope)
+    batch_size = config.tasks[spec.name].batch_size
+    return GanModel(encoder=encoder, generator=generator, discriminator=discriminator,
+                    weights=LossWeights.from_config(g.weights), fake_batch_size=g.fake_batch_size or batch_size)
+
+
+def generator_optimizer(config: ConfigDict) -> optax.GradientTransformation:
+    """G's own optimizer: clipped AdamW at a constant `gan.g_learning_rate`, no weight decay."""
+    chain = [optax.clip_by_global_norm(config.optim.clip_norm)] if config.optim.clip_norm > 0 else []
+    return optax.chain(*chain, optax.adamw(config.gan.g_learning_rate, weight_decay=0.0))

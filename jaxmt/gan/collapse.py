@@ -1,0 +1,115 @@
+"""Mode-collapse checks of a conditional generator, against real embeddings of the same classes.
+
+(a) class fidelity: a logistic-regression probe trained on real embeddings labels the fakes; the
+    share labeled as their conditioning class (compare with the probe's accuracy on held-out real ones).
+(b) diversity: mean pairwise distance of the fakes of each class, over that of the real ones; a
+    collapsed generator (one output per class, whatever the noise) gives a ratio near 0.
+(c) a 2-D PCA plot of real and fake embeddings coloured by class.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, steps: int = 300, l2: float = 1e-3):
+    """A multinomial logistic regression on standardised features (full-batch Adam); returns predict(x) -> ids."""
+    x = np.asarray(x, np.float32)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xs, ys = jnp.asarray((x - mean) / std), jnp.asarray(y, jnp.int32)
+    tx = optax.adam(0.05)
+
+    def loss(p):
+        logits = xs @ p["w"] + p["b"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, ys).mean() + l2 * jnp.sum(p["w"] ** 2)
+
+    @jax.jit
+    def train(p):
+        def body(_, carry):
+            p, s = carry
+            updates, s = tx.update(jax.grad(loss)(p), s, p)
+            return optax.apply_updates(p, updates), s
+        return jax.lax.fori_loop(0, steps, body, (p, tx.init(p)))[0]
+
+    params = train({"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros((num_classes,))})
+
+    def predict(z: np.ndarray) -> np.ndarray:
+        zs = (np.asarray(z, np.float32) - mean) / std
+        return np.asarray(jnp.argmax(zs @ params["w"] + params["b"], axis=-1))
+
+    return predict
+
+
+def class_fidelity(real_x: np.ndarray, real_y: np.ndarray, fake_x: np.ndarray, fake_y: np.ndarray,
+                   num_classes: int) -> dict[str, float]:
+    """Probe fit on half the real rows: its accuracy on the other half, and on the fakes (= fidelity)."""
+    fit = np.arange(len(real_x)) % 2 == 0
+    predict = fit_probe(real_x[fit], real_y[fit], num_classes)
+    return {"probe_real_accuracy": float(np.mean(predict(real_x[~fit]) == real_y[~fit])),
+            "class_fidelity": float(np.mean(predict(fake_x) == fake_y))}
+
+
+def mean_pairwise_distance(x: np.ndarray) -> float:
+    """Mean Euclidean distance over all pairs i < j (0 for fewer than two rows)."""
+    x = np.asarray(x, np.float64)
+    if len(x) < 2:
+        return 0.0
+    sq = np.sum(x * x, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0)
+    iu = np.triu_indices(len(x), k=1)
+    return float(np.mean(np.sqrt(d2[iu])))
+
+
+def diversity(real_x: np.ndarray, real_y: np.ndarray, fake_x: np.ndarray, fake_y: np.ndarray,
+              num_classes: int) -> dict[str, float]:
+    """Per class c: real and fake mean pairwise distances; `diversity_ratio` = mean over classes of fake/real."""
+    out, ratios = {}, []
+    for c in range(num_classes):
+        real_d = mean_pairwise_distance(real_x[real_y == c])
+        fake_d = mean_pairwise_distance(fake_x[fake_y == c])
+        out[f"diversity_real/{c}"], out[f"diversity_fake/{c}"] = real_d, fake_d
+        if real_d > 0:
+            ratios.append(fake_d / real_d)
+    out["diversity_ratio"] = float(np.mean(ratios)) if ratios else 0.0
+    out["diversity_ratio_min"] = float(np.min(ratios)) if ratios else 0.0
+    return out
+
+
+def pca_plot(real_x: np.ndarray, real_y: np.ndarray, fake_x: np.ndarray, fake_y: np.ndarray, num_classes: int,
+             path: str, title: str = "") -> str:
+    """Real (dots) and fake (crosses) embeddings on the first two principal components of the real ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean = real_x.mean(0)
+    _, _, vt = np.linalg.svd(real_x - mean, full_matrices=False)
+    project = lambda x: (x - mean) @ vt[:2].T  # noqa: E731
+    real_2d, fake_2d = project(real_x), project(fake_x)
+    colors = plt.get_cmap("viridis")(np.linspace(0, 1, num_classes))
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for c in range(num_classes):
+        ax.scatter(*real_2d[real_y == c].T, s=8, color=colors[c], alpha=0.5, label=f"real {c}")
+        ax.scatter(*fake_2d[fake_y == c].T, s=14, color=colors[c], marker="x", alpha=0.8, label=f"fake {c}")
+    ax.set(xlabel="PC 1 (of real)", ylabel="PC 2 (of real)", title=title or "real (o) vs generated (x) embeddings")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def collapse_report(real_x: np.ndarray, real_y: np.ndarray, fake_x: np.ndarray, fake_y: np.ndarray,
+                    num_classes: int, png_path: str | None = None, title: str = "") -> dict[str, float]:
+    """(a) and (b) as scalars; (c) written to `png_path` when given."""
+    real_x, fake_x = np.asarray(real_x, np.float32), np.asarray(fake_x, np.float32)
+    real_y, fake_y = np.asarray(real_y), np.asarray(fake_y)
+    report = class_fidelity(real_x, real_y, fake_x, fake_y, num_classes)
+    report.update(diversity(real_x, real_y, fake_x, fake_y, num_classes))
+    if png_path:
+        pca_plot(real_x, real_y, fake_x, fake_y, num_classes, png_path, title)
+    return report

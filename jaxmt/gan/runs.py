@@ -1,0 +1,81 @@
+"""What the GAN trainer and the baseline share around their step: resumption, fault checks, dev passes, results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from jaxmt.checkpointing.manager import Checkpoints, abstract_like
+from jaxmt.data.sampling import eval_batches
+from jaxmt.data.tokenization import EncodedSplit
+from jaxmt.parallel.mesh import batch_sharding
+from jaxmt.training.faults import NonFiniteError
+
+log = logging.getLogger(__name__)
+
+
+class RunCheckpoints:
+    """Orbax checkpoints of a run when `config.gan.save_checkpoints`, else nothing (sweeps keep results only)."""
+
+    def __init__(self, config: ConfigDict, workdir: str) -> None:
+        self.every, self.num_steps = config.checkpoint_every, config.num_steps
+        self.manager = Checkpoints(workdir, keep=config.keep_checkpoints) if config.gan.save_checkpoints else None
+
+    def restore_or_init(self, abstract_state: Any, shardings: Any, init: Callable[[], Any]) -> tuple[Any, int]:
+        """(state, first step): the latest checkpoint's state, or `init()` at step 0."""
+        step = self.manager.latest_step() if self.manager else None
+        if step is None:
+            return init(), 0
+        log.info("resuming from the step-%d checkpoint", step)
+        return self.manager.restore(abstract_like(abstract_state, shardings)), step
+
+    def after_step(self, done: int, state: Any) -> None:
+        if self.manager and (done % self.every == 0 or done == self.num_steps):
+            self.manager.save(done, state, force=True)
+
+    def close(self) -> None:
+        if self.manager:
+            self.manager.wait()
+            self.manager.close()
+
+
+def check_finite(step: int, nonfinite: Any, mode: str, skipped: list[int]) -> None:
+    """The step kept its old state on a NaN/Inf; stop here (mode 'stop') or record the skipped step."""
+    if not bool(jax.device_get(nonfinite)):
+        return
+    if mode == "stop":
+        raise NonFiniteError(f"step {step}: non-finite loss or gradient; the update was not applied. Lower the "
+                             "learning rates (optim.learning_rate, gan.g_learning_rate) or set "
+                             "--config.on_nonfinite=skip")
+    log.warning("step %d: non-finite loss or gradient; update skipped", step)
+    skipped.append(step)
+
+
+def split_outputs(fn: Callable, params: Any, split: EncodedSplit, batch_size: int, buckets, pad_id: int,
+                  mesh: Mesh) -> np.ndarray:
+    """`fn(params, batch)` over a whole split, rows back in the split's order ([N] or [N, D])."""
+    sharding, out = batch_sharding(mesh), None
+    for idx, batch in eval_batches(split, batch_size, buckets, pad_id):
+        rows = np.asarray(jax.device_get(fn(params, jax.device_put(batch, sharding))))[: len(idx)]
+        if out is None:
+            out = np.zeros((len(split.data),) + rows.shape[1:], rows.dtype)
+        out[idx] = rows
+    return out
+
+
+def write_results(workdir: str, results: dict) -> None:
+    """results.json, written through a temporary file so a crash never leaves half of it."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)

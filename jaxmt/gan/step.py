@@ -1,0 +1,190 @@
+"""The GAN step: one jitted program that updates encoder+D and G, with gradients kept apart.
+
+D's loss is a function of the encoder+D params alone (the fakes enter as constants through
+`stop_gradient`), G's loss of G's params alone (D's params and the real embeddings enter as
+constants), and each is differentiated only with respect to its own params and updated by its own
+optax optimizer. So no term of G's loss can move D or the encoder, nor any term of D's loss G.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from jaxmt.gan.losses import LossWeights, discriminator_losses, generator_losses
+from jaxmt.gan.networks import Discriminator, Generator
+from jaxmt.models.multitask import MultitaskModel
+from jaxmt.parallel.mesh import batch_sharding, replicated
+from jaxmt.training import setup
+from jaxmt.training.step import TrainState
+
+UPDATES = ("simultaneous", "alternating")
+
+
+@flax.struct.dataclass
+class GanState:
+    """Two train states: `d` (params {'backbone', 'discriminator'}, one optimizer) and `g` (G's params)."""
+
+    d: TrainState
+    g: TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class GanModel:
+    """The encoder (a one-task MultitaskModel, of which only the backbone is used), G, D and the loss weights."""
+
+    encoder: MultitaskModel
+    generator: Generator
+    discriminator: Discriminator
+    weights: LossWeights
+    fake_batch_size: int
+
+    def init(self, rng: jax.Array, encoder_params: dict | None) -> tuple[dict, dict]:
+        """(encoder+D params, G params); `encoder_params` is a pretrained FlaxBert tree or None."""
+        enc_rng, d_rng, g_rng = jax.random.split(rng, 3)
+        backbone = self.encoder.init(enc_rng, encoder_params)["backbone"]
+        return ({"backbone": backbone, "discriminator": self.discriminator.init(d_rng)},
+                self.generator.init(g_rng))
+
+    def real_embeddings(self, d_params: dict, batch: dict, rng: jax.Array | None, deterministic: bool) -> jax.Array:
+        """The encoder's pooled sentence embeddings [B, D] of the batch's real sentences."""
+        feats = self.encoder.features({"backbone": d_params["backbone"]}, batch, rng=rng, deterministic=deterministic)
+        return feats[:, 0].astype(jnp.float32)
+
+    def fake_inputs(self, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Noise [F, noise_dim] and conditioning labels [F] (uniform over the K classes)."""
+        noise_rng, label_rng = jax.random.split(rng)
+        n = self.fake_batch_size
+        return (self.generator.sample_noise(noise_rng, n),
+                jax.random.randint(label_rng, (n,), 0, self.generator.num_classes))
+
+    def _discriminate(self, d_params: dict, real: jax.Array, fake: jax.Array, rng: jax.Array):
+        """D over real and fake rows concatenated in one batch; outputs and features split back."""
+        out, feats = self.discriminator(d_params["discriminator"], jnp.concatenate([real, fake]), rng,
+                                        deterministic=False)
+        b = real.shape[0]
+        head = lambda x: x[:b]  # noqa: E731
+        tail = lambda x: x[b:]  # noqa: E731
+        return (jax.tree_util.tree_map(head, out), feats[:b]), (jax.tree_util.tree_map(tail, out), feats[b:])
+
+    def d_loss(self, d_params: dict, g_params: dict, batch: dict, rng: jax.Array, noise_rng: jax.Array):
+        """D's loss; differentiable in `d_params` only (G's output is a constant here)."""
+        enc_rng, g_rng, d_rng = jax.random.split(rng, 3)
+        real = self.real_embeddings(d_params, batch, enc_rng, deterministic=False)
+        noise, fake_labels = self.fake_inputs(noise_rng)
+        fake = jax.lax.stop_gradient(self.generator(g_params, noise, fake_labels, g_rng, deterministic=False))
+        (real_out, _), (fake_out, _) = self._discriminate(d_params, real, fake, d_rng)
+        total, terms = discriminator_losses(self.discriminator, real_out, fake_out, batch["labels"],
+                                            batch["label_mask"], batch["example_mask"], fake_labels, self.weights)
+        log_real_on_real, _ = self.discriminator.log_real_and_fake(real_out)
+        log_real_on_fake, _ = self.discriminator.log_real_and_fake(fake_out)
+        correct = jnp.argmax(self.discriminator.class_logits(real_out), -1) == batch["labels"]
+        mask = batch["label_mask"] * batch["example_mask"]
+        stats = {"p_real_on_real": jnp.mean(jnp.exp(log_real_on_real)),
+                 "p_real_on_fake": jnp.mean(jnp.exp(log_real_on_fake)),
+                 "labeled_accuracy": jnp.sum(correct * mask) / jnp.maximum(jnp.sum(mask), 1.0)}
+        return total, {"terms": terms, "stats": stats, "real": real}
+
+    def g_loss(self, g_params: dict, d_params: dict, real: jax.Array, batch: dict, rng: jax.Array,
+               noise_rng: jax.Array):
+        """G's loss; differentiable in `g_params` only (D's params and the real embeddings are constants)."""
+        d_params, real = jax.lax.stop_gradient((d_params, real))
+        g_rng, d_rng = jax.random.split(rng)
+        noise, fake_labels = self.fake_inputs(noise_rng)
+        fake = self.generator(g_params, noise, fake_labels, g_rng, deterministic=False)
+        (_, real_feats), (fake_out, fake_feats) = self._discriminate(d_params, real, fake, d_rng)
+        total, terms = generator_losses(self.discriminator, fake_out, fake_feats, real_feats,
+                                        batch["example_mask"], fake_labels, self.weights)
+        return total, {"terms": terms}
+
+
+def init_gan_state(gan: GanModel, d_tx: optax.GradientTransformation, g_tx: optax.GradientTransformation,
+                   rng: jax.Array, encoder_params: dict | None) -> GanState:
+    d_params, g_params = gan.init(rng, encoder_params)
+    zero = jnp.zeros((), jnp.int32)
+    return GanState(d=TrainState(step=zero, params=d_params, opt_state=d_tx.init(d_params)),
+                    g=TrainState(step=zero, params=g_params, opt_state=g_tx.init(g_params)))
+
+
+def make_gan_step(gan: GanModel, d_tx: optax.GradientTransformation, g_tx: optax.GradientTransformation,
+                  update: str = "simultaneous") -> Callable:
+    """Returns `gan_step(state, batch, rng) -> (state, metrics)`.
+
+    'simultaneous': both losses are taken at the step's starting params. 'alternating': D is
+    updated first and G's loss reads the updated D (on the same real embeddings and noise).
+    A non-finite loss or gradient leaves both states as they were and sets metrics['nonfinite'].
+    """
+    if update not in UPDATES:
+        raise ValueError(f"gan.update_order must be one of {UPDATES}, got {update!r}")
+
+    def gan_step(state: GanState, batch: dict, rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.d.step)
+        d_rng, g_rng, noise_rng = jax.random.split(rng, 3)
+        (d_total, d_aux), d_grads = jax.value_and_grad(gan.d_loss, has_aux=True)(
+            state.d.params, state.g.params, batch, d_rng, noise_rng)
+        d_updates, d_opt = d_tx.update(d_grads, state.d.opt_state, state.d.params)
+        d_params = optax.apply_updates(state.d.params, d_updates)
+        d_for_g = d_params if update == "alternating" else state.d.params
+        (g_total, g_aux), g_grads = jax.value_and_grad(gan.g_loss, has_aux=True)(
+            state.g.params, d_for_g, d_aux["real"], batch, g_rng, noise_rng)
+        g_updates, g_opt = g_tx.update(g_grads, state.g.opt_state, state.g.params)
+        g_params = optax.apply_updates(state.g.params, g_updates)
+
+        d_norm, g_norm = optax.global_norm(d_grads), optax.global_norm(g_grads)
+        finite = jnp.isfinite(d_total) & jnp.isfinite(g_total) & jnp.isfinite(d_norm) & jnp.isfinite(g_norm)
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = GanState(
+            d=TrainState(step=state.d.step + 1, params=keep(d_params, state.d.params),
+                         opt_state=keep(d_opt, state.d.opt_state)),
+            g=TrainState(step=state.g.step + 1, params=keep(g_params, state.g.params),
+                         opt_state=keep(g_opt, state.g.opt_state)),
+        )
+        metrics = {"d/loss": d_total, "g/loss": g_total, "d/grad_norm": d_norm, "g/grad_norm": g_norm,
+                   "nonfinite": ~finite}
+        metrics.update({f"d/{k}": v for k, v in d_aux["terms"].items()})
+        metrics.update({f"d/{k}": v for k, v in d_aux["stats"].items()})
+        metrics.update({f"g/{k}": v for k, v in g_aux["terms"].items()})
+        return new_state, metrics
+
+    return gan_step
+
+
+def gan_state_shardings(abstract_state: GanState, mesh: Mesh) -> GanState:
+    """Like the multitask trainer: encoder params by the sharding rules, D and G (no rule) replicated,
+    optimizer states following their params."""
+    return GanState(d=setup.state_shardings(abstract_state.d, mesh), g=setup.state_shardings(abstract_state.g, mesh))
+
+
+def jit_gan_step(gan: GanModel, d_tx: optax.GradientTransformation, g_tx: optax.GradientTransformation,
+                 update: str, mesh: Mesh, state_sharding: Any) -> Callable:
+    """The step jitted over the mesh: batch split over the data axes, state donated and kept in place."""
+    return jax.jit(make_gan_step(gan, d_tx, g_tx, update),
+                   in_shardings=(state_sharding, batch_sharding(mesh), replicated(mesh)),
+                   out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,))
+
+
+def make_eval_fns(gan: GanModel, mesh: Mesh) -> tuple[Callable, Callable, Callable]:
+    """Jitted, deterministic (no dropout): embed(d_params, batch) -> real embeddings [B, D],
+    classify(d_params, embeddings) -> D's class ids [N], generate(g_params, noise, labels) -> fakes [F, D].
+    Dev accuracy and the mode-collapse checks share one pass of the encoder over the dev set."""
+    rep = replicated(mesh)
+
+    def embed(d_params, batch):
+        return gan.real_embeddings(d_params, batch, None, True)
+
+    def classify(d_params, embeddings):
+        outputs, _ = gan.discriminator(d_params["discriminator"], embeddings)
+        return jnp.argmax(gan.discriminator.class_logits(outputs), axis=-1).astype(jnp.int32)
+
+    def generate(g_params, noise, labels):
+        return gan.generator(g_params, noise, labels)
+
+    return (jax.jit(embed, in_shardings=(None, batch_sharding(mesh)), out_shardings=rep),
+            jax.jit(classify, out_shardings=rep), jax.jit(generate, out_shardings=rep))

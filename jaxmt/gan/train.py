@@ -1,0 +1,40 @@
+"""Command line: python -m jaxmt.gan.train --config=configs/acgan.py --workdir=DIR [--config.x.y=v]
+
+Trains AC-GAN-BERT (gan.method='acgan') or its baseline (configs/acgan_baseline.py) and prints the results.
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxmt.cli import parse_flags, setup_logging
+
+
+def define_flags() -> None:
+    config_flags.DEFINE_config_file("config", "configs/acgan.py", "Path to a config file with get_config().")
+    flags.DEFINE_string("workdir", "runs/acgan", "Directory for checkpoints, logs and results.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    setup_logging()
+    from jaxmt.errors import ConfigError
+    from jaxmt.gan.baseline import train_baseline
+    from jaxmt.gan.trainer import train_gan
+    from jaxmt.training.faults import user_facing_errors
+
+    config = flags.FLAGS.config
+    with user_facing_errors():
+        if "gan" not in config:
+            raise ConfigError("this config has no `gan` block: use configs/acgan.py or configs/acgan_baseline.py")
+        train = train_baseline if config.gan.method == "baseline" else train_gan
+        results = train(config, flags.FLAGS.workdir)
+    print(json.dumps(results, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main, flags_parser=parse_flags)

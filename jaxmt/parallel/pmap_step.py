@@ -1,0 +1,65 @@
+"""The jax.pmap train step: data parallelism with replicated params, gradients averaged by lax.pmean.
+
+The same model, optimizer and `make_train_step` as the jit path; `axis_name` makes the step
+average losses and gradients across devices before the optimizer (and PCGrad) see them. The
+state goes in and comes out unmapped (`in_axes=None`, `out_axes=None`): one replicated copy per
+device, in the same layout as the jit path's replicated state, so checkpoints, evaluation and
+logging read it unchanged. Each device draws its own dropout masks.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxmt.data.sampling import TaskSampler
+from jaxmt.errors import ConfigError
+from jaxmt.models.multitask import MultitaskModel
+from jaxmt.parallel.host_data import local_train_batches, process_rows
+from jaxmt.training.step import TrainState, make_train_step
+
+AXIS = "batch"
+
+
+def check_pmap_mesh(mesh: Mesh) -> None:
+    """pmap replicates params: the mesh must be data-parallel only."""
+    model_parallel = {a: n for a, n in mesh.shape.items() if a != "data" and n > 1}
+    if model_parallel:
+        raise ConfigError(f"config.parallel.mode='pmap' is data parallelism only, but the mesh also splits over "
+                          f"{model_parallel}; set config.mesh.shape so only 'data' is > 1, or use mode='jit'")
+
+
+class PmapStep:
+    """`batches(...)` builds this process's rows as [local devices, rows per device, ...]; `step` runs them."""
+
+    def __init__(self, model: MultitaskModel, tx: optax.GradientTransformation, loss_weights: dict[str, float],
+                 per_task_grads: bool) -> None:
+        train_step = make_train_step(model, tx, loss_weights, per_task_grads, axis_name=AXIS)
+
+        def device_step(state: TrainState, batches: dict, rng: jax.Array):
+            return train_step(state, batches, jax.random.fold_in(rng, jax.lax.axis_index(AXIS)))
+
+        self._step = jax.pmap(device_step, axis_name=AXIS, in_axes=(None, 0, None), out_axes=None,
+                              donate_argnums=(0,))
+        self.local_devices = jax.local_device_count()
+        # pmap's own device order: the rows each process feeds, and the sharding its unmapped outputs get.
+        pmap_mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
+        self._row_sharding = NamedSharding(pmap_mesh, P(AXIS))
+        self._replicated = NamedSharding(pmap_mesh, P())
+
+    def batches(self, splits: dict, sampler: TaskSampler, step: int, buckets, pad_id: int) -> dict:
+        local, _ = local_train_batches(splits, sampler, step, buckets, pad_id,
+                                       lambda size: process_rows(size, self._row_sharding))
+        n = self.local_devices
+        return {t: {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
+                for t, batch in local.items()}
+
+    def step(self, state: TrainState, batches: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+        if jax.tree_util.tree_leaves(state)[0].sharding != self._replicated:
+            # A state from init or restore is replicated over the run's mesh; re-labelled once (same devices, no
+            # copy) as pmap's outputs are, so the second step does not compile the step again.
+            state = jax.device_put(state, self._replicated)
+        return self._step(state, batches, rng)

@@ -1,0 +1,78 @@
+"""What stops a run early on purpose: preemption signals and numerical faults.
+
+SIGTERM (what a preemptible TPU VM or SLURM sends before it takes the machine) and SIGINT
+(Ctrl-C) make the trainer save a checkpoint at the current step and exit with
+`EXIT_PREEMPTED`; the same command then resumes exactly. A second signal acts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+EXIT_BAD_INPUT = 2  # bad data, config or model: nothing was trained
+EXIT_NONFINITE = 3  # a NaN/Inf loss or gradient stopped the run; the last good checkpoint is kept
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a signal stopped the run after saving; run the same command to resume
+
+
+class Preempted(Exception):
+    """Raised by the trainer after it saved a checkpoint in response to a signal."""
+
+    def __init__(self, signal_name: str, step: int, workdir: str) -> None:
+        super().__init__(f"stopped by {signal_name} at step {step}; checkpoint saved in {workdir}; "
+                         "run the same command to resume")
+        self.signal_name, self.step, self.workdir = signal_name, step, workdir
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or Inf in the loss or gradients (config.on_nonfinite='stop')."""
+
+
+class PreemptionGuard:
+    """Context manager: records SIGTERM / SIGINT instead of dying, for the loop to act on."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received = signal.Signals(signum).name
+        for sig, handler in self._previous.items():  # a second signal is not caught again
+            signal.signal(sig, handler)
+
+    def __enter__(self) -> PreemptionGuard:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}
+            for sig in self.SIGNALS:
+                signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def user_facing_errors() -> Iterator[None]:
+    """For command lines: a one-line message and a distinct exit status instead of a traceback."""
+    from jaxmt.data.errors import DataError
+    from jaxmt.errors import ConfigError
+    from jaxmt.models.pretrained import ModelError
+    from jaxmt.parallel.mesh import MeshError
+
+    try:
+        yield
+    except Preempted as stop:
+        print(f"jaxmt: {stop}", file=sys.stderr)
+        raise SystemExit(EXIT_PREEMPTED) from None
+    except NonFiniteError as err:
+        print(f"jaxmt: error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_NONFINITE) from None
+    except (ConfigError, DataError, ModelError, MeshError, FileNotFoundError) as err:
+        print(f"jaxmt: error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None

@@ -1,0 +1,282 @@
+"""AC-GAN-BERT: network shapes, gradient isolation of G and D, the labeled subset, a tiny demo run, the sweep table."""
+
+import csv
+import dataclasses
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from jaxmt.errors import ConfigError
+from jaxmt.gan.build import build_gan, check_gan_config, generator_optimizer, load_gan_data
+from jaxmt.gan.collapse import diversity, mean_pairwise_distance
+from jaxmt.gan.networks import ACGAN, FORMS, GANBERT, Discriminator, Generator
+from jaxmt.gan.semi_supervised import SemiSupervisedSampler, semi_supervised_batch, stratified_labeled_subset
+from jaxmt.gan.step import init_gan_state, make_gan_step
+from jaxmt.training.optimizer import make_optimizer
+
+K, D = 5, 32
+NO_MODEL = "model-not-loaded"  # for tests that only check configs: nothing reads the model
+
+
+def gan_config(model_dir, **overrides):
+    """configs/acgan.py shrunk like conftest.tiny_config: tiny model, short sequences, one bucket (one compile)."""
+    from configs import acgan
+
+    base = tiny_config(model_dir)
+    config = acgan.get_config()
+    for section in ("data", "model"):
+        config[section].update(base[section].to_dict())
+    config.task_names = ("sst",)
+    config.data.buckets = (32,)
+    config.data.max_length = 32
+    config.data.max_train_examples = 400
+    config.data.max_eval_examples = 100
+    config.tasks.sst.batch_size = 16
+    config.eval_batch_size = 32
+    config.gan.save_checkpoints = False
+    config.gan.collapse_examples = 100
+    config.gan.collapse_fakes_per_class = 20
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_generator_and_discriminator_shapes_and_dtypes(form):
+    g = Generator(num_classes=K, feature_dim=D, noise_dim=100, hidden=(48, 40))
+    d = Discriminator(num_classes=K, feature_dim=D, form=form, hidden=(24,))
+    g_params, d_params = g.init(jax.random.PRNGKey(0)), d.init(jax.random.PRNGKey(1))
+
+    @jax.jit  # one compile instead of many eager ops
+    def run(g_params, d_params, real):
+        noise = g.sample_noise(jax.random.PRNGKey(2), 6)
+        fake = g(g_params, noise, jnp.arange(6) % K, jax.random.PRNGKey(3), deterministic=False)
+        outputs, feats = d(d_params, jnp.concatenate([real.astype(jnp.float32), fake]), jax.random.PRNGKey(5),
+                           deterministic=False)
+        return noise, fake, outputs, feats, d.class_logits(outputs), d.log_real_and_fake(outputs)
+
+    real = jax.random.normal(jax.random.PRNGKey(4), (4, D), jnp.bfloat16)
+    noise, fake, outputs, feats, class_logits, (log_real, log_fake) = run(g_params, d_params, real)
+    chex.assert_shape(noise, (6, 100))
+    chex.assert_shape(fake, (6, D))
+    chex.assert_type(fake, jnp.float32)
+    chex.assert_shape(feats, (10, 24))
+    if form == GANBERT:
+        chex.assert_shape(outputs["logits"], (10, K + 1))
+    else:
+        chex.assert_shape([outputs["source"], outputs["classes"]], [(10,), (10, K)])
+    chex.assert_shape(class_logits, (10, K))
+    chex.assert_trees_all_close(jnp.exp(log_real) + jnp.exp(log_fake), jnp.ones(10), atol=1e-5)
+    chex.assert_type([*jax.tree_util.tree_leaves(outputs), feats, log_real], jnp.float32)
+    labels = jnp.arange(6) % K
+    # deterministic: no dropout, so no rng needed and the same output twice
+    chex.assert_trees_all_equal(g(g_params, noise, labels), g(g_params, noise, labels))
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    """conftest's tiny BERT with one layer instead of two: every jitted GAN step compiles in half the time."""
+    from conftest import demo_words
+
+    from jaxmt.models.pretrained import write_random_bert
+
+    model_dir = write_random_bert(tmp_path_factory.mktemp("one_layer_bert"), demo_words(), seed=0,
+                                  num_hidden_layers=1)
+    config = gan_config(model_dir, **{"gan.labeled_fraction": 0.25})
+    return config, load_gan_data(config)
+
+
+def step_inputs(config, data, form, weights=None):
+    config = config.copy_and_resolve_references()
+    config.gan.form = form
+    config.optim.weight_decay = 0.0  # so a zero gradient means an unchanged param
+    for key, value in (weights or {}).items():
+        config.gan.weights[key] = value
+    gan = build_gan(config, data.pretrained.config, data.spec)
+    d_tx, g_tx = make_optimizer(config, 10, 1), generator_optimizer(config)
+    state = init_gan_state(gan, d_tx, g_tx, jax.random.PRNGKey(0), data.pretrained.params)
+    sampler = SemiSupervisedSampler.build(len(data.train.data), data.labeled, 16, 4, 0)
+    idx, mask = sampler.indices(0)
+    batch = semi_supervised_batch(data.train, idx, mask, config.data.buckets, data.pad_id)
+    return config, gan, d_tx, g_tx, state, batch
+
+
+def nonzero_leaves(tree):
+    return sum(int(jnp.any(x != 0)) for x in jax.tree_util.tree_leaves(tree))
+
+
+def test_each_loss_has_gradient_only_for_its_own_params(demo_data):
+    config, data = demo_data
+    _, gan, _, _, state, batch = step_inputs(config, data, GANBERT)
+    keys = jax.random.split(jax.random.PRNGKey(1), 2)
+    d_params, g_params = state.d.params, state.g.params
+    loss_d = lambda dp, gp: gan.d_loss(dp, gp, batch, *keys)[0]  # noqa: E731
+    grad_d_wrt_d, grad_d_wrt_g = jax.jit(jax.grad(loss_d, argnums=(0, 1)))(d_params, g_params)
+    real = jax.random.normal(jax.random.PRNGKey(2), (16, gan.generator.feature_dim))
+    loss_g = lambda gp, dp, r: gan.g_loss(gp, dp, r, batch, *keys)[0]  # noqa: E731
+    grad_g_wrt_g, grad_g_wrt_d, grad_g_wrt_real = jax.jit(jax.grad(loss_g, argnums=(0, 1, 2)))(g_params, d_params,
+                                                                                                real)
+    assert nonzero_leaves(grad_d_wrt_g) == 0 and nonzero_leaves(grad_g_wrt_d) == 0
+    assert not np.any(np.asarray(grad_g_wrt_real))  # the encoder cannot learn from G's loss either
+    assert nonzero_leaves(grad_d_wrt_d["discriminator"]) == len(jax.tree_util.tree_leaves(d_params["discriminator"]))
+    assert nonzero_leaves(grad_d_wrt_d["backbone"]) > 0
+    assert nonzero_leaves(grad_g_wrt_g) == len(jax.tree_util.tree_leaves(g_params))
+
+
+D_WEIGHTS = ("d_supervised", "d_unsupervised", "d_fake_class")
+G_WEIGHTS = ("g_fool", "g_feature_matching", "g_class")
+
+
+def test_step_leaves_the_silenced_side_unchanged(demo_data):
+    """With one side's loss weights all zero, a step must not move that side at all: whatever it would
+    learn could only leak from the other side's loss. Alternating order (G reads the freshly updated D);
+    the weights are a traced argument, so both cases share one compiled step."""
+    config, data = demo_data
+    _, gan, d_tx, g_tx, state, batch = step_inputs(config, data, ACGAN)
+
+    @jax.jit
+    def step(state, weights, rng):
+        return make_gan_step(dataclasses.replace(gan, weights=weights), d_tx, g_tx, "alternating")(state, batch, rng)
+
+    for silenced in ("d", "g"):
+        weights = gan.weights.replace(**{k: 0.0 for k in (D_WEIGHTS if silenced == "d" else G_WEIGHTS)})
+        new = state
+        for s in range(3):  # past the first step, when the warm-up learning rate of encoder+D is still 0
+            new, metrics = step(new, weights, jax.random.PRNGKey(s))
+        assert not bool(metrics["nonfinite"])
+        frozen, moved = ("d", "g") if silenced == "d" else ("g", "d")
+        chex.assert_trees_all_equal(getattr(new, frozen).params, getattr(state, frozen).params)
+        changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), getattr(new, moved).params,
+                                         getattr(state, moved).params)
+        assert all(jax.tree_util.tree_leaves(changed if moved == "g" else changed["discriminator"])), silenced
+        assert any(jax.tree_util.tree_leaves(changed["backbone"] if moved == "d" else changed))
+
+
+def test_labeled_subset_is_stratified_seeded_fixed_and_nested():
+    rng = np.random.default_rng(0)
+    labels = rng.choice(K, size=2000, p=[0.1, 0.3, 0.2, 0.25, 0.15])
+    counts = np.bincount(labels, minlength=K)
+    subset = stratified_labeled_subset(labels, 0.1, seed=3)
+    np.testing.assert_array_equal(np.bincount(labels[subset], minlength=K), np.round(0.1 * counts).astype(int))
+    np.testing.assert_array_equal(subset, stratified_labeled_subset(labels.copy(), 0.1, seed=3))  # fixed
+    assert not np.array_equal(subset, stratified_labeled_subset(labels, 0.1, seed=4))  # seeded
+    assert set(stratified_labeled_subset(labels, 0.05, seed=3)) <= set(subset)  # nested
+    assert len(stratified_labeled_subset(labels, 1.0, seed=3)) == len(labels)
+    tiny = stratified_labeled_subset(labels, 0.001, seed=3)
+    assert sorted(set(labels[tiny])) == list(range(K))  # every class keeps at least one label
+    with pytest.raises(ConfigError, match="labeled_fraction"):
+        stratified_labeled_subset(labels, 0.0, seed=3)
+
+
+def test_batches_oversample_labels_and_hide_the_unlabeled_ones(demo_data):
+    _, data = demo_data
+    sampler = SemiSupervisedSampler.build(len(data.train.data), data.labeled, 16, 4, seed=0)
+    assert sampler.num_labeled == 4  # the natural share (25% of 16) is 4 as well
+    sparse = SemiSupervisedSampler.build(1000, np.arange(10), 16, 4, seed=0)
+    assert sparse.num_labeled == 4  # 1% labeled still gives 4 labeled rows a batch
+    labeled = set(data.labeled.tolist())
+    for step in (0, 7, 40):  # 40 x 4 = 160 > 100 labeled: the pool wraps into a new epoch
+        idx, mask = sampler.indices(step)
+        np.testing.assert_array_equal(np.asarray([i in labeled for i in idx]), mask > 0)
+        batch = semi_supervised_batch(data.train, idx, mask, (32,), data.pad_id)
+        np.testing.assert_array_equal(batch["label_mask"], mask)
+        np.testing.assert_array_equal(batch["labels"][mask > 0], data.train.data.labels[idx[mask > 0]])
+        assert not batch["labels"][mask == 0].any()
+    np.testing.assert_array_equal(sampler.indices(7)[0], sampler.indices(7)[0])  # a pure function of the step
+    full = SemiSupervisedSampler.build(50, np.arange(50), 16, 4, seed=0)
+    assert full.num_labeled == 16 and full.indices(3)[1].all()
+
+
+def test_config_checks():
+    check_gan_config(gan_config(NO_MODEL))
+    for key, value, message in (("gan.form", "wgan", "gan.form"), ("gan.update_order", "both", "update_order"),
+                                ("gan.labeled_fraction", 1.5, "labeled_fraction"), ("gan.d_layers", 0, "d_layers"),
+                                ("task_names", ("sst", "para"), "one classification")):
+        with pytest.raises(ConfigError, match=message):
+            check_gan_config(gan_config(NO_MODEL, **{key: value}))
+    with pytest.raises(ConfigError, match="single-sentence classification"):
+        check_gan_config(gan_config(NO_MODEL, task_names=("sts",)))
+
+
+def test_diversity_detects_collapse():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(100, 8))
+    y = np.arange(100) % 4
+    assert mean_pairwise_distance(np.ones((5, 8))) == 0.0
+    collapsed = rng.normal(size=(4, 8))[y]  # one output per class, whatever the noise
+    assert diversity(real, y, collapsed + 1e-3 * rng.normal(size=(100, 8)), y, 4)["diversity_ratio"] < 0.01
+    assert diversity(real, y, rng.normal(size=(100, 8)), y, 4)["diversity_ratio"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_tiny_demo_run_lowers_supervised_loss_without_collapse(demo_data, tmp_path):
+    from jaxmt.gan.trainer import train_gan
+
+    config, data = demo_data
+    config = config.copy_and_resolve_references()
+    config.num_steps, config.log_every = 60, 20
+    config.model.dropout = 0.0
+    config.optim.learning_rate = 1e-2
+    config.optim.warmup_fraction = 0.05
+    config.gan.g_learning_rate = 1e-3
+    results = train_gan(config, str(tmp_path), data)
+    first, last = results["first_losses"], results["last_losses"]
+    assert last["d/supervised"] < 0.8 * first["d/supervised"], (first["d/supervised"], last["d/supervised"])
+    collapse = results["collapse"]
+    assert collapse["diversity_ratio_min"] > 0.2, collapse
+    assert 0.0 <= collapse["class_fidelity"] <= 1.0
+    assert results["demo_data"] and results["labeled_examples"] == len(data.labeled) == 100
+    assert 0.0 <= results["dev_accuracy"] <= 1.0
+    assert os.path.getsize(tmp_path / "pca.png") > 0
+    logged = open(tmp_path / "metrics.jsonl").read()
+    assert "collapse/class_fidelity" in logged and "dev/accuracy" in logged and "train/g/feature_matching" in logged
+
+
+def test_sweep_writes_csv_markdown_and_plot(tmp_path):
+    from jaxmt.gan.sweep import COLUMNS, markdown_table, write_table
+
+    rows = []
+    for fraction, base, gan in ((0.05, 0.30, 0.34), (1.0, 0.50, 0.49)):
+        rows.append(dict.fromkeys(COLUMNS, "") | {"labeled_fraction": fraction, "method": "baseline",
+                                                  "dev_accuracy": base, "steps": 10, "train_seconds": 3.0})
+        rows.append(dict.fromkeys(COLUMNS, "") | {"labeled_fraction": fraction, "method": "acgan", "steps": 10,
+                                                  "dev_accuracy": gan, "class_fidelity": 0.9,
+                                                  "diversity_ratio": 1.1, "train_seconds": 5.0})
+    paths = write_table(rows, str(tmp_path))
+    with open(paths["csv"]) as f:
+        assert [r["method"] for r in csv.DictReader(f)] == ["baseline", "acgan"] * 2
+    table = open(paths["md"]).read()
+    assert "| 0.05 |" in table and "+0.040" in table and "-0.010" in table
+    assert markdown_table(rows).count("\n") == 3
+    assert os.path.getsize(paths["png"]) > 0
+
+
+def test_run_checkpoints_resume_a_gan_state(tmp_path):
+    from jaxmt.gan.runs import RunCheckpoints
+    from jaxmt.gan.step import GanState
+    from jaxmt.training.step import TrainState
+
+    config = gan_config(NO_MODEL, **{"gan.save_checkpoints": True, "checkpoint_every": 2, "num_steps": 4})
+    one = lambda v: TrainState(step=jnp.asarray(v, jnp.int32), params={"w": jnp.full((3,), v, jnp.float32)},  # noqa: E731
+                               opt_state=(jnp.zeros(2),))
+    state = GanState(d=one(2), g=one(5))
+    shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+    ckpt = RunCheckpoints(config, str(tmp_path))
+    fresh, start = ckpt.restore_or_init(state, shardings, lambda: "initialised")
+    assert (fresh, start) == ("initialised", 0)
+    ckpt.after_step(1, state)  # not a checkpoint step
+    ckpt.after_step(2, state)
+    ckpt.close()
+    restored, start = RunCheckpoints(config, str(tmp_path)).restore_or_init(state, shardings, lambda: None)
+    assert start == 2
+    chex.assert_trees_all_equal(restored, state)
+    off = gan_config(NO_MODEL, **{"gan.save_checkpoints": False})
+    assert RunCheckpoints(off, str(tmp_path)).restore_or_init(state, shardings, lambda: "new") == ("new", 0)
