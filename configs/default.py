@@ -40,9 +40,11 @@ def get_config() -> ConfigDict:
     ))
 
     config.data = ConfigDict()
-    config.data.source = "demo"  # demo (embedded, generated) | csv (CS224N files) | tfds (TFDS by name)
+    config.data.source = "demo"  # demo (embedded, generated) | csv (CS224N files) | tfds (TFDS by name) | sick
     config.data.csv_dir = "../shared/data/cs224n"  # source=csv: folder of the CS224N files
     config.data.tfds_data_dir = ""  # source=tfds: TFDS data_dir with prepared datasets ('' = TFDS default)
+    config.data.sick_file = "../shared/data/sick/SICK.txt"  # source=sick: the SICK corpus (pair tasks only)
+    config.data.sick_split = (0.8, 0.1, 0.1)  # source=sick: train/dev/test shares, fixed by a hash of pair_ID
     config.data.buckets = (32, 64, 128)  # padded lengths; a batch pads to the smallest that fits
     config.data.max_length = 128  # truncation length (tokens, special tokens included)
     config.data.on_bad_row = "skip"  # error: stop at a bad row | skip: leave it out, count and report it

@@ -26,7 +26,7 @@ PAIR_TEXT_COLUMNS = ("sentence1", "sentence2")
 ON_BAD_ROW = ("error", "skip")
 
 
-def _read_rows(path: str) -> Iterator[tuple[int, list[str]]]:
+def read_tsv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
     """Yields (line number, cells); line numbers are 1-based physical lines of the file."""
     try:
         raw = open(path, "rb").read()
@@ -76,7 +76,7 @@ def read_csv_split(
     """
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
-    rows = _read_rows(path)
+    rows = read_tsv_rows(path)
     _, header = next(rows)
     header = [h.strip() for h in header]
     text_names = PAIR_TEXT_COLUMNS if spec.is_pair else SINGLE_TEXT_COLUMNS

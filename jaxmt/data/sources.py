@@ -1,4 +1,4 @@
-"""Task specs and splits from the config, whatever the source: CS224N CSV, TFDS or demo."""
+"""Task specs and splits from the config, whatever the source: CS224N CSV, TFDS, SICK or demo."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from jaxmt.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("demo", "csv", "tfds")
+SOURCES = ("demo", "csv", "tfds", "sick")
 SPLITS = ("train", "dev", "test")
 
 
@@ -68,6 +68,15 @@ def load_split(config: ConfigDict, spec: TaskSpec, split: str) -> TaskData | Non
         fields = {k: v for k, v in tfds_cfg.fields.items() if v} or None
         return load_tfds_split(spec, tfds_cfg.name, tfds_cfg.splits[split], data_dir=data_cfg.tfds_data_dir or None,
                                fields=fields, on_bad_row=data_cfg.on_bad_row, max_examples=cap)
+    if data_cfg.source == "sick":
+        from jaxmt.downstream.sick import check_fractions, read_sick_split
+
+        try:
+            fractions = check_fractions(data_cfg.sick_split)
+        except ValueError as err:
+            raise ConfigError(f"config.data.sick_split: {err}") from None
+        return read_sick_split(spec, os.path.expanduser(data_cfg.sick_file), split, fractions=fractions,
+                               on_bad_row=data_cfg.on_bad_row, max_examples=cap)
     raise ConfigError(f"config.data.source must be one of {SOURCES}, got {data_cfg.source!r}")
 
 

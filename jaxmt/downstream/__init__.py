@@ -1,0 +1,1 @@
+"""Downstream evaluation of a pre-trained encoder: entailment (SICK / TFDS NLI) and extractive QA (SQuAD)."""

@@ -1,0 +1,307 @@
+"""SQuAD-format extractive QA: reading the JSON, windows over long contexts, span decoding, EM / F1.
+
+Contexts longer than the encoder's window are cut into overlapping windows (the fast tokenizer's
+`return_overflowing_tokens` with `stride` tokens of overlap); each window is one training row whose
+gold span is the answer's tokens when the answer lies wholly inside it and [CLS] (position 0)
+otherwise. Predictions take the best-scoring valid span over all windows of a question and map it
+back to the context's characters through the tokenizer's offsets, so the answer text is an exact
+substring of the context (never a detokenized approximation).
+
+`exact_match` and `f1` follow the official SQuAD v1.1 evaluation script: lowercase, drop
+punctuation and the articles a / an / the, collapse whitespace, then the maximum over gold answers.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import re
+import string
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxmt.data.errors import DataError
+
+IGNORE = -1  # gold position of a window with no labels (evaluation rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    text: str
+    start: int  # character offset in the context
+
+
+@dataclasses.dataclass(frozen=True)
+class QAExample:
+    """One question on one context; `answers` is empty for a SQuAD v2 unanswerable question."""
+
+    id: str
+    question: str
+    context: str
+    answers: tuple[Answer, ...]
+    is_impossible: bool = False
+    title: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_squad(path: str, allow_impossible: bool = False, max_examples: int | None = None) -> list[QAExample]:
+    """The questions of a SQuAD v1.1 / v2.0 JSON file, checked: each error names file and JSON path.
+
+    Every answer must be the context's text at its `answer_start`; v2 unanswerable questions
+    (`is_impossible: true`) are refused unless `allow_impossible`.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            payload = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
+
+    def need(node: object, key: str, kind: type, where: str):
+        if not isinstance(node, dict) or key not in node:
+            raise DataError(f"{path}: {where}: missing field {key!r}")
+        value = node[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            wanted = " or ".join(k.__name__ for k in kinds)
+            raise DataError(f"{path}: {where} (field {key!r}): expected {wanted}, got {type(value).__name__}")
+        return value
+
+    examples: list[QAExample] = []
+    seen: set[str] = set()
+    for a, article in enumerate(need(payload, "data", list, "top level")):
+        title = article.get("title", "") if isinstance(article, dict) else ""
+        for p, paragraph in enumerate(need(article, "paragraphs", list, f"data[{a}]")):
+            where_p = f"data[{a}].paragraphs[{p}]"
+            context = need(paragraph, "context", str, where_p)
+            if not context.strip():
+                raise DataError(f"{path}: {where_p} (field 'context'): empty context")
+            for q, qa in enumerate(need(paragraph, "qas", list, where_p)):
+                where = f"{where_p}.qas[{q}]"
+                qid = str(need(qa, "id", (str, int), where))
+                question = need(qa, "question", str, where).strip()
+                if not question:
+                    raise DataError(f"{path}: {where} (field 'question'): empty question")
+                if qid in seen:
+                    raise DataError(f"{path}: {where} (field 'id'): question id {qid!r} appears twice")
+                seen.add(qid)
+                impossible = bool(qa.get("is_impossible", False))
+                if impossible and not allow_impossible:
+                    raise DataError(f"{path}: {where}: an unanswerable (SQuAD v2) question; set "
+                                    "config.data.version_2_with_negative=True to train and score them")
+                answers = []
+                for k, ans in enumerate(need(qa, "answers", list, where)):
+                    where_a = f"{where}.answers[{k}]"
+                    text = need(ans, "text", str, where_a)
+                    start = need(ans, "answer_start", int, where_a)
+                    if not text.strip():
+                        raise DataError(f"{path}: {where_a} (field 'text'): empty answer")
+                    if context[start:start + len(text)] != text:
+                        raise DataError(f"{path}: {where_a} (field 'answer_start'): the context at {start} reads "
+                                        f"{context[start:start + len(text)]!r}, not the answer {text!r}")
+                    answers.append(Answer(text=text, start=start))
+                if not answers and not impossible:
+                    raise DataError(f"{path}: {where} (field 'answers'): no answer for an answerable question")
+                examples.append(QAExample(id=qid, question=question, context=context, answers=tuple(answers),
+                                          is_impossible=impossible, title=title))
+                if max_examples is not None and len(examples) >= max_examples:
+                    return examples
+    if not examples:
+        raise DataError(f"{path}: no questions")
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------- windows
+
+
+@dataclasses.dataclass
+class QAFeatures:
+    """Windows of the tokenized examples: one row per window, all padded to `max_length`."""
+
+    input_ids: np.ndarray  # [W, L] int32
+    token_type_ids: np.ndarray  # [W, L]
+    attention_mask: np.ndarray  # [W, L]
+    context_mask: np.ndarray  # [W, L] 1 on context tokens (where an answer may start or end)
+    start_positions: np.ndarray  # [W] gold start token (0 = [CLS]: no answer in this window; IGNORE: unlabeled)
+    end_positions: np.ndarray  # [W]
+    example_index: np.ndarray  # [W] which example each window belongs to
+    offsets: list[list[tuple[int, int] | None]]  # per window, per token: its context characters (None off-context)
+
+    def __len__(self) -> int:
+        return len(self.example_index)
+
+    def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's batch for windows `rows`."""
+        return {k: getattr(self, k)[rows] for k in ("input_ids", "token_type_ids", "attention_mask", "context_mask",
+                                                    "start_positions", "end_positions")}
+
+
+def make_features(examples: Sequence[QAExample], tokenizer, max_length: int, stride: int,
+                  max_query_length: int = 64, labeled: bool = True) -> QAFeatures:
+    """Question + context windows of `max_length` tokens overlapping by `stride` tokens.
+
+    Questions are cut to `max_query_length` tokens first, so every window has room for context.
+    With `labeled`, each window's gold span is the first gold answer's tokens, or [CLS] when the
+    answer is not wholly inside the window (and for unanswerable questions).
+    """
+    if stride >= max_length:
+        raise ValueError(f"stride ({stride}) must be smaller than max_length ({max_length})")
+    questions, longest = [], 0
+    for ex in examples:
+        ids = tokenizer(ex.question, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_query_length:  # only the question's first tokens: decoded text is fine, no offsets needed
+            ids = ids[:max_query_length]
+            questions.append(tokenizer.decode(ids))
+        else:
+            questions.append(ex.question)
+        longest = max(longest, len(ids))
+    if max_length - longest - 3 <= stride:
+        raise ValueError(f"max_length {max_length} leaves at most stride={stride} context tokens after a question of "
+                         f"{longest} tokens: raise max_length or lower stride / max_query_length")
+    enc = tokenizer(questions, [ex.context for ex in examples], truncation="only_second", max_length=max_length,
+                    stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+                    padding="max_length")
+    n = len(enc["input_ids"])
+    context_mask = np.zeros((n, max_length), np.int32)
+    starts = np.full(n, IGNORE, np.int32)
+    ends = np.full(n, IGNORE, np.int32)
+    example_index = np.asarray(enc["overflow_to_sample_mapping"], np.int32)
+    offsets: list[list[tuple[int, int] | None]] = []
+    for w in range(n):
+        seq_ids = enc.sequence_ids(w)
+        window_offsets = [tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][w], seq_ids)]
+        offsets.append(window_offsets)
+        context_mask[w] = [o is not None for o in window_offsets]
+        if not labeled:
+            continue
+        ex = examples[example_index[w]]
+        starts[w] = ends[w] = 0
+        if not ex.answers:
+            continue
+        a_start = ex.answers[0].start
+        a_end = a_start + len(ex.answers[0].text)  # exclusive
+        tokens = [i for i, o in enumerate(window_offsets) if o is not None]
+        if window_offsets[tokens[0]][0] > a_start or window_offsets[tokens[-1]][1] < a_end:
+            continue  # the answer is not wholly inside this window
+        starts[w] = next(i for i in tokens if window_offsets[i][1] > a_start)
+        ends[w] = next(i for i in reversed(tokens) if window_offsets[i][0] < a_end)
+    token_type_ids = enc.get("token_type_ids") or [[0] * max_length for _ in range(n)]
+    return QAFeatures(
+        input_ids=np.asarray(enc["input_ids"], np.int32),
+        token_type_ids=np.asarray(token_type_ids, np.int32),
+        attention_mask=np.asarray(enc["attention_mask"], np.int32),
+        context_mask=context_mask,
+        start_positions=starts,
+        end_positions=ends,
+        example_index=example_index,
+        offsets=offsets,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanPrediction:
+    text: str
+    score: float
+    window: int  # -1: the null answer (SQuAD v2)
+    start: int  # token positions in that window
+    end: int
+
+
+def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: Sequence[tuple[int, int] | None],
+              n_best: int = 20, max_answer_length: int = 30) -> tuple[int, int, float] | None:
+    """The highest start+end logit span of one window: start and end on context tokens, end >= start,
+    at most `max_answer_length` tokens; candidates are the top `n_best` starts and ends. None: no valid span."""
+    best = None
+    for s in np.argsort(start_logits)[::-1][:n_best]:
+        if offsets[s] is None:
+            continue
+        for e in np.argsort(end_logits)[::-1][:n_best]:
+            if offsets[e] is None or e < s or e - s + 1 > max_answer_length:
+                continue
+            score = float(start_logits[s] + end_logits[e])
+            if best is None or score > best[2]:
+                best = (int(s), int(e), score)
+    return best
+
+
+def decode_predictions(examples: Sequence[QAExample], features: QAFeatures, start_logits: np.ndarray,
+                       end_logits: np.ndarray, n_best: int = 20, max_answer_length: int = 30,
+                       version_2: bool = False, null_threshold: float = 0.0) -> dict[str, SpanPrediction]:
+    """Question id -> the best span over all its windows, as the context's characters.
+
+    With `version_2`, a question answers "" when its best null score ([CLS] start + end, the
+    lowest over its windows) beats the best span by more than `null_threshold`.
+    """
+    windows = collections.defaultdict(list)
+    for w, i in enumerate(features.example_index):
+        windows[int(i)].append(w)
+    out = {}
+    for i, ex in enumerate(examples):
+        best, null = SpanPrediction("", -np.inf, -1, 0, 0), np.inf
+        for w in windows[i]:
+            null = min(null, float(start_logits[w, 0] + end_logits[w, 0]))
+            span = best_span(start_logits[w], end_logits[w], features.offsets[w], n_best, max_answer_length)
+            if span is not None and span[2] > best.score:
+                s, e, score = span
+                text = ex.context[features.offsets[w][s][0]:features.offsets[w][e][1]]
+                best = SpanPrediction(text, score, w, s, e)
+        if version_2 and (best.window < 0 or null - best.score > null_threshold):
+            best = SpanPrediction("", null, -1, 0, 0)
+        out[ex.id] = best
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def normalize_answer(text: str) -> str:
+    """The official SQuAD normalisation: lowercase, no punctuation, no articles, single spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1(prediction: str, gold: str) -> float:
+    """Token-level F1 of the normalised answers (bag of words, counts clipped); both empty scores 1."""
+    pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)
+    common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def max_over_gold(metric, prediction: str, golds: Sequence[str]) -> float:
+    """A metric against the best-matching gold answer; an unanswerable question's gold is ""."""
+    return max(metric(prediction, g) for g in (golds or [""]))
+
+
+def squad_scores(examples: Sequence[QAExample], predictions: dict[str, str]) -> dict[str, float]:
+    """Exact match and F1 in percent over `examples` (a missing prediction scores 0), as the official script."""
+    em = f1_sum = 0.0
+    for ex in examples:
+        if ex.id not in predictions:
+            continue
+        golds = [a.text for a in ex.answers]
+        em += max_over_gold(exact_match, predictions[ex.id], golds)
+        f1_sum += max_over_gold(f1, predictions[ex.id], golds)
+    n = max(len(examples), 1)
+    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1_sum / n}

@@ -1,0 +1,1 @@
+"""Probing frozen encoders: SentEval-style tasks from plain text, linear probes per layer, reports."""

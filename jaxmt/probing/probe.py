@@ -1,0 +1,122 @@
+"""Linear probes on frozen per-layer sentence representations.
+
+Each sentence goes through the frozen encoder once (`FlaxBertModel`, `output_hidden_states=True`);
+the hidden states of the embedding layer and of every encoder layer are mean-pooled over its real
+tokens, giving [layers + 1, N, H]. One multinomial logistic-regression probe per layer is trained
+on standardised features (full-batch Adam, L2 penalty) — all layers at once with `jax.vmap` — and
+scored on the held-out sentences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxmt.data.tokenization import bucket_length
+from jaxmt.probing.tasks import ProbingTask
+
+
+def _pooled_layers(model, params: dict, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """[layers + 1, B, H]: every hidden state (embeddings first) mean-pooled over the real tokens."""
+    out = model.module.apply({"params": params}, input_ids, attention_mask, jnp.zeros_like(input_ids),
+                             jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape), None,
+                             deterministic=True, output_hidden_states=True, return_dict=True)
+    hidden = jnp.stack(out.hidden_states).astype(jnp.float32)  # [layers + 1, B, L, H]
+    mask = attention_mask[None, :, :, None].astype(jnp.float32)
+    return (hidden * mask).sum(axis=2) / jnp.maximum(mask.sum(axis=2), 1.0)
+
+
+class LayerFeatures:
+    """Mean-pooled per-layer representations of sentences under one frozen pretrained BERT."""
+
+    def __init__(self, pretrained, max_length: int = 64, batch_size: int = 64,
+                 buckets: Sequence[int] = (16, 32, 64, 128)) -> None:
+        from transformers import FlaxBertModel
+
+        self.tokenizer, self.params = pretrained.tokenizer, pretrained.params
+        self.model = FlaxBertModel(pretrained.config, _do_init=False)
+        self.max_length, self.batch_size = max_length, batch_size
+        self.buckets = tuple(b for b in buckets if b < max_length) + (max_length,)
+        self._pooled = jax.jit(lambda p, ids, mask: _pooled_layers(self.model, p, ids, mask))
+
+    @property
+    def num_layers(self) -> int:
+        """Hidden states per sentence: the embeddings and each encoder layer."""
+        return self.model.config.num_hidden_layers + 1
+
+    def __call__(self, sentences: Sequence[str]) -> np.ndarray:
+        """[layers + 1, N, H] float32, in the order of `sentences` (batches padded to a few bucket lengths)."""
+        enc = self.tokenizer(list(sentences), truncation=True, max_length=self.max_length)["input_ids"]
+        lengths = np.asarray([len(ids) for ids in enc])
+        out = np.zeros((self.num_layers, len(enc), self.model.config.hidden_size), np.float32)
+        order = np.argsort(lengths, kind="stable")  # similar lengths together: less padding
+        for lo in range(0, len(order), self.batch_size):
+            idx = order[lo:lo + self.batch_size]
+            length = bucket_length(int(lengths[idx].max()), self.buckets)
+            ids = np.full((self.batch_size, length), self.tokenizer.pad_token_id, np.int32)
+            mask = np.zeros((self.batch_size, length), np.int32)
+            for row, i in enumerate(idx):
+                ids[row, :lengths[i]] = enc[i]
+                mask[row, :lengths[i]] = 1
+            out[:, idx] = np.asarray(self._pooled(self.params, ids, mask))[:, :len(idx)]
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    steps: int = 300  # full-batch Adam steps
+    learning_rate: float = 0.05
+    l2: float = 1e-3  # penalty on the weights (not the bias), per example
+
+
+def _standardise(train: jax.Array, test: jax.Array) -> tuple[jax.Array, jax.Array]:
+    mean, std = train.mean(axis=0), train.std(axis=0) + 1e-6
+    return (train - mean) / std, (test - mean) / std
+
+
+def train_probe(x_train: jax.Array, y_train: jax.Array, x_test: jax.Array, y_test: jax.Array, num_classes: int,
+                config: ProbeConfig = ProbeConfig()) -> jax.Array:
+    """Test accuracy of an L2-regularised softmax regression on one layer's features [N, H]."""
+    x_train, x_test = _standardise(x_train, x_test)
+    params = {"w": jnp.zeros((x_train.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
+    tx = optax.adam(config.learning_rate)
+
+    def loss(p):
+        logits = x_train @ p["w"] + p["b"]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y_train).mean()
+        return ce + config.l2 * jnp.sum(p["w"] ** 2)
+
+    def step(carry, _):
+        p, state = carry
+        updates, state = tx.update(jax.grad(loss)(p), state, p)
+        return (optax.apply_updates(p, updates), state), None
+
+    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=config.steps)
+    predictions = jnp.argmax(x_test @ params["w"] + params["b"], axis=-1)
+    return jnp.mean(predictions == y_test)
+
+
+def probe_layers(features: np.ndarray, task: ProbingTask, config: ProbeConfig = ProbeConfig()) -> np.ndarray:
+    """Test accuracy of one probe per layer, [layers]; `features` is [layers, N, H] for `task.sentences`."""
+    feats = jnp.asarray(features)
+    y = jnp.asarray(task.labels)
+    run = jax.jit(jax.vmap(lambda x: train_probe(x[task.train], y[task.train], x[task.test], y[task.test],
+                                                 task.num_classes, config)))
+    return np.asarray(run(feats))
+
+
+def majority_accuracy(task: ProbingTask) -> float:
+    """What always answering the most common training class scores on the test set (chance level)."""
+    majority = np.bincount(task.labels[task.train], minlength=task.num_classes).argmax()
+    return float(np.mean(task.labels[task.test] == majority))
+
+
+def probe_model(features: LayerFeatures, tasks: dict[str, ProbingTask],
+                config: ProbeConfig = ProbeConfig()) -> dict[str, np.ndarray]:
+    """Task -> per-layer test accuracy [layers + 1] of one model."""
+    return {name: probe_layers(features(task.sentences), task, config) for name, task in tasks.items()}
