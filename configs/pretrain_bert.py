@@ -1,0 +1,80 @@
+"""Standard BERT pre-training (the baseline): masked LM and NSP both at the last encoder layer.
+
+A small BERT trained from scratch with MiniLM's vocabulary on WikiText-2 (valid + test files), sized to
+train on a CPU in minutes. Continue from a checkpoint instead with `--config.model.init_from=minilm` (the
+model sizes then come from the checkpoint, so set the task layers for its 6 layers). Run:
+`python -m jaxmt.pretrain --config=configs/pretrain_bert.py --workdir=runs/pretrain_bert`.
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+    config = ConfigDict()
+    config.seed = 0  # seeds init, dropout, pair building, masking, bigram swaps and the held-out split
+    config.task_names = ("mlm", "nsp")  # tasks trained (of mlm, nsp, bigram_shift), each configured in config.tasks
+    config.tasks = ConfigDict()
+    config.tasks.mlm = ConfigDict(dict(
+        layer=4,  # encoder layer (1-based) whose hidden states the MLM head reads
+        weight=1.0,  # weight of the MLM loss in the summed loss
+        mask_rate=0.15,  # fraction of each example's ordinary tokens chosen for prediction
+        max_predictions=10,  # at most this many predicted tokens per example (the gathered slots)
+    ))
+    config.tasks.nsp = ConfigDict(dict(
+        layer=4,  # encoder layer (1-based) whose [CLS] state the NSP head (pooler + classifier) reads
+        weight=1.0,  # weight of the NSP loss
+    ))
+    config.tasks.bigram_shift = ConfigDict(dict(
+        layer=2,  # encoder layer (1-based) whose [CLS] state the bigram-shift classifier reads
+        weight=1.0,  # weight of the bigram-shift loss
+        unit="word",  # what is swapped: two adjacent whole words (WordPieces kept together) | token
+    ))
+    config.transfer = "none"  # NSP -> MLM transfer: none | add_cls | add_all | concat (see docs/pretraining.md)
+
+    config.data = ConfigDict()
+    config.data.source = "files"  # files (local text files) | tfds (a prepared TFDS text dataset)
+    config.data.files = ("../shared/data/corpus/wikitext2-valid.txt",
+                         "../shared/data/corpus/wikitext2-test.txt")  # source=files: the corpus files
+    config.data.format = "auto"  # auto | plain (blank line between documents) | wikitext (= Title = articles)
+    config.data.split_sentences = True  # split lines (paragraphs) into sentences with a regex
+    config.data.tfds_name = ""  # source=tfds: the dataset, e.g. wikipedia/20230601.en (one example a document)
+    config.data.tfds_split = "train"  # source=tfds: the split read
+    config.data.tfds_field = "text"  # source=tfds: the text feature
+    config.data.tfds_data_dir = ""  # source=tfds: the TFDS data_dir ('' = TFDS default)
+    config.data.cache_dir = "runs/cache/pretraining"  # tokenized shards (.npz), reused by later runs ('' = off)
+    config.data.max_length = 64  # tokens per pair, [CLS] and two [SEP] included (BERT: 128, then 512)
+    config.data.short_seq_prob = 0.1  # probability of a shorter random target length (as BERT)
+    config.data.heldout_fraction = 0.05  # fraction of documents held out for evaluation (at least 2)
+    config.data.max_eval_examples = 512  # held-out pairs evaluated (-1 = all)
+
+    config.model = ConfigDict()
+    config.model.init_from = ""  # '' = from scratch | minilm | a Hugging Face BERT directory to continue from
+    config.model.tokenizer = "minilm"  # from scratch: the alias or BERT directory whose tokenizer is used
+    config.model.hidden_size = 128  # from scratch: hidden width
+    config.model.num_layers = 4  # from scratch: encoder layers
+    config.model.num_heads = 4  # from scratch: attention heads
+    config.model.intermediate_size = 512  # from scratch: MLP width
+    config.model.dropout = 0.1  # from scratch: hidden and attention dropout
+    config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
+    config.optim = ConfigDict()
+    config.optim.learning_rate = 1e-3  # AdamW peak learning rate (5e-5 to 1e-4 when continuing from a checkpoint)
+    config.optim.warmup_fraction = 0.1  # linear warm-up over this fraction of num_steps, then linear decay
+    config.optim.weight_decay = 0.01  # AdamW decoupled weight decay (not on biases and LayerNorm)
+    config.optim.clip_norm = 1.0  # clip the gradient to this global norm (0 = off)
+    config.optim.gradient_surgery = "none"  # pre-training sums the task losses: only 'none'
+
+    config.batch_size = 32  # pairs per training step (global, over all devices)
+    config.num_steps = 400  # training steps
+    config.log_every = 20  # steps between training-metric logs
+    config.eval_every = 200  # steps between held-out evaluations (0 = at the end only)
+    config.eval_batch_size = 64  # held-out evaluation batch (global)
+    config.checkpoint_every = 200  # steps between checkpoints for resumption
+    config.keep_checkpoints = 2  # latest checkpoints kept
+    config.on_nonfinite = "stop"  # NaN/Inf loss or gradient: stop (exit 3) | skip the step
+
+    config.mesh = ConfigDict()
+    config.mesh.axes = ("data", "fsdp", "tensor")  # batch over data and fsdp; params sharded over fsdp and tensor
+    config.mesh.shape = (-1, 1, 1)  # devices along each axis (-1 = all the rest)
+    config.lock()  # a misspelt field is an error, not a silently ignored new one
+    return config

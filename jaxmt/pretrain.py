@@ -1,0 +1,41 @@
+"""Command line: python -m jaxmt.pretrain --config=configs/pretrain_hierarchical.py --workdir=DIR [--config.x.y=v]
+
+Pre-trains BERT with masked LM, NSP and bigram shift at configurable encoder layers, prints the held-out
+results and leaves the encoder in DIR/hf_model/ for fine-tuning (--config.model.name=DIR/hf_model).
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxmt.cli import parse_flags, setup_logging
+
+
+def define_flags() -> None:
+    config_flags.DEFINE_config_file("config", "configs/pretrain_hierarchical.py",
+                                    "Path to a config file with get_config().")
+    flags.DEFINE_string("workdir", "runs/pretrain", "Directory for checkpoints, logs, results and the exported model.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    setup_logging()
+    from jaxmt.errors import ConfigError
+    from jaxmt.pretraining.trainer import pretrain
+    from jaxmt.training.faults import user_facing_errors
+
+    config = flags.FLAGS.config
+    with user_facing_errors():
+        if "transfer" not in config or "task_names" not in config:
+            raise ConfigError("this is not a pre-training config: use configs/pretrain_bert.py or "
+                              "configs/pretrain_hierarchical.py")
+        results = pretrain(config, flags.FLAGS.workdir)
+    print(json.dumps(results, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main, flags_parser=parse_flags)

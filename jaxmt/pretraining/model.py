@@ -1,0 +1,105 @@
+"""The hierarchical pre-training model: BERT run layer by layer, each task's head on its own layer.
+
+The encoder is FlaxBert's own embedding and layer modules under FlaxBertModel's parameter names
+(`embeddings/...`, `encoder/layer/<i>/...`, `pooler/...`), so a Hugging Face checkpoint loads into
+it and the trained encoder exports back as one. Running the layers one at a time lets a head read
+any layer's hidden states, and lets the NSP representation be injected between layers:
+
+- bigram shift and NSP classify from the [CLS] position of their layers (NSP through BERT's pooler);
+- masked LM predicts the masked tokens from its layer, through BERT's transform layer and an output
+  projection tied to the word embeddings, plus a bias;
+- `transfer` passes the NSP representation upward to the MLM task, through a learned projection:
+  'add_cls' adds it to the [CLS] hidden state entering the layer above the NSP layer, 'add_all' to every
+  position there, 'concat' appends it to each masked position's input of the MLM head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from transformers.models.bert.modeling_flax_bert import (
+    FlaxBertEmbeddings,
+    FlaxBertEncoder,
+    FlaxBertLMPredictionHead,
+    FlaxBertPooler,
+)
+
+TASKS = ("mlm", "nsp", "bigram_shift")
+TRANSFER_MODES = ("none", "add_cls", "add_all", "concat")
+ENCODER_SCOPES = ("embeddings", "encoder", "pooler")  # FlaxBertModel's params; the rest are pre-training heads
+
+
+class ClsClassifier(nn.Module):
+    """Binary classifier on the [CLS] hidden state: dense + tanh (like BERT's pooler), then 2 logits."""
+
+    hidden_size: int
+    initializer_range: float = 0.02
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        init = nn.initializers.normal(self.initializer_range)
+        pooled = nn.tanh(nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name="dense")(hidden[:, 0]))
+        return nn.Dense(2, kernel_init=init, dtype=self.dtype, name="classifier")(pooled)
+
+
+class HierarchicalBert(nn.Module):
+    """Token ids -> each task's logits, read at `task_layers` (1-based encoder layers)."""
+
+    config: Any  # transformers.BertConfig
+    task_layers: tuple[tuple[str, int], ...]  # ((task, layer), ...) for the tasks trained
+    transfer: str = "none"
+    dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        self.embeddings = FlaxBertEmbeddings(self.config, dtype=self.dtype)
+        self.encoder = FlaxBertEncoder(self.config, dtype=self.dtype)
+        init = nn.initializers.normal(self.config.initializer_range)
+        layers = dict(self.task_layers)
+        if "nsp" in layers:
+            self.pooler = FlaxBertPooler(self.config, dtype=self.dtype)
+            self.nsp = nn.Dense(2, kernel_init=init, dtype=self.dtype)
+        if "mlm" in layers:
+            self.mlm = FlaxBertLMPredictionHead(self.config, dtype=self.dtype)
+        if "bigram_shift" in layers:
+            self.bigram_shift = ClsClassifier(self.config.hidden_size, self.config.initializer_range, self.dtype)
+        if self.transfer != "none":
+            self.transfer_projection = nn.Dense(self.config.hidden_size, kernel_init=init, dtype=self.dtype)
+
+    def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> dict[str, jax.Array]:
+        """`batch` holds input_ids, token_type_ids, attention_mask and mlm_positions [B, P]; returns
+        {'mlm': [B, P, vocab], 'nsp': [B, 2], 'bigram_shift': [B, 2]} for the tasks trained."""
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+        hidden = self.embeddings(input_ids, batch["token_type_ids"], position_ids, mask, deterministic=deterministic)
+        layers = dict(self.task_layers)
+        outputs, nsp_repr = {}, None
+        for number, layer in enumerate(self.encoder.layer.layers, start=1):
+            hidden = layer(hidden, mask, None, deterministic=deterministic)[0]
+            if layers.get("bigram_shift") == number:
+                outputs["bigram_shift"] = self.bigram_shift(hidden)
+            if layers.get("nsp") == number:
+                nsp_repr = self.pooler(hidden)
+                outputs["nsp"] = self.nsp(nsp_repr)
+                if self.transfer in ("add_cls", "add_all"):
+                    injected = self.transfer_projection(nsp_repr)[:, None, :]
+                    if self.transfer == "add_cls":
+                        injected = injected * (jnp.arange(hidden.shape[1]) == 0)[None, :, None]
+                    hidden = hidden + injected
+            if layers.get("mlm") == number:
+                rows = jnp.arange(hidden.shape[0])[:, None]
+                masked = hidden[rows, batch["mlm_positions"]]
+                if self.transfer == "concat":
+                    extra = self.transfer_projection(nsp_repr)[:, None, :]
+                    masked = jnp.concatenate([masked, jnp.broadcast_to(extra, masked.shape)], axis=-1)
+                embedding = self.embeddings.variables["params"]["word_embeddings"]["embedding"]
+                outputs["mlm"] = self.mlm(masked, shared_embedding=embedding)
+        return outputs
+
+
+def encoder_params(params: dict) -> dict:
+    """The FlaxBertModel part of the model's params (for export and for loading a checkpoint into it)."""
+    return {k: params[k] for k in ENCODER_SCOPES if k in params}

@@ -1,0 +1,98 @@
+"""Pure pre-training steps: per-task losses, the train step and the evaluation step.
+
+Losses stay per task until the step weighs them (`config.tasks.<name>.weight`), so each task's
+loss and accuracy is logged on its own. The trainer jits these with shardings over the mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxmt.pretraining.model import HierarchicalBert
+from jaxmt.training.step import TrainState
+
+LABELS = {"nsp": "nsp_labels", "bigram_shift": "bigram_labels"}
+
+
+def task_statistics(outputs: dict[str, jax.Array], batch: dict[str, jax.Array]) -> dict[str, dict[str, jax.Array]]:
+    """Per task: summed cross-entropy, correct predictions and the number of predictions (masked tokens for
+    MLM, examples otherwise; padding rows and slots weigh 0)."""
+    stats = {}
+    for task, logits in outputs.items():
+        logits = logits.astype(jnp.float32)
+        if task == "mlm":
+            labels, weights = batch["mlm_ids"], batch["mlm_weights"] * batch["example_weights"][:, None]
+        else:
+            labels, weights = batch[LABELS[task]], batch["example_weights"]
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        stats[task] = {"loss_sum": (loss * weights).sum(),
+                       "correct": ((logits.argmax(-1) == labels) * weights).sum(),
+                       "count": weights.sum()}
+    return stats
+
+
+def task_losses(outputs: dict[str, jax.Array], batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Mean loss per task: MLM over the masked tokens only, NSP and bigram shift over the examples."""
+    return {t: s["loss_sum"] / jnp.maximum(s["count"], 1.0) for t, s in task_statistics(outputs, batch).items()}
+
+
+def init_params(model: HierarchicalBert, rng: jax.Array, batch: dict[str, jax.Array],
+                encoder: dict | None = None) -> dict:
+    """Random params, with the encoder's (embeddings, layers, pooler) replaced by `encoder` where given."""
+    params = dict(model.init(rng, batch)["params"])
+    for scope, value in (encoder or {}).items():
+        if scope in params:
+            params[scope] = value
+    return params
+
+
+def init_train_state(model: HierarchicalBert, tx: optax.GradientTransformation, rng: jax.Array,
+                     batch: dict[str, jax.Array], encoder: dict | None = None) -> TrainState:
+    params = init_params(model, rng, batch, encoder)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def make_train_step(model: HierarchicalBert, tx: optax.GradientTransformation,
+                    weights: dict[str, float]) -> Callable:
+    """Returns `train_step(state, batch, rng) -> (state, metrics)`: one update on the weighted sum of losses.
+
+    A non-finite loss or gradient is never applied: the state stays as it was and `metrics['nonfinite']`
+    tells the trainer.
+    """
+
+    def loss_fn(params, batch, rng):
+        outputs = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": rng})
+        stats = task_statistics(outputs, batch)
+        losses = {t: s["loss_sum"] / jnp.maximum(s["count"], 1.0) for t, s in stats.items()}
+        total = sum(weights[t] * losses[t] for t in losses)
+        return total, (losses, {t: s["correct"] / jnp.maximum(s["count"], 1.0) for t, s in stats.items()})
+
+    def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.step)
+        (total, (losses, accuracies)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_state = TrainState(step=state.step + 1, params=jax.tree_util.tree_map(keep, params, state.params),
+                               opt_state=jax.tree_util.tree_map(keep, opt_state, state.opt_state))
+        metrics = {"loss/total": total, "grad_norm": grad_norm, "nonfinite": ~finite}
+        metrics.update({f"loss/{t}": v for t, v in losses.items()})
+        metrics.update({f"accuracy/{t}": v for t, v in accuracies.items()})
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: HierarchicalBert) -> Callable:
+    """Returns `eval_step(params, batch) -> task_statistics` without dropout; the trainer sums over batches."""
+
+    def eval_step(params: dict, batch: dict) -> dict[str, dict[str, jax.Array]]:
+        return task_statistics(model.apply({"params": params}, batch, deterministic=True), batch)
+
+    return eval_step

@@ -1,0 +1,322 @@
+"""The pre-training loop: corpus, model and optimizer from the config; a sharded jitted step; logging,
+held-out evaluation per task, checkpoints and resumption; the encoder exported as a Hugging Face BERT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from jaxmt.checkpointing.manager import Checkpoints, abstract_like
+from jaxmt.errors import ConfigError
+from jaxmt.models.pretrained import ModelError, load_pretrained, resolve_model_dir
+from jaxmt.parallel.host_data import process_rows, put_global
+from jaxmt.parallel.mesh import batch_sharding, check_divisible, make_mesh, replicated
+from jaxmt.parallel.sharding_rules import check_heads, param_shardings
+from jaxmt.parallel.state_sharding import state_shardings
+from jaxmt.pretraining.corpus import CorpusSpec, check_corpus_spec, load_corpus, split_heldout
+from jaxmt.pretraining.examples import SWAP_UNITS, Pairs, PairStream, Vocabulary, build_pairs, make_batch
+from jaxmt.pretraining.model import TASKS, TRANSFER_MODES, HierarchicalBert, encoder_params
+from jaxmt.pretraining.step import init_train_state, make_eval_step, make_train_step
+from jaxmt.training.faults import NonFiniteError, Preempted, PreemptionGuard
+from jaxmt.training.metric_writers import MetricWriter
+from jaxmt.training.optimizer import make_optimizer
+from jaxmt.training.trainer import write_json
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+HF_MODEL_DIR = "hf_model"
+
+
+def _one_of(value: object, allowed: tuple, field: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config.{field} = {value!r}; expected one of {allowed}")
+
+
+def check_config(config: ConfigDict) -> None:
+    """Checks that need no model or data: task names, transfer mode, sizes, the corpus files."""
+    names = tuple(config.task_names)
+    if not names or len(set(names)) != len(names) or not set(names) <= set(TASKS):
+        raise ConfigError(f"config.task_names = {names}; expected distinct names from {TASKS}")
+    _one_of(config.transfer, TRANSFER_MODES, "transfer")
+    if config.transfer != "none" and not {"mlm", "nsp"} <= set(names):
+        raise ConfigError(f"config.transfer = {config.transfer!r} passes NSP's representation to the MLM task: "
+                          f"config.task_names must include both 'nsp' and 'mlm' (it is {names})")
+    _one_of(config.tasks.bigram_shift.unit, SWAP_UNITS, "tasks.bigram_shift.unit")
+    _one_of(config.model.dtype, tuple(DTYPES), "model.dtype")
+    _one_of(config.optim.gradient_surgery, ("none",), "optim.gradient_surgery")
+    _one_of(config.on_nonfinite, ("stop", "skip"), "on_nonfinite")
+    if not 0.0 < config.tasks.mlm.mask_rate < 1.0:
+        raise ConfigError(f"config.tasks.mlm.mask_rate = {config.tasks.mlm.mask_rate}; expected a fraction in (0, 1)")
+    if config.tasks.mlm.max_predictions < 1:
+        raise ConfigError("config.tasks.mlm.max_predictions must be >= 1")
+    if config.data.max_length < 8:
+        raise ConfigError(f"config.data.max_length = {config.data.max_length}; expected at least 8 tokens")
+    if not 0.0 < config.data.heldout_fraction < 1.0:
+        raise ConfigError(f"config.data.heldout_fraction = {config.data.heldout_fraction}; expected a fraction "
+                          "in (0, 1)")
+    for field in ("batch_size", "num_steps", "eval_batch_size", "log_every", "checkpoint_every"):
+        if config[field] < 1:
+            raise ConfigError(f"config.{field} must be >= 1")
+    check_corpus_spec(CorpusSpec.from_config(config.data))
+
+
+def task_layers(config: ConfigDict, num_layers: int) -> tuple[tuple[str, int], ...]:
+    """((task, layer), ...) of the tasks trained, each layer checked against the encoder's depth."""
+    layers = {}
+    for task in config.task_names:
+        layer = config.tasks[task].layer
+        if not isinstance(layer, int) or not 1 <= layer <= num_layers:
+            raise ConfigError(f"config.tasks.{task}.layer = {layer!r}; the encoder has {num_layers} layers, so "
+                              f"expected 1..{num_layers}")
+        layers[task] = layer
+    if config.transfer in ("add_cls", "add_all") and layers["nsp"] >= layers["mlm"]:
+        raise ConfigError(f"config.transfer = {config.transfer!r} adds NSP's representation to the layer above "
+                          f"the NSP layer, which the MLM head must read: config.tasks.nsp.layer ({layers['nsp']}) "
+                          f"must be below config.tasks.mlm.layer ({layers['mlm']})")
+    if config.transfer == "concat" and layers["nsp"] > layers["mlm"]:
+        raise ConfigError(f"config.transfer = 'concat' passes NSP's representation upward: config.tasks.nsp.layer "
+                          f"({layers['nsp']}) must not be above config.tasks.mlm.layer ({layers['mlm']})")
+    return tuple(sorted(layers.items()))
+
+
+def load_tokenizer(name: str) -> Any:
+    """The fast tokenizer of a model alias or directory (no weights needed)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    path = resolve_model_dir(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
+    except Exception as err:  # transformers raises many kinds; all mean "no usable tokenizer"
+        raise ModelError(f"{path}: no usable tokenizer ({type(err).__name__}: {err}) "
+                         "(config.model.tokenizer)") from None
+    if not getattr(tokenizer, "is_fast", False) or tokenizer.mask_token_id is None:
+        raise ModelError(f"{path}: need a fast BERT tokenizer with [CLS], [SEP] and [MASK] (config.model.tokenizer)")
+    return tokenizer
+
+
+def model_source(config: ConfigDict) -> tuple[Any, dict | None, Any]:
+    """(BertConfig, pretrained encoder params or None, tokenizer): from a checkpoint, or sizes for from scratch."""
+    if config.model.init_from:
+        pretrained = load_pretrained(config.model.init_from)
+        log.info("continuing from %s (%d layers, hidden %d); config.model sizes are not used", pretrained.path,
+                 pretrained.config.num_hidden_layers, pretrained.config.hidden_size)
+        return pretrained.config, pretrained.params, pretrained.tokenizer
+    from transformers import BertConfig
+
+    tokenizer = load_tokenizer(config.model.tokenizer)
+    if config.model.hidden_size % config.model.num_heads:
+        raise ConfigError(f"config.model.hidden_size = {config.model.hidden_size} is not divisible by "
+                          f"config.model.num_heads = {config.model.num_heads}")
+    bert_config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=config.model.hidden_size, num_hidden_layers=config.model.num_layers,
+        num_attention_heads=config.model.num_heads, intermediate_size=config.model.intermediate_size,
+        hidden_dropout_prob=config.model.dropout, attention_probs_dropout_prob=config.model.dropout,
+        max_position_embeddings=max(512, config.data.max_length), pad_token_id=tokenizer.pad_token_id)
+    return bert_config, None, tokenizer
+
+
+def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """A host batch (the same on every process) as global arrays; each process gives only its rows."""
+    rows = process_rows(len(batch["input_ids"]), sharding)
+    return {k: jax.make_array_from_process_local_data(sharding, v[rows], v.shape) for k, v in batch.items()}
+
+
+def heldout_batches(corpus, vocab: Vocabulary, config: ConfigDict) -> list[dict[str, np.ndarray]]:
+    """The fixed held-out evaluation set: pairs, swaps and masks drawn once from a seed of their own;
+    the last batch is padded with zero-weight rows."""
+    rng = np.random.default_rng([config.seed, 0xE7A1])
+    pairs = build_pairs(corpus, vocab, config.data.max_length, config.data.short_seq_prob, rng)
+    if config.data.max_eval_examples > 0:
+        pairs = pairs.take(np.arange(min(len(pairs), config.data.max_eval_examples)))
+    batch = make_batch(pairs, vocab, rng, config.tasks.mlm.mask_rate, config.tasks.mlm.max_predictions,
+                       "bigram_shift" in config.task_names, config.tasks.bigram_shift.unit)
+    size = config.eval_batch_size
+    padded = -(-len(pairs) // size) * size
+    batch = {k: np.concatenate([v, np.zeros((padded - len(v),) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, padded, size)]
+
+
+def evaluate(eval_step, params: dict, batches: list[dict[str, jax.Array]]) -> dict[str, float]:
+    """Held-out loss and accuracy per task ('<task>/loss', '<task>/accuracy'), summed over all batches."""
+    totals: dict[str, dict[str, float]] = {}
+    for batch in batches:
+        for task, stats in jax.device_get(eval_step(params, batch)).items():
+            for key, value in stats.items():
+                totals.setdefault(task, {}).setdefault(key, 0.0)
+                totals[task][key] += float(value)
+    out = {}
+    for task, t in sorted(totals.items()):
+        out[f"{task}/loss"] = t["loss_sum"] / max(t["count"], 1.0)
+        out[f"{task}/accuracy"] = t["correct"] / max(t["count"], 1.0)
+    return out
+
+
+def export_hf_model(params: dict, bert_config: Any, tokenizer: Any, path: str | os.PathLike, seed: int = 0) -> Path:
+    """Writes the encoder as a Hugging Face BERT directory (config.json, flax_model.msgpack, tokenizer files),
+    loadable by `jaxmt.models.pretrained.load_pretrained` and so by every fine-tuning config."""
+    from transformers import FlaxBertModel
+    from transformers.models.bert.modeling_flax_bert import FlaxBertPooler
+
+    encoder = jax.device_get(encoder_params(params))
+    if "pooler" not in encoder:  # no NSP head trained one: a fresh pooler keeps the checkpoint complete
+        hidden = jnp.zeros((1, 1, bert_config.hidden_size))
+        encoder["pooler"] = jax.device_get(FlaxBertPooler(bert_config).init(jax.random.PRNGKey(seed), hidden)["params"])
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    FlaxBertModel(bert_config, _do_init=False).save_pretrained(path, params=encoder)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _check_finite(step: int, flag: Any, mode: str, skipped: list[int]) -> None:
+    if not bool(jax.device_get(flag)):
+        return
+    if mode == "stop":
+        raise NonFiniteError(f"step {step}: non-finite loss or gradient; the update was not applied and the "
+                             "checkpoints hold the last good state. Lower the learning rate, or set "
+                             "--config.on_nonfinite=skip")
+    log.warning("step %d: non-finite loss or gradient; update skipped", step)
+    skipped.append(step)
+
+
+def _mesh(config: ConfigDict, bert_config: Any) -> Mesh:
+    mesh = make_mesh(config.mesh.axes, config.mesh.shape)
+    check_divisible(config.batch_size, mesh, "config.batch_size")
+    check_divisible(config.eval_batch_size, mesh, "config.eval_batch_size")
+    check_heads(bert_config.num_attention_heads, mesh)
+    return mesh
+
+
+def pretrain(config: ConfigDict, workdir: str) -> dict:
+    """Pre-trains per `config` in `workdir` (resuming from its latest checkpoint), evaluates on held-out
+    documents, writes results.json and the encoder to `workdir/hf_model/`; returns the results."""
+    check_config(config)
+    bert_config, pretrained, tokenizer = model_source(config)
+    layers = task_layers(config, bert_config.num_hidden_layers)
+    if config.data.max_length > bert_config.max_position_embeddings:
+        raise ConfigError(f"config.data.max_length = {config.data.max_length} exceeds the model's "
+                          f"{bert_config.max_position_embeddings} position embeddings")
+    mesh = _mesh(config, bert_config)
+
+    vocab = Vocabulary.from_tokenizer(tokenizer)
+    corpus = load_corpus(CorpusSpec.from_config(config.data), tokenizer, config.data.cache_dir or None)
+    train_corpus, heldout_corpus = split_heldout(corpus, config.data.heldout_fraction, config.seed)
+    stream = PairStream(train_corpus, vocab, config.data.max_length, config.data.short_seq_prob, config.seed)
+    data_sharding = batch_sharding(mesh)
+    eval_batches = [put_batch(b, data_sharding) for b in heldout_batches(heldout_corpus, vocab, config)]
+    use_bigrams = "bigram_shift" in config.task_names
+
+    def host_batch(step: int) -> dict[str, np.ndarray]:
+        pairs: Pairs = stream.batch(step, config.batch_size)
+        return make_batch(pairs, vocab, np.random.default_rng([config.seed, step, 2]), config.tasks.mlm.mask_rate,
+                          config.tasks.mlm.max_predictions, use_bigrams, config.tasks.bigram_shift.unit)
+
+    model = HierarchicalBert(bert_config, layers, config.transfer, DTYPES[config.model.dtype])
+    tx = make_optimizer(config, config.num_steps, len(layers))
+    init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    example = {k: v[:2] for k, v in host_batch(0).items()}
+    init = lambda encoder: init_train_state(model, tx, init_rng, example, encoder)  # noqa: E731
+    abstract_state = jax.eval_shape(init, pretrained)
+    state_sharding = state_shardings(abstract_state, mesh)
+    weights = {task: float(config.tasks[task].weight) for task, _ in layers}
+    train_step = jax.jit(make_train_step(model, tx, weights),
+                         in_shardings=(state_sharding, data_sharding, replicated(mesh)),
+                         out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding.params, data_sharding),
+                        out_shardings=replicated(mesh))
+
+    os.makedirs(workdir, exist_ok=True)
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        with open(config_path, "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
+    start_step = checkpoints.latest_step()
+    initial: dict[str, float] = {}
+    if start_step is not None:
+        state = checkpoints.restore(abstract_like(abstract_state, state_sharding))
+        log.info("resumed from %s at step %d", workdir, start_step)
+    else:
+        start_step = 0
+        placed = None if pretrained is None else put_global(pretrained, param_shardings(pretrained, mesh))
+        state = jax.jit(init, out_shardings=state_sharding)(placed)
+        initial = evaluate(eval_step, state.params, eval_batches)
+    del pretrained
+
+    writer = MetricWriter(workdir)
+    if initial:
+        writer.write(0, {f"heldout/{k}": v for k, v in initial.items()})
+    heldout: dict[str, float] = {}
+    skipped: list[int] = []
+    start_time = time.time()
+    bar = tqdm(range(start_step, config.num_steps), initial=start_step, total=config.num_steps, desc="pretrain",
+               disable=jax.process_index() != 0, dynamic_ncols=True)
+    pending = None
+    try:
+        with PreemptionGuard() as guard:
+            for step in bar:
+                state, metrics = train_step(state, put_batch(host_batch(step), data_sharding), step_rng)
+                done = step + 1
+                stop_signal = guard.received
+                if pending is not None:  # the previous step's flag: keeps one step in flight
+                    _check_finite(*pending, config.on_nonfinite, skipped)
+                pending = (done, metrics["nonfinite"])
+                if done % config.log_every == 0 or done == config.num_steps:
+                    scalars = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items() if k != "nonfinite"}
+                    writer.write(done, scalars)
+                    bar.set_postfix({k.split("/", 1)[1]: f"{v:.3f}" for k, v in scalars.items() if "loss/" in k})
+                if (config.eval_every and done % config.eval_every == 0) or done == config.num_steps:
+                    heldout = evaluate(eval_step, state.params, eval_batches)
+                    writer.write(done, {f"heldout/{k}": v for k, v in heldout.items()})
+                    bar.write(f"step {done}: held-out " + "  ".join(f"{k} {v:.4f}" for k, v in heldout.items()))
+                if done % config.checkpoint_every == 0 or done == config.num_steps or stop_signal:
+                    _check_finite(*pending, config.on_nonfinite, skipped)
+                    pending = None
+                    checkpoints.save(done, state, force=True)
+                if stop_signal:
+                    checkpoints.wait()
+                    raise Preempted(stop_signal, done, workdir)
+    finally:
+        bar.close()
+        checkpoints.wait()
+        checkpoints.close()
+        writer.close()
+    if not heldout:  # resumed at the last step: nothing trained, evaluate what is there
+        heldout = evaluate(eval_step, state.params, eval_batches)
+    export_dir = os.path.join(workdir, HF_MODEL_DIR)
+    if jax.process_index() == 0:
+        export_hf_model(state.params, bert_config, tokenizer, export_dir, config.seed)
+    results = {
+        "tasks": {task: {"layer": layer, "weight": weights[task]} for task, layer in layers},
+        "transfer": config.transfer,
+        "model": {"init_from": config.model.init_from or "scratch", "layers": bert_config.num_hidden_layers,
+                  "hidden_size": bert_config.hidden_size, "vocab_size": bert_config.vocab_size},
+        "corpus": {"source": corpus.source, "documents": corpus.num_documents, "tokens": int(len(corpus.tokens)),
+                   "train_documents": train_corpus.num_documents, "heldout_documents": heldout_corpus.num_documents,
+                   "pairs_per_epoch": len(stream.epoch(0))},
+        "steps": config.num_steps,
+        "batch_size": config.batch_size,
+        "resumed_from_step": start_step,
+        "train_seconds": round(time.time() - start_time, 1),
+        "initial_heldout": initial,
+        "heldout": heldout,
+        "devices": mesh.size,
+        "skipped_nonfinite_steps": skipped,
+        "hf_model": export_dir,
+    }
+    if jax.process_index() == 0:
+        write_json(os.path.join(workdir, "results.json"), results)
+    return results
