@@ -12,9 +12,9 @@ import os
 
 import jax
 from absl import app, flags
-from ml_collections import ConfigDict
 
 from jaxmt.checkpointing.manager import Checkpoints, abstract_like
+from jaxmt.checkpointing.workdir import read_run_config
 from jaxmt.cli import parse_flags, setup_logging
 from jaxmt.data.demo import DEMO_BANNER
 from jaxmt.data.sources import load_splits, task_specs
@@ -26,14 +26,6 @@ from jaxmt.training.faults import user_facing_errors
 
 # The CS224N starter code's column names (its "Similiarity" spelling included, which its grader expects).
 PREDICTION_COLUMNS = {"sst": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase", "sts": "Predicted_Similiarity"}
-
-
-def read_run_config(workdir: str) -> ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: not found; is {workdir} a jaxmt training workdir?")
-    with open(path) as f:
-        return ConfigDict(json.load(f))
 
 
 def write_predictions(path: str, task: str, ids: list[str], predictions) -> None:

@@ -8,11 +8,15 @@ one intact.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -44,6 +48,14 @@ class Checkpoints:
     def restore(self, abstract_state: Any, step: int | None = None) -> Any:
         step = self.latest.latest_step() if step is None else step
         return self.latest.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+    def restore_or_init(self, abstract_state: Any, shardings: Any, init: Callable[[], Any]) -> tuple[Any, int]:
+        """(state, step): the latest checkpoint restored straight into `shardings`, else `init()` at step 0."""
+        step = self.latest_step()
+        if step is None:
+            return init(), 0
+        log.info("resuming from %s at step %d", self.latest.directory, step)
+        return self.restore(abstract_like(abstract_state, shardings), step), step
 
     def best_score(self) -> float | None:
         step = self.best.latest_step()

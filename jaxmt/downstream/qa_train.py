@@ -8,7 +8,6 @@ resumption, best by dev F1), and the `MetricWriter`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -21,7 +20,8 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from jaxmt.checkpointing.manager import Checkpoints, abstract_like
+from jaxmt.checkpointing.manager import Checkpoints
+from jaxmt.checkpointing.workdir import RESULTS_FILE, write_json, write_run_config
 from jaxmt.data.sampling import TaskSampler
 from jaxmt.downstream.qa_model import SpanModel
 from jaxmt.downstream.squad import QAExample, QAFeatures, decode_predictions, make_features, read_squad, squad_scores
@@ -162,18 +162,12 @@ def train_and_evaluate_qa(config: ConfigDict, workdir: str) -> dict:
     train_step = jax.jit(make_qa_train_step(model, tx), in_shardings=(state_sharding, data_sharding, replicated(mesh)),
                          out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,))
 
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    write_run_config(workdir, config)
     checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
-    start_step = checkpoints.latest_step()
-    if start_step is not None:
-        state = checkpoints.restore(abstract_like(abstract_state, state_sharding))
-        log.info("resumed from %s at step %d", workdir, start_step)
-    else:
-        start_step = 0
-        init = jax.jit(lambda p: init_qa_state(model, tx, init_rng, p), out_shardings=state_sharding)
-        state = init(put_global(pretrained.params, param_shardings(pretrained.params, mesh, prefix=ENCODER_PREFIX)))
+    init = jax.jit(lambda p: init_qa_state(model, tx, init_rng, p), out_shardings=state_sharding)
+    state, start_step = checkpoints.restore_or_init(
+        abstract_state, state_sharding,
+        lambda params=pretrained.params: init(put_global(params, param_shardings(params, mesh, prefix=ENCODER_PREFIX))))
     del pretrained
 
     sampler = TaskSampler({"qa": len(train_feats)}, {"qa": config.batch_size}, "all", config.seed, config.num_steps)
@@ -234,10 +228,7 @@ def train_and_evaluate_qa(config: ConfigDict, workdir: str) -> dict:
         "skipped_nonfinite_steps": skipped,
     }
     if jax.process_index() == 0:
-        for name, payload in (("predictions.json", answers), ("results.json", results)):
-            tmp = os.path.join(workdir, name + ".tmp")
-            with open(tmp, "w") as f:
-                json.dump(payload, f, indent=2, sort_keys=True)
-            os.replace(tmp, os.path.join(workdir, name))
+        write_json(os.path.join(workdir, "predictions.json"), answers)
+        write_json(os.path.join(workdir, RESULTS_FILE), results)
     return results
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -13,7 +12,8 @@ import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxmt.checkpointing.manager import Checkpoints, abstract_like
+from jaxmt.checkpointing.manager import Checkpoints
+from jaxmt.checkpointing.workdir import RESULTS_FILE, write_json
 from jaxmt.data.sampling import eval_batches
 from jaxmt.data.tokenization import EncodedSplit
 from jaxmt.parallel.mesh import batch_sharding
@@ -31,11 +31,9 @@ class RunCheckpoints:
 
     def restore_or_init(self, abstract_state: Any, shardings: Any, init: Callable[[], Any]) -> tuple[Any, int]:
         """(state, first step): the latest checkpoint's state, or `init()` at step 0."""
-        step = self.manager.latest_step() if self.manager else None
-        if step is None:
+        if self.manager is None:
             return init(), 0
-        log.info("resuming from the step-%d checkpoint", step)
-        return self.manager.restore(abstract_like(abstract_state, shardings)), step
+        return self.manager.restore_or_init(abstract_state, shardings, init)
 
     def after_step(self, done: int, state: Any) -> None:
         if self.manager and (done % self.every == 0 or done == self.num_steps):
@@ -72,10 +70,6 @@ def split_outputs(fn: Callable, params: Any, split: EncodedSplit, batch_size: in
 
 
 def write_results(workdir: str, results: dict) -> None:
-    """results.json, written through a temporary file so a crash never leaves half of it."""
-    if jax.process_index() != 0:
-        return
-    path = os.path.join(workdir, "results.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    """results.json, from process 0 only."""
+    if jax.process_index() == 0:
+        write_json(os.path.join(workdir, RESULTS_FILE), results)

@@ -17,7 +17,8 @@ from jax.sharding import Mesh, NamedSharding
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from jaxmt.checkpointing.manager import Checkpoints, abstract_like
+from jaxmt.checkpointing.manager import Checkpoints
+from jaxmt.checkpointing.workdir import write_json, write_run_config
 from jaxmt.errors import ConfigError
 from jaxmt.models.pretrained import ModelError, load_pretrained, resolve_model_dir
 from jaxmt.parallel.host_data import process_rows, put_global
@@ -31,7 +32,6 @@ from jaxmt.pretraining.step import init_train_state, make_eval_step, make_train_
 from jaxmt.training.faults import NonFiniteError, Preempted, PreemptionGuard
 from jaxmt.training.metric_writers import MetricWriter
 from jaxmt.training.optimizer import make_optimizer
-from jaxmt.training.trainer import write_json
 
 log = logging.getLogger(__name__)
 
@@ -238,23 +238,14 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
     eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding.params, data_sharding),
                         out_shardings=replicated(mesh))
 
-    os.makedirs(workdir, exist_ok=True)
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        with open(config_path, "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    write_run_config(workdir, config)
     checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
-    start_step = checkpoints.latest_step()
-    initial: dict[str, float] = {}
-    if start_step is not None:
-        state = checkpoints.restore(abstract_like(abstract_state, state_sharding))
-        log.info("resumed from %s at step %d", workdir, start_step)
-    else:
-        start_step = 0
-        placed = None if pretrained is None else put_global(pretrained, param_shardings(pretrained, mesh))
-        state = jax.jit(init, out_shardings=state_sharding)(placed)
-        initial = evaluate(eval_step, state.params, eval_batches)
+    state, start_step = checkpoints.restore_or_init(
+        abstract_state, state_sharding,
+        lambda params=pretrained: jax.jit(init, out_shardings=state_sharding)(
+            None if params is None else put_global(params, param_shardings(params, mesh))))
     del pretrained
+    initial = evaluate(eval_step, state.params, eval_batches) if start_step == 0 else {}
 
     writer = MetricWriter(workdir)
     if initial:

@@ -4,7 +4,6 @@ logging, evaluation, best and latest checkpoints, resumption.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -14,7 +13,8 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from jaxmt.checkpointing.manager import Checkpoints, abstract_like
+from jaxmt.checkpointing.manager import Checkpoints
+from jaxmt.checkpointing.workdir import RESULTS_FILE, write_json, write_run_config
 from jaxmt.data.demo import DEMO_BANNER
 from jaxmt.data.sampling import TaskSampler
 from jaxmt.data.sources import load_splits, task_specs
@@ -67,14 +67,6 @@ def check_finite(step: int, metrics: dict, mode: str, skipped_steps: list[int]) 
     skipped_steps.append(step)
 
 
-def write_json(path: str, payload: dict) -> None:
-    """Writes through a temporary file, so a crash never leaves half a JSON file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the results."""
     setup.check_config(config)
@@ -101,20 +93,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     state_sharding = setup.state_shardings(abstract_state, mesh)
     runner = make_step_runner(config, mesh, model, tx, setup.loss_weights(config, specs), state_sharding)
 
-    os.makedirs(workdir, exist_ok=True)
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        with open(config_path, "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    write_run_config(workdir, config)
     checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
-    start_step = checkpoints.latest_step()
-    if start_step is not None:
-        state = checkpoints.restore(abstract_like(abstract_state, state_sharding))
-        log.info("resumed from %s at step %d", workdir, start_step)
-    else:
-        start_step = 0
-        init = jax.jit(lambda p: init_state(model, tx, init_rng, p), out_shardings=state_sharding)
-        state = init(put_global(pretrained.params, encoder_shardings(pretrained.params, mesh)))
+    init = jax.jit(lambda p: init_state(model, tx, init_rng, p), out_shardings=state_sharding)
+    state, start_step = checkpoints.restore_or_init(
+        abstract_state, state_sharding,
+        lambda params=pretrained.params: init(put_global(params, encoder_shardings(params, mesh))))
     del pretrained
 
     predictor = Predictor(model, mesh, config.eval_batch_size, config.data.buckets, tokenizer.pad_token_id)
@@ -193,5 +177,5 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         "skipped_nonfinite_steps": skipped_steps,
     }
     if jax.process_index() == 0:
-        write_json(os.path.join(workdir, "results.json"), results)
+        write_json(os.path.join(workdir, RESULTS_FILE), results)
     return results
