@@ -75,13 +75,13 @@ def _prepare_hint(name: str, data_dir: str) -> str:
     )
 
 
-def _default_data_dir() -> str:
+def default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
-def _open_builder(tfds: Any, name: str, data_dir: str | None) -> Any:
+def open_builder(tfds: Any, name: str, data_dir: str | None) -> Any:
     """The builder of a prepared dataset, or a DataError saying how to prepare it (never downloads)."""
-    where = data_dir or _default_data_dir()
+    where = data_dir or default_data_dir()
     try:
         # GCS lookups are disabled by default in TFDS 4.9; `try_gcs=False` keeps it that way.
         builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
@@ -158,7 +158,7 @@ def _resolve_fields(
     return mapping
 
 
-def _data_source(builder: Any, name: str, split: str, where: str) -> Any:
+def open_split(builder: Any, name: str, split: str, where: str) -> Any:
     """Random-access reader of one split; refuses formats that would need TensorFlow."""
     try:
         return builder.as_data_source(split=split)
@@ -180,7 +180,7 @@ def _data_source(builder: Any, name: str, split: str, where: str) -> Any:
         ) from None
 
 
-def _records(data_source: Any) -> Iterator[tuple[int, dict]]:
+def iter_records(data_source: Any) -> Iterator[tuple[int, dict]]:
     """(index, example) in the data source's stable order, fetched in batches."""
     n = len(data_source)
     for start in range(0, n, _READ_CHUNK):
@@ -188,7 +188,7 @@ def _records(data_source: Any) -> Iterator[tuple[int, dict]]:
         yield from zip(keys, data_source.__getitems__(keys))
 
 
-def _as_text(value: Any, errors: str = "strict") -> str:
+def as_text(value: Any, errors: str = "strict") -> str:
     """TFDS gives Text features as UTF-8 bytes and ids as numpy scalars."""
     if isinstance(value, np.ndarray) and value.shape == ():
         value = value.item()
@@ -227,10 +227,10 @@ def load_tfds_split(
         ) from None
 
     source = f"tfds:{name}[{split}]"
-    where = data_dir or _default_data_dir()
-    builder = _open_builder(tfds, name, data_dir)
+    where = data_dir or default_data_dir()
+    builder = open_builder(tfds, name, data_dir)
     mapping = _resolve_fields(name, spec, builder.info.features, fields)
-    data = _data_source(builder, name, split, where)
+    data = open_split(builder, name, split, where)
     text_names = [mapping["text_a"]] + ([mapping["text_b"]] if spec.is_pair else [])
     label_name, id_name = mapping["label"], mapping["id"]
 
@@ -255,12 +255,12 @@ def load_tfds_split(
             bad(index, row_id, label_name, reason)
         return reason is None
 
-    for index, example in _records(data):
-        row_id = f"{split}-{index}" if id_name is None else _as_text(example[id_name], errors="replace")
+    for index, example in iter_records(data):
+        row_id = f"{split}-{index}" if id_name is None else as_text(example[id_name], errors="replace")
         texts: list[str] = []
         for field in text_names:
             try:
-                text = _as_text(example[field]).strip()
+                text = as_text(example[field]).strip()
             except UnicodeDecodeError as err:
                 bad(index, row_id, field, f"text is not valid UTF-8 ({err.reason} at byte {err.start})")
                 break

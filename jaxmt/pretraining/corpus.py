@@ -159,21 +159,21 @@ def read_tfds_documents(name: str, split: str, data_dir: str | None, field: str 
                         sentences: bool = True) -> list[list[str]]:
     """Documents of a prepared TFDS text dataset (never downloads): one example, one document,
     its text split into paragraphs at newlines and then into sentences."""
-    from jaxmt.data.tfds_source import _as_text, _data_source, _default_data_dir, _open_builder, _records
+    from jaxmt.data.tfds_source import as_text, default_data_dir, iter_records, open_builder, open_split
 
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
         raise DataError(f"tfds:{name}: reading TFDS datasets needs `pip install tensorflow-datasets "
                         f"array-record` ({err})") from None
-    builder = _open_builder(tfds, name, data_dir or None)
+    builder = open_builder(tfds, name, data_dir or None)
     if field not in builder.info.features:
         raise DataError(f"tfds:{name}: no feature {field!r} (config.data.tfds_field); features: "
                         f"{sorted(builder.info.features)}")
-    source = _data_source(builder, name, split, data_dir or _default_data_dir())
+    source = open_split(builder, name, split, data_dir or default_data_dir())
     documents = []
-    for _, example in _records(source):
-        paragraphs = [p.strip() for p in _as_text(example[field], errors="replace").split("\n")]
+    for _, example in iter_records(source):
+        paragraphs = [p.strip() for p in as_text(example[field], errors="replace").split("\n")]
         document = [s for p in paragraphs if p for s in (split_sentences(p) if sentences else [p])]
         if document:
             documents.append(document)
