@@ -68,6 +68,25 @@ def test_model_output_shapes_and_dtypes(tiny_bert, tiny_bert_dir, pair_mode, sha
     chex.assert_type(jax.tree_util.tree_leaves(params), jnp.float32)
 
 
+def test_remat_changes_memory_not_the_gradients(tiny_bert, tiny_bert_dir):
+    """config.model.remat recomputes each layer's activations in the backward pass: same loss and gradients."""
+    batch = {"input_ids": jnp.arange(24, dtype=jnp.int32).reshape(2, 1, 12) % 7 + 5,
+             "attention_mask": jnp.ones((2, 1, 12), jnp.int32), "token_type_ids": jnp.zeros((2, 1, 12), jnp.int32)}
+
+    def loss_and_grads(remat: bool):
+        model = setup.build_model(tiny_config(tiny_bert_dir, **{"model.remat": remat}), tiny_bert.config,
+                                  DEFAULT_TASKS)
+        params = model.init(jax.random.PRNGKey(0), tiny_bert.params)
+        loss = lambda p: jnp.sum(model.outputs(p, "sst", batch, rng=jax.random.PRNGKey(1), deterministic=False))  # noqa: E731
+        return jax.value_and_grad(loss)(params)
+
+    assert setup.build_model(tiny_config(tiny_bert_dir, **{"model.remat": True}), tiny_bert.config,
+                             DEFAULT_TASKS).backbone.remat
+    (plain_loss, plain_grads), (remat_loss, remat_grads) = loss_and_grads(False), loss_and_grads(True)
+    np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
+    chex.assert_trees_all_close(remat_grads, plain_grads, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 @requires_minilm
 def test_minilm_gives_the_reference_sentence_embeddings():

@@ -78,6 +78,7 @@ def build_model(config: ConfigDict, bert_config, specs: dict[str, TaskSpec]) -> 
         shared_dim=config.model.shared_dim,
         dropout_rate=config.model.dropout,
         dtype=DTYPES[config.model.dtype],
+        remat=config.model.remat,
     )
     siamese = config.model.pair_mode == "siamese"
     return MultitaskModel(backbone=backbone, specs=specs,
