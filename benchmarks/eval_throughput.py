@@ -58,15 +58,8 @@ def dev_data(config) -> tuple[dict, str]:
 
 def main(argv: list[str]) -> None:
     del argv
-    use_torch = not _NO_TORCH.value and ref.torch_available()
-    torch_note = None
-    if not use_torch:
-        torch_note = "skipped by --no_torch" if _NO_TORCH.value else ref.TORCH_MISSING
-        print(f"eval_throughput: {torch_note}", file=sys.stderr)
-    else:
-        import torch
-
-        torch.set_num_threads(_TORCH_THREADS.value)
+    torch_note = ref.setup_torch("eval_throughput", _NO_TORCH.value, _TORCH_THREADS.value)
+    use_torch = torch_note is None
     config = default.get_config()
     pretrained = load_pretrained(_MODEL.value)
     data, source = dev_data(config)
@@ -89,7 +82,6 @@ def main(argv: list[str]) -> None:
 
     runners = {"jaxmt": run_jaxmt}
     if use_torch:
-        import torch
 
         ref.seed_everything(0)
         torch_model = ref.build_torch_model(pretrained.path, specs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,18 @@ TORCH_MISSING = ("torch is not installed, so the PyTorch reference (and the jaxm
 
 def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
+
+
+def setup_torch(benchmark: str, no_torch: bool, threads: int) -> str | None:
+    """Sets torch's thread count when the reference runs; else returns (and prints) why it is skipped."""
+    if no_torch or not torch_available():
+        note = "skipped by --no_torch" if no_torch else TORCH_MISSING
+        print(f"{benchmark}: {note}", file=sys.stderr)
+        return note
+    import torch
+
+    torch.set_num_threads(threads)
+    return None
 
 
 def build_torch_model(model_dir: Path, specs: dict, dropout: float = 0.1, seed: int = 0):

@@ -186,15 +186,8 @@ def torch_runner(name: str, model_dir, tasks: tuple[str, ...], host_batches: dic
 
 def main(argv: list[str]) -> None:
     del argv
-    use_torch = not _NO_TORCH.value and ref.torch_available()
-    torch_note = None
-    if not use_torch:
-        torch_note = "skipped by --no_torch" if _NO_TORCH.value else ref.TORCH_MISSING
-        print(f"train_step: {torch_note}", file=sys.stderr)
-    else:
-        import torch
-
-        torch.set_num_threads(_TORCH_THREADS.value)
+    torch_note = ref.setup_torch("train_step", _NO_TORCH.value, _TORCH_THREADS.value)
+    use_torch = torch_note is None
     pretrained = load_pretrained(_MODEL.value)
     runners: dict[str, list[Runner]] = {}
     for setting in _SETTINGS.value:

@@ -59,6 +59,17 @@ requires_minilm = pytest.mark.skipif(
 )
 
 
+def with_overrides(config, **overrides):
+    """Sets dotted fields, e.g. `with_overrides(config, **{"model.dropout": 0.0})`."""
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config
+
+
 def tiny_config(model_dir: Path | str, **overrides):
     """The default config, shrunk to a tiny model and a few steps."""
     from configs import default
@@ -76,10 +87,4 @@ def tiny_config(model_dir: Path | str, **overrides):
     config.data.max_eval_examples = 48
     for task in config.tasks.values():
         task.batch_size = 8
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return config
+    return with_overrides(config, **overrides)

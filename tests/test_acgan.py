@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, with_overrides
 
 from jaxmt.errors import ConfigError
 from jaxmt.gan.build import build_gan, check_gan_config, generator_optimizer, load_gan_data
@@ -41,13 +41,7 @@ def gan_config(model_dir, **overrides):
     config.gan.save_checkpoints = False
     config.gan.collapse_examples = 100
     config.gan.collapse_fakes_per_class = 20
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return config
+    return with_overrides(config, **overrides)
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import with_overrides
 
 from jaxmt.data.errors import DataError
 from jaxmt.errors import ConfigError
@@ -355,13 +356,7 @@ def tiny_pretrain_config(bert_dir, corpus_file, cache_dir, **overrides):
     config.optim.learning_rate = 1e-2
     config.batch_size, config.eval_batch_size = 16, 32
     config.num_steps, config.log_every, config.eval_every, config.checkpoint_every = 24, 8, 0, 12
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return config
+    return with_overrides(config, **overrides)
 
 
 @pytest.mark.parametrize("override, message", [
