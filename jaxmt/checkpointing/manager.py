@@ -30,13 +30,18 @@ class Checkpoints:
     def __init__(self, workdir: str, keep: int = 2, read_only: bool = False) -> None:
         workdir = os.path.abspath(workdir)
         create = not read_only
+        # Async saves overlap training in one process; across processes their commit barrier has timed out on
+        # a loaded host (seen in tests/test_multihost.py), so multi-process runs save synchronously.
+        is_async = jax.process_count() == 1
         self.latest = ocp.CheckpointManager(
             os.path.join(workdir, "checkpoints"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, read_only=read_only),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, read_only=read_only,
+                                                 enable_async_checkpointing=is_async),
         )
         self.best = ocp.CheckpointManager(
             os.path.join(workdir, "best"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=create, read_only=read_only),
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=create, read_only=read_only,
+                                                 enable_async_checkpointing=is_async),
         )
 
     def latest_step(self) -> int | None:
