@@ -395,6 +395,26 @@ def test_bf16_inputs():
     assert int(st16.num_conflicts) == int(st32.num_conflicts)
 
 
+def test_accurate_on_a_large_leaf():
+    # Three million terms per task in one leaf, as in a real embedding gradient: a single flat
+    # float32 accumulation of the dot products drifts by ~1% here, the row-then-total reduction
+    # must stay at float32 rounding. Conflicting tasks, so projections depend on those dots.
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((2048, 1536)).astype(np.float32)
+    noise = rng.standard_normal((3, 2048, 1536)).astype(np.float32)
+    stacked = np.stack([base, -0.5 * base, 0.2 * base]) + 0.5 * noise
+    params = {"w": jnp.zeros((2048, 1536), jnp.float32)}
+    tx = pcgrad(3, seed=0)
+    state0 = tx.init(params)
+    out, state = jax.jit(tx.update)({"w": jnp.asarray(stacked)}, state0, params)
+    flat = stacked.reshape(3, -1)
+    combined, _, conflicts, cosine = ref_pcgrad(flat, step_orders(state0, 3))
+    assert int(state.num_conflicts) == conflicts > 0
+    np.testing.assert_allclose(np.asarray(state.cosine), cosine, atol=1e-5)
+    err = np.linalg.norm(np.asarray(out["w"], np.float64).ravel() - combined) / np.linalg.norm(combined)
+    assert err < 1e-5, err
+
+
 def test_state_shapes_and_dtypes():
     tx = pcgrad(4)
     state = tx.init(zeros_params())

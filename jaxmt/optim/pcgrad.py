@@ -128,26 +128,49 @@ def _compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def _upper_pairs(num_tasks: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(num_tasks) for j in range(i, num_tasks)]
+
+
 def _leaf_gram(leaf: jax.Array) -> jax.Array:
     """``[T, T]`` Gram matrix contribution of one stacked leaf ``[T, ...]``, accumulated in float32.
 
-    ``preferred_element_type`` (rather than an upcast copy) keeps bf16 leaves in bf16 in memory while
-    the products (exact in f32) and the accumulation are float32.
+    Why not one ``dot_general`` over ``[T, N] x [T, N]``: with a tiny ``T`` XLA:CPU runs it as a
+    matrix-vector product at a fraction of memory bandwidth (measured 0.25 s per step for MiniLM's
+    3 x 22.7M gradients). Instead one *variadic* reduction computes all ``T(T+1)/2`` products in a
+    single fused pass that reads every task slice once (0.015 s for the same tree), on any backend.
+    The reduction runs over the minor axis first and then sums those row partials, so no float32
+    accumulator ever sees more than one row of terms (a single flat reduction loses ~1% on 2e7
+    terms). bf16 leaves are upcast inside the fusion, never copied.
     """
-    axes = tuple(range(1, leaf.ndim))
-    return jax.lax.dot_general(
-        leaf,
-        leaf,
-        dimension_numbers=((axes, axes), ((), ())),
-        precision=_HIGHEST,
-        preferred_element_type=_compute_dtype(leaf.dtype),
+    num_tasks = leaf.shape[0]
+    dtype = _compute_dtype(leaf.dtype)
+    x = leaf.reshape(num_tasks, 1) if leaf.ndim == 1 else leaf
+    pairs = _upper_pairs(num_tasks)
+    products = tuple(x[i].astype(dtype) * x[j].astype(dtype) for i, j in pairs)
+    zeros = tuple(jnp.zeros((), dtype) for _ in pairs)
+    rows = jax.lax.reduce(
+        products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)), (x.ndim - 2,)
     )
+    sums = jnp.stack([jnp.sum(r) for r in rows])
+    index = {pair: k for k, pair in enumerate(pairs)}
+    symmetric = [[index[min(i, j), max(i, j)] for j in range(num_tasks)] for i in range(num_tasks)]
+    return sums[jnp.asarray(symmetric)]
 
 
 def _combine_leaf(weights: jax.Array, leaf: jax.Array) -> jax.Array:
-    """``sum_k weights[k] * leaf[k]`` computed in float32, returned in the leaf's dtype."""
-    x = leaf.astype(_compute_dtype(leaf.dtype))
-    return jnp.tensordot(weights.astype(x.dtype), x, axes=(0, 0), precision=_HIGHEST).astype(leaf.dtype)
+    """``sum_k weights[k] * leaf[k]`` computed in float32, returned in the leaf's dtype.
+
+    Written as ``T`` fused multiply-adds rather than a ``tensordot`` or a reduction over the task
+    axis: XLA:CPU reduces a leading (major) axis slowly and a broadcast-multiply-then-sum over it
+    compiled to a 44 s loop for MiniLM; the unrolled form is one elementwise fusion (0.02 s).
+    """
+    dtype = _compute_dtype(leaf.dtype)
+    weights = weights.astype(dtype)
+    out = weights[0] * leaf[0].astype(dtype)
+    for k in range(1, leaf.shape[0]):
+        out = out + weights[k] * leaf[k].astype(dtype)
+    return out.astype(leaf.dtype)
 
 
 def _resolve_mask(mask: MaskOrFn, updates: Any, params: Any) -> tuple[bool, ...]:
