@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
+import signal
 
 import chex
 import jax
@@ -352,9 +354,8 @@ def test_span_head_masks_non_context_positions_and_loss_is_mean_of_start_and_end
     np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
 
 
-def test_tiny_qa_run_lowers_the_loss_and_scores_dev(tmp_path, qa_bert, squad_file):
+def tiny_qa_config(qa_bert, squad_file, num_steps: int = 24, checkpoint_every: int = 12):
     from configs import squad as squad_config
-    from jaxmt.downstream.qa_train import train_and_evaluate_qa
 
     config = squad_config.get_config()
     config.model.name = str(qa_bert.path)
@@ -362,7 +363,14 @@ def test_tiny_qa_run_lowers_the_loss_and_scores_dev(tmp_path, qa_bert, squad_fil
     config.data.max_length, config.data.stride = 32, 8
     config.batch_size, config.eval_batch_size = 8, 8
     config.optim.learning_rate, config.optim.warmup_fraction = 3e-3, 0.0
-    config.num_steps, config.log_every, config.eval_every, config.checkpoint_every = 24, 1, 0, 12
+    config.num_steps, config.log_every, config.eval_every, config.checkpoint_every = num_steps, 1, 0, checkpoint_every
+    return config
+
+
+def test_tiny_qa_run_lowers_the_loss_and_scores_dev(tmp_path, qa_bert, squad_file):
+    from jaxmt.downstream.qa_train import train_and_evaluate_qa
+
+    config = tiny_qa_config(qa_bert, squad_file)
     results = train_and_evaluate_qa(config, str(tmp_path / "qa"))
     losses = results["train_loss"]
     assert len(losses) == 24 and np.mean(losses[-4:]) < 0.6 * np.mean(losses[:4]), losses
@@ -374,3 +382,31 @@ def test_tiny_qa_run_lowers_the_loss_and_scores_dev(tmp_path, qa_bert, squad_fil
     # Resuming a finished run restores the last checkpoint and trains nothing more.
     again = train_and_evaluate_qa(config, str(tmp_path / "qa"))
     assert again["resumed_from_step"] == 24 and again["train_loss"] == []
+
+
+def test_qa_sigterm_saves_and_the_same_call_resumes_exactly(tmp_path, qa_bert, squad_file, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    from jaxmt.downstream import qa_train
+    from jaxmt.training.faults import Preempted
+
+    config = tiny_qa_config(qa_bert, squad_file, num_steps=8, checkpoint_every=100)
+    full = qa_train.train_and_evaluate_qa(config, str(tmp_path / "full"))
+
+    class SignalAtStep3(qa_train.MetricWriter):
+        def write(self, step, scalars):
+            super().write(step, scalars)
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)  # as the scheduler would, between steps
+
+    monkeypatch.setattr(qa_train, "MetricWriter", SignalAtStep3)
+    with pytest.raises(Preempted, match="at step 4"):  # the signal is acted on after the next step
+        qa_train.train_and_evaluate_qa(config, str(tmp_path / "cut"))
+    assert os.listdir(tmp_path / "cut" / "checkpoints") == ["4"]
+    monkeypatch.undo()
+    resumed = qa_train.train_and_evaluate_qa(config, str(tmp_path / "cut"))
+    assert resumed["resumed_from_step"] == 4 and resumed["dev"] == full["dev"]
+    restore = ocp.StandardCheckpointer().restore
+    jax.tree.map(np.testing.assert_array_equal,
+                 restore(str(tmp_path / "full" / "checkpoints" / "8" / "default"))["params"],
+                 restore(str(tmp_path / "cut" / "checkpoints" / "8" / "default"))["params"])

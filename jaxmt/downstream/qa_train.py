@@ -31,7 +31,7 @@ from jaxmt.parallel.host_data import process_rows, put_global
 from jaxmt.parallel.mesh import batch_sharding, check_divisible, make_mesh, replicated
 from jaxmt.parallel.sharding_rules import param_shardings
 from jaxmt.parallel.state_sharding import state_shardings
-from jaxmt.training.faults import NonFiniteError
+from jaxmt.training.faults import Preempted, PreemptionGuard, check_finite
 from jaxmt.training.metric_writers import MetricWriter
 from jaxmt.training.optimizer import make_optimizer
 from jaxmt.training.setup import DTYPES
@@ -182,32 +182,36 @@ def train_and_evaluate_qa(config: ConfigDict, workdir: str) -> dict:
     bar = tqdm(range(start_step, config.num_steps), initial=start_step, total=config.num_steps, desc="squad",
                disable=jax.process_index() != 0, dynamic_ncols=True)
     try:
-        for step in bar:
-            state, metrics = train_step(state, global_batch(train_feats, sampler.indices("qa", step), data_sharding),
-                                        step_rng)
-            done = step + 1
-            log_due = done % config.log_every == 0 or done == config.num_steps
-            eval_due = (config.eval_every and done % config.eval_every == 0) or done == config.num_steps
-            if log_due or eval_due or done % config.checkpoint_every == 0:
-                metrics = jax.device_get(metrics)
-                if metrics["nonfinite"]:
-                    if config.on_nonfinite == "stop":
-                        raise NonFiniteError(f"step {done}: non-finite QA loss or gradient; the update was not "
-                                             "applied. Lower the learning rate or set --config.on_nonfinite=skip")
-                    skipped.append(done)
-            if log_due:
-                losses.append(float(metrics["loss"]))
-                writer.write(done, {"train/loss": metrics["loss"], "train/grad_norm": metrics["grad_norm"]})
-                bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
-            if eval_due:
-                dev_metrics, answers = evaluate_qa(config, predictor, state.params, dev, dev_feats)
-                writer.write(done, {f"dev/{k}": v for k, v in dev_metrics.items()})
-                bar.write(f"step {done}: dev exact_match {dev_metrics['exact_match']:.2f}  f1 {dev_metrics['f1']:.2f}")
-                if best is None or dev_metrics["f1"] > best:
-                    best, best_metrics = dev_metrics["f1"], dict(dev_metrics, step=done)
-                    checkpoints.save_best(done, state.params, best, dev_metrics)
-            if done % config.checkpoint_every == 0 or done == config.num_steps:
-                checkpoints.save(done, state, force=True)
+        with PreemptionGuard() as guard:
+            for step in bar:
+                state, metrics = train_step(
+                    state, global_batch(train_feats, sampler.indices("qa", step), data_sharding), step_rng)
+                done = step + 1
+                stop_signal = guard.received
+                log_due = done % config.log_every == 0 or done == config.num_steps
+                eval_due = (config.eval_every and done % config.eval_every == 0) or done == config.num_steps
+                save_due = done % config.checkpoint_every == 0 or done == config.num_steps or stop_signal
+                if log_due or eval_due or save_due:
+                    metrics = jax.device_get(metrics)
+                    check_finite(done, metrics["nonfinite"], config.on_nonfinite, skipped,
+                                 "non-finite QA loss or gradient")
+                if log_due:
+                    losses.append(float(metrics["loss"]))
+                    writer.write(done, {"train/loss": metrics["loss"], "train/grad_norm": metrics["grad_norm"]})
+                    bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
+                if eval_due:
+                    dev_metrics, answers = evaluate_qa(config, predictor, state.params, dev, dev_feats)
+                    writer.write(done, {f"dev/{k}": v for k, v in dev_metrics.items()})
+                    bar.write(f"step {done}: dev exact_match {dev_metrics['exact_match']:.2f}  "
+                              f"f1 {dev_metrics['f1']:.2f}")
+                    if best is None or dev_metrics["f1"] > best:
+                        best, best_metrics = dev_metrics["f1"], dict(dev_metrics, step=done)
+                        checkpoints.save_best(done, state.params, best, dev_metrics)
+                if save_due:
+                    checkpoints.save(done, state, force=True)
+                if stop_signal:
+                    checkpoints.wait()
+                    raise Preempted(stop_signal, done, workdir)
     finally:
         bar.close()
         checkpoints.wait()

@@ -19,7 +19,7 @@ from jaxmt.data.demo import DEMO_BANNER
 from jaxmt.data.sampling import TaskSampler, train_batches
 from jaxmt.errors import ConfigError
 from jaxmt.gan.build import GanData, check_gan_config, load_gan_data, make_mesh_for
-from jaxmt.gan.runs import RunCheckpoints, check_finite, write_results
+from jaxmt.gan.runs import RunCheckpoints, check_gan_finite, write_results
 from jaxmt.gan.semi_supervised import subset_split
 from jaxmt.parallel.mesh import batch_sharding, replicated
 from jaxmt.training import setup
@@ -68,7 +68,7 @@ def train_baseline(config: ConfigDict, workdir: str, data: GanData | None = None
             batches = train_batches(labeled, sampler, step, config.data.buckets, data.pad_id)
             state, metrics = step_fn(state, jax.device_put(batches, sharding), step_rng)
             done = step + 1
-            check_finite(done, metrics["nonfinite"], config.on_nonfinite, skipped)
+            check_gan_finite(done, metrics["nonfinite"], config.on_nonfinite, skipped)
             losses.append(float(metrics[f"loss/{name}"]))
             step_seconds.append(time.time() - tick)
             if done % config.log_every == 0 or done == config.num_steps:

@@ -17,7 +17,7 @@ from jaxmt.checkpointing.workdir import RESULTS_FILE, write_json
 from jaxmt.data.sampling import eval_batches
 from jaxmt.data.tokenization import EncodedSplit
 from jaxmt.parallel.mesh import batch_sharding
-from jaxmt.training.faults import NonFiniteError
+from jaxmt.training.faults import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,10 @@ class RunCheckpoints:
             self.manager.close()
 
 
-def check_finite(step: int, nonfinite: Any, mode: str, skipped: list[int]) -> None:
-    """The step kept its old state on a NaN/Inf; stop here (mode 'stop') or record the skipped step."""
-    if not bool(jax.device_get(nonfinite)):
-        return
-    if mode == "stop":
-        raise NonFiniteError(f"step {step}: non-finite loss or gradient; the update was not applied. Lower the "
-                             "learning rates (optim.learning_rate, gan.g_learning_rate) or set "
-                             "--config.on_nonfinite=skip")
-    log.warning("step %d: non-finite loss or gradient; update skipped", step)
-    skipped.append(step)
+def check_gan_finite(step: int, nonfinite: Any, mode: str, skipped: list[int]) -> None:
+    """`faults.check_finite` with the GAN's learning-rate fields in the hint."""
+    check_finite(step, nonfinite, mode, skipped, hint="Lower the learning rates (optim.learning_rate, "
+                 "gan.g_learning_rate) or set --config.on_nonfinite=skip")
 
 
 def split_outputs(fn: Callable, params: Any, split: EncodedSplit, batch_size: int, buckets, pad_id: int,

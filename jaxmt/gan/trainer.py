@@ -15,7 +15,7 @@ from jaxmt.data.demo import DEMO_BANNER
 from jaxmt.errors import ConfigError
 from jaxmt.gan.build import GanData, build_gan, check_gan_config, generator_optimizer, load_gan_data, make_mesh_for
 from jaxmt.gan.collapse import collapse_report
-from jaxmt.gan.runs import RunCheckpoints, check_finite, split_outputs, write_results
+from jaxmt.gan.runs import RunCheckpoints, check_gan_finite, split_outputs, write_results
 from jaxmt.gan.semi_supervised import SemiSupervisedSampler, semi_supervised_batch
 from jaxmt.gan.step import GanModel, gan_state_shardings, init_gan_state, jit_gan_step, make_eval_fns
 from jaxmt.parallel.mesh import batch_sharding
@@ -85,7 +85,7 @@ def train_gan(config: ConfigDict, workdir: str, data: GanData | None = None) -> 
             batch = semi_supervised_batch(data.train, idx, mask, config.data.buckets, data.pad_id)
             state, metrics = step_fn(state, jax.device_put(batch, sharding), step_rng)
             done = step + 1
-            check_finite(done, metrics["nonfinite"], config.on_nonfinite, skipped)
+            check_gan_finite(done, metrics["nonfinite"], config.on_nonfinite, skipped)
             values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "nonfinite"}
             step_seconds.append(time.time() - tick)
             for key, value in values.items():

@@ -29,7 +29,7 @@ from jaxmt.pretraining.corpus import CorpusSpec, check_corpus_spec, load_corpus,
 from jaxmt.pretraining.examples import SWAP_UNITS, Pairs, PairStream, Vocabulary, build_pairs, make_batch
 from jaxmt.pretraining.model import TASKS, TRANSFER_MODES, HierarchicalBert, encoder_params
 from jaxmt.pretraining.step import init_train_state, make_eval_step, make_train_step
-from jaxmt.training.faults import NonFiniteError, Preempted, PreemptionGuard
+from jaxmt.training.faults import Preempted, PreemptionGuard, check_finite
 from jaxmt.training.metric_writers import MetricWriter
 from jaxmt.training.optimizer import make_optimizer
 
@@ -181,17 +181,6 @@ def export_hf_model(params: dict, bert_config: Any, tokenizer: Any, path: str | 
     return path
 
 
-def _check_finite(step: int, flag: Any, mode: str, skipped: list[int]) -> None:
-    if not bool(jax.device_get(flag)):
-        return
-    if mode == "stop":
-        raise NonFiniteError(f"step {step}: non-finite loss or gradient; the update was not applied and the "
-                             "checkpoints hold the last good state. Lower the learning rate, or set "
-                             "--config.on_nonfinite=skip")
-    log.warning("step %d: non-finite loss or gradient; update skipped", step)
-    skipped.append(step)
-
-
 def _mesh(config: ConfigDict, bert_config: Any) -> Mesh:
     mesh = make_mesh(config.mesh.axes, config.mesh.shape)
     check_divisible(config.batch_size, mesh, "config.batch_size")
@@ -263,7 +252,7 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
                 done = step + 1
                 stop_signal = guard.received
                 if pending is not None:  # the previous step's flag: keeps one step in flight
-                    _check_finite(*pending, config.on_nonfinite, skipped)
+                    check_finite(*pending, config.on_nonfinite, skipped)
                 pending = (done, metrics["nonfinite"])
                 if done % config.log_every == 0 or done == config.num_steps:
                     scalars = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items() if k != "nonfinite"}
@@ -274,7 +263,7 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
                     writer.write(done, {f"heldout/{k}": v for k, v in heldout.items()})
                     bar.write(f"step {done}: held-out " + "  ".join(f"{k} {v:.4f}" for k, v in heldout.items()))
                 if done % config.checkpoint_every == 0 or done == config.num_steps or stop_signal:
-                    _check_finite(*pending, config.on_nonfinite, skipped)
+                    check_finite(*pending, config.on_nonfinite, skipped)
                     pending = None
                     checkpoints.save(done, state, force=True)
                 if stop_signal:

@@ -8,10 +8,16 @@ SIGTERM (what a preemptible TPU VM or SLURM sends before it takes the machine) a
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
+
+import jax
+
+log = logging.getLogger(__name__)
 
 EXIT_BAD_INPUT = 2  # bad data, config or model: nothing was trained
 EXIT_NONFINITE = 3  # a NaN/Inf loss or gradient stopped the run; the last good checkpoint is kept
@@ -29,6 +35,23 @@ class Preempted(Exception):
 
 class NonFiniteError(RuntimeError):
     """A NaN or Inf in the loss or gradients (config.on_nonfinite='stop')."""
+
+
+def check_finite(step: int, nonfinite: Any, mode: str, skipped_steps: list[int], what: str = "",
+                 hint: str = "Lower the learning rate, or set --config.on_nonfinite=skip") -> None:
+    """Acts on a step's NaN/Inf flag: raise (mode 'stop') or record the skipped step ('skip').
+
+    Every train step in jaxmt keeps its old state when the flag is set, so the params (and the
+    checkpoints) are the last good ones either way. `what` names the fault for the message.
+    """
+    if not bool(jax.device_get(nonfinite)):
+        return
+    what = what or "non-finite loss or gradient"
+    if mode == "stop":
+        raise NonFiniteError(f"step {step}: {what}; the update was not applied and the checkpoints hold the "
+                             f"last good state. {hint}")
+    log.warning("step %d: %s; update skipped (on_nonfinite='skip')", step, what)
+    skipped_steps.append(step)
 
 
 class PreemptionGuard:

@@ -26,7 +26,7 @@ from jaxmt.parallel.state_sharding import encoder_shardings
 from jaxmt.parallel.step_runner import make_step_runner
 from jaxmt.training import setup
 from jaxmt.training.evaluation import Predictor
-from jaxmt.training.faults import NonFiniteError, Preempted, PreemptionGuard
+from jaxmt.training.faults import Preempted, PreemptionGuard, check_finite
 from jaxmt.training.metric_writers import MetricWriter
 from jaxmt.training.optimizer import make_optimizer
 from jaxmt.training.step import init_state
@@ -49,22 +49,13 @@ def _surgery_metrics(opt_state, task_names: list[str]) -> dict[str, float]:
     return out
 
 
-def check_finite(step: int, metrics: dict, mode: str, skipped_steps: list[int]) -> None:
-    """Acts on the step's NaN/Inf flags: raise (mode 'stop') or record the skipped step ('skip').
-
-    The step itself never applies a non-finite update, so the params are the last good ones either way.
-    """
+def check_step_finite(step: int, metrics: dict, mode: str, skipped_steps: list[int]) -> None:
+    """`faults.check_finite` on a multitask step's flags, naming the tasks whose loss was not finite."""
     flags = jax.device_get({k: v for k, v in metrics.items() if k.startswith("nonfinite")})
-    if not flags["nonfinite"]:
-        return
     tasks = [k.split("/", 1)[1] for k, v in flags.items() if "/" in k and v]
     what = f"non-finite loss in task {', '.join(tasks)}" if tasks else "non-finite gradient (all losses finite)"
-    if mode == "stop":
-        raise NonFiniteError(f"step {step}: {what}; the update was not applied and the checkpoints hold the last "
-                             "good state. Lower the learning rate, check the data, or set "
-                             "--config.on_nonfinite=skip to skip such steps")
-    log.warning("step %d: %s; update skipped (on_nonfinite='skip')", step, what)
-    skipped_steps.append(step)
+    check_finite(step, flags["nonfinite"], mode, skipped_steps, what,
+                 "Lower the learning rate, check the data, or set --config.on_nonfinite=skip to skip such steps")
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
@@ -128,13 +119,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
                 done = step + 1
                 stop_signal = guard.received  # read once: a signal may land at any point below
                 if pending is not None:  # reading the previous step's flags keeps one step in flight
-                    check_finite(*pending, config.on_nonfinite, skipped_steps)
+                    check_step_finite(*pending, config.on_nonfinite, skipped_steps)
                 pending = (done, metrics)
                 log_due = done % config.log_every == 0 or done == config.num_steps
                 eval_due = (config.eval_every and done % config.eval_every == 0) or done == config.num_steps
                 save_due = done % config.checkpoint_every == 0 or done == config.num_steps or stop_signal
                 if log_due or eval_due or save_due:  # these wait for the step anyway
-                    check_finite(done, metrics, config.on_nonfinite, skipped_steps)
+                    check_step_finite(done, metrics, config.on_nonfinite, skipped_steps)
                     pending = None
                 if log_due:
                     scalars = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()
