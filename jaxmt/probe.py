@@ -50,6 +50,29 @@ def parse_models(items: list[str]) -> dict[str, str]:
     return models
 
 
+def seen_in_pretraining(model_path: str, corpus: str) -> bool | None:
+    """Whether `corpus` was among the files the model was pre-trained on, from its jaxmt run config.
+
+    A model exported by `jaxmt.pretrain` lives in `WORKDIR/hf_model` beside the run's config.json.
+    Returns None when that config (or its `data.files`) is not there, e.g. for a downloaded model.
+    Files are matched by identity where the recorded path resolves, else by name.
+    """
+    from jaxmt.checkpointing.workdir import read_run_config
+
+    try:
+        run_config = read_run_config(os.path.dirname(os.path.abspath(model_path)))
+        files = list(run_config.data.files)
+    except (FileNotFoundError, AttributeError, KeyError, ValueError):
+        return None
+    for recorded in files:
+        if os.path.exists(recorded) and os.path.exists(corpus):
+            if os.path.samefile(recorded, corpus):
+                return True
+        elif os.path.basename(recorded) == os.path.basename(corpus):
+            return True
+    return False
+
+
 def run_probing(models: dict[str, str], corpus: str, out: str, tasks: list[str], max_sentences: int, seed: int,
                 max_length: int, batch_size: int, probe_steps: int, l2: float) -> dict:
     from jaxmt.models.pretrained import load_pretrained
@@ -81,8 +104,15 @@ def run_probing(models: dict[str, str], corpus: str, out: str, tasks: list[str],
         seconds[name] = round(time.time() - start, 1)
         log.info("%s: probed %d layers x %d tasks in %.0f s", name, features.num_layers, len(built), seconds[name])
     paths = write_report(out, results, chance, sizes)
+    seen = {name: seen_in_pretraining(path, corpus) for name, path in models.items()}
+    for name in (n for n, was_seen in seen.items() if was_seen):
+        log.warning("%s was pre-trained on %s: its probe accuracies are not on unseen text", name, corpus)
+    seen_words = {True: "yes", False: "no", None: "unknown"}
+    with open(paths["markdown"], "a") as md:
+        md.write(f"\nProbing sentences from {os.path.basename(corpus)}; seen in pre-training: "
+                 + ", ".join(f"{name} {seen_words[was_seen]}" for name, was_seen in seen.items()) + ".\n")
     summary = {"models": models, "corpus": os.path.abspath(corpus), "corpus_sentences": len(sentences),
-               "tasks": sizes, "majority": chance, "seconds": seconds, "files": paths,
+               "tasks": sizes, "majority": chance, "seen_in_pretraining": seen, "seconds": seconds, "files": paths,
                "accuracy": {m: {t: [round(float(a), 4) for a in accs] for t, accs in by_task.items()}
                             for m, by_task in results.items()}}
     with open(os.path.join(out, "results.json"), "w") as f:

@@ -186,6 +186,28 @@ def test_probe_cli_writes_a_layer_by_task_table_and_heatmap(tmp_path, tiny_berts
         parse_models(["a=x", "a=y"])
 
 
+def test_probe_says_whether_its_corpus_was_in_a_models_pretraining(tmp_path):
+    from ml_collections import ConfigDict
+
+    from jaxmt.checkpointing.workdir import write_run_config
+    from jaxmt.probe import seen_in_pretraining
+
+    seen, unseen = tmp_path / "train.txt", tmp_path / "valid.txt"
+    seen.write_text("a\n")
+    unseen.write_text("b\n")
+    run = tmp_path / "pretrain_run"
+    write_run_config(str(run), ConfigDict({"data": {"files": (str(seen),)}}))
+    (run / "hf_model").mkdir()
+    assert seen_in_pretraining(str(run / "hf_model"), str(seen)) is True
+    assert seen_in_pretraining(str(run / "hf_model"), str(unseen)) is False
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "train.txt").write_text("a\n")  # recorded path gone: matched by name
+    write_run_config(str(tmp_path / "old_run"), ConfigDict({"data": {"files": ("/gone/train.txt",)}}))
+    assert seen_in_pretraining(str(tmp_path / "old_run" / "hf_model"), str(moved / "train.txt")) is True
+    assert seen_in_pretraining(str(tmp_path / "no_run" / "hf_model"), str(seen)) is None  # e.g. a hub model
+
+
 def test_probe_on_embeddings_of_a_tiny_bert_reads_word_content(tiny_berts):
     """Mean-pooled word embeddings hold which target word a sentence contains: far above chance."""
     sentences = synthetic_sentences(1500, seed=1)
