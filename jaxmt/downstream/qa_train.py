@@ -31,7 +31,7 @@ from jaxmt.parallel.host_data import process_rows, put_global
 from jaxmt.parallel.mesh import batch_sharding, check_divisible, make_mesh, replicated
 from jaxmt.parallel.sharding_rules import param_shardings
 from jaxmt.parallel.state_sharding import state_shardings
-from jaxmt.training.faults import Preempted, PreemptionGuard, check_finite
+from jaxmt.training.faults import PreemptionGuard, check_finite, save_or_stop
 from jaxmt.training.metric_writers import MetricWriter
 from jaxmt.training.optimizer import make_optimizer
 from jaxmt.training.setup import DTYPES
@@ -207,11 +207,7 @@ def train_and_evaluate_qa(config: ConfigDict, workdir: str) -> dict:
                     if best is None or dev_metrics["f1"] > best:
                         best, best_metrics = dev_metrics["f1"], dict(dev_metrics, step=done)
                         checkpoints.save_best(done, state.params, best, dev_metrics)
-                if save_due:
-                    checkpoints.save(done, state, force=True)
-                if stop_signal:
-                    checkpoints.wait()
-                    raise Preempted(stop_signal, done, workdir)
+                save_or_stop(checkpoints, done, state, save_due, stop_signal, workdir)
     finally:
         bar.close()
         checkpoints.wait()

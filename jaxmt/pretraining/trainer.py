@@ -29,7 +29,7 @@ from jaxmt.pretraining.corpus import CorpusSpec, check_corpus_spec, load_corpus,
 from jaxmt.pretraining.examples import SWAP_UNITS, Pairs, PairStream, Vocabulary, build_pairs, make_batch
 from jaxmt.pretraining.model import TASKS, TRANSFER_MODES, HierarchicalBert, encoder_params
 from jaxmt.pretraining.step import init_train_state, make_eval_step, make_train_step
-from jaxmt.training.faults import Preempted, PreemptionGuard, check_finite
+from jaxmt.training.faults import PreemptionGuard, check_finite, save_or_stop
 from jaxmt.training.metric_writers import MetricWriter
 from jaxmt.training.optimizer import make_optimizer
 
@@ -262,13 +262,11 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
                     heldout = evaluate(eval_step, state.params, eval_batches)
                     writer.write(done, {f"heldout/{k}": v for k, v in heldout.items()})
                     bar.write(f"step {done}: held-out " + "  ".join(f"{k} {v:.4f}" for k, v in heldout.items()))
-                if done % config.checkpoint_every == 0 or done == config.num_steps or stop_signal:
+                save_due = done % config.checkpoint_every == 0 or done == config.num_steps or stop_signal
+                if save_due:  # never save a state whose step was not yet checked
                     check_finite(*pending, config.on_nonfinite, skipped)
                     pending = None
-                    checkpoints.save(done, state, force=True)
-                if stop_signal:
-                    checkpoints.wait()
-                    raise Preempted(stop_signal, done, workdir)
+                save_or_stop(checkpoints, done, state, save_due, stop_signal, workdir)
     finally:
         bar.close()
         checkpoints.wait()

@@ -54,6 +54,17 @@ def check_finite(step: int, nonfinite: Any, mode: str, skipped_steps: list[int],
     skipped_steps.append(step)
 
 
+def save_or_stop(checkpoints: Any, step: int, state: Any, save_due: bool, stop_signal: str | None,
+                 workdir: str) -> None:
+    """The end of a training step: save when due or when a signal arrived; after a signal, wait for the
+    write to finish and raise `Preempted`, so the same command resumes from exactly this step."""
+    if save_due or stop_signal:
+        checkpoints.save(step, state, force=True)
+    if stop_signal:
+        checkpoints.wait()
+        raise Preempted(stop_signal, step, workdir)
+
+
 class PreemptionGuard:
     """Context manager: records SIGTERM / SIGINT instead of dying, for the loop to act on."""
 

@@ -26,7 +26,7 @@ from jaxmt.parallel.state_sharding import encoder_shardings
 from jaxmt.parallel.step_runner import make_step_runner
 from jaxmt.training import setup
 from jaxmt.training.evaluation import Predictor
-from jaxmt.training.faults import Preempted, PreemptionGuard, check_finite
+from jaxmt.training.faults import PreemptionGuard, check_finite, save_or_stop
 from jaxmt.training.metric_writers import MetricWriter
 from jaxmt.training.optimizer import make_optimizer
 from jaxmt.training.step import init_state
@@ -143,11 +143,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
                     if dev_metrics and (best is None or dev_metrics["mean"] > best):
                         best, best_metrics = dev_metrics["mean"], dict(dev_metrics, step=done)
                         checkpoints.save_best(done, state.params, best, dev_metrics)
-                if save_due:
-                    checkpoints.save(done, state, force=True)
-                if stop_signal:
-                    checkpoints.wait()
-                    raise Preempted(stop_signal, done, workdir)
+                save_or_stop(checkpoints, done, state, save_due, stop_signal, workdir)
     finally:
         bar.close()
         checkpoints.wait()
