@@ -274,3 +274,25 @@ def test_run_checkpoints_resume_a_gan_state(tmp_path):
     chex.assert_trees_all_equal(restored, state)
     off = gan_config(NO_MODEL, **{"gan.save_checkpoints": False})
     assert RunCheckpoints(off, str(tmp_path)).restore_or_init(state, shardings, lambda: "new") == ("new", 0)
+
+
+def test_gan_run_checkpoints_save_and_stop_on_a_signal_only_when_checkpointing(tmp_path):
+    import contextlib
+
+    from jaxmt.gan.runs import RunCheckpoints
+    from jaxmt.training.faults import Preempted, PreemptionGuard
+
+    config = gan_config(NO_MODEL, **{"gan.save_checkpoints": True, "checkpoint_every": 100, "num_steps": 8})
+    state = {"w": jnp.arange(3.0)}
+    ckpt = RunCheckpoints(config, str(tmp_path / "run"))
+    assert isinstance(ckpt.preemption_guard(), PreemptionGuard)
+    ckpt.after_step(2, state)  # not due, no signal: nothing written
+    with pytest.raises(Preempted, match="SIGTERM at step 3"):
+        ckpt.after_step(3, state, "SIGTERM")
+    ckpt.close()
+    restored, start = RunCheckpoints(config, str(tmp_path / "run")).restore_or_init(
+        state, jax.tree.map(lambda x: x.sharding, state), lambda: None)
+    assert start == 3
+    chex.assert_trees_all_equal(restored, state)
+    off = RunCheckpoints(gan_config(NO_MODEL, **{"gan.save_checkpoints": False}), str(tmp_path / "sweep"))
+    assert isinstance(off.preemption_guard(), contextlib.nullcontext)  # a sweep's run is not resumable

@@ -63,21 +63,22 @@ def train_baseline(config: ConfigDict, workdir: str, data: GanData | None = None
     losses, skipped, step_seconds, dev_acc = [], [], [], None
     start_time = time.time()
     try:
-        for step in range(start, config.num_steps):
-            tick = time.time()
-            batches = train_batches(labeled, sampler, step, config.data.buckets, data.pad_id)
-            state, metrics = step_fn(state, jax.device_put(batches, sharding), step_rng)
-            done = step + 1
-            check_gan_finite(done, metrics["nonfinite"], config.on_nonfinite, skipped)
-            losses.append(float(metrics[f"loss/{name}"]))
-            step_seconds.append(time.time() - tick)
-            if done % config.log_every == 0 or done == config.num_steps:
-                writer.write(done, {"train/loss": losses[-1]})
-            if (config.eval_every and done % config.eval_every == 0) or done == config.num_steps:
-                dev_acc = predictor.evaluate(state.params, {name: data.dev})[0][name]
-                writer.write(done, {"dev/accuracy": dev_acc})
-                log.info("%sbaseline step %d: loss %.4f dev accuracy %.4f", tag, done, losses[-1], dev_acc)
-            checkpoints.after_step(done, state)
+        with checkpoints.preemption_guard() as guard:
+            for step in range(start, config.num_steps):
+                tick = time.time()
+                batches = train_batches(labeled, sampler, step, config.data.buckets, data.pad_id)
+                state, metrics = step_fn(state, jax.device_put(batches, sharding), step_rng)
+                done = step + 1
+                check_gan_finite(done, metrics["nonfinite"], config.on_nonfinite, skipped)
+                losses.append(float(metrics[f"loss/{name}"]))
+                step_seconds.append(time.time() - tick)
+                if done % config.log_every == 0 or done == config.num_steps:
+                    writer.write(done, {"train/loss": losses[-1]})
+                if (config.eval_every and done % config.eval_every == 0) or done == config.num_steps:
+                    dev_acc = predictor.evaluate(state.params, {name: data.dev})[0][name]
+                    writer.write(done, {"dev/accuracy": dev_acc})
+                    log.info("%sbaseline step %d: loss %.4f dev accuracy %.4f", tag, done, losses[-1], dev_acc)
+                checkpoints.after_step(done, state, guard.received if guard else None)
         train_seconds = time.time() - start_time
         if dev_acc is None:
             dev_acc = predictor.evaluate(state.params, {name: data.dev})[0][name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from jaxmt.checkpointing.workdir import RESULTS_FILE, write_json
 from jaxmt.data.sampling import eval_batches
 from jaxmt.data.tokenization import EncodedSplit
 from jaxmt.parallel.mesh import batch_sharding
-from jaxmt.training.faults import check_finite
+from jaxmt.training.faults import PreemptionGuard, check_finite, save_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class RunCheckpoints:
     """Orbax checkpoints of a run when `config.gan.save_checkpoints`, else nothing (sweeps keep results only)."""
 
     def __init__(self, config: ConfigDict, workdir: str) -> None:
-        self.every, self.num_steps = config.checkpoint_every, config.num_steps
+        self.every, self.num_steps, self.workdir = config.checkpoint_every, config.num_steps, workdir
         self.manager = Checkpoints(workdir, keep=config.keep_checkpoints) if config.gan.save_checkpoints else None
 
     def restore_or_init(self, abstract_state: Any, shardings: Any, init: Callable[[], Any]) -> tuple[Any, int]:
@@ -35,9 +36,16 @@ class RunCheckpoints:
             return init(), 0
         return self.manager.restore_or_init(abstract_state, shardings, init)
 
-    def after_step(self, done: int, state: Any) -> None:
-        if self.manager and (done % self.every == 0 or done == self.num_steps):
-            self.manager.save(done, state, force=True)
+    def preemption_guard(self) -> contextlib.AbstractContextManager:
+        """A `PreemptionGuard` when this run checkpoints (a signal then saves and stops it), else nothing:
+        a run without checkpoints (a sweep's) has nothing to resume from and dies on the signal as usual."""
+        return PreemptionGuard() if self.manager else contextlib.nullcontext()
+
+    def after_step(self, done: int, state: Any, stop_signal: str | None = None) -> None:
+        """Saves when due; after a signal (only caught when checkpointing), saves and raises `Preempted`."""
+        if self.manager:
+            save_due = done % self.every == 0 or done == self.num_steps
+            save_or_stop(self.manager, done, state, save_due, stop_signal, self.workdir)
 
     def close(self) -> None:
         if self.manager:

@@ -79,26 +79,27 @@ def train_gan(config: ConfigDict, workdir: str, data: GanData | None = None) -> 
     dev_acc = None
     start_time, step_seconds = time.time(), []
     try:
-        for step in range(start, config.num_steps):
-            tick = time.time()
-            idx, mask = sampler.indices(step)
-            batch = semi_supervised_batch(data.train, idx, mask, config.data.buckets, data.pad_id)
-            state, metrics = step_fn(state, jax.device_put(batch, sharding), step_rng)
-            done = step + 1
-            check_gan_finite(done, metrics["nonfinite"], config.on_nonfinite, skipped)
-            values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "nonfinite"}
-            step_seconds.append(time.time() - tick)
-            for key, value in values.items():
-                history.setdefault(key, []).append(value)
-            if done % config.log_every == 0 or done == config.num_steps:
-                writer.write(done, {f"train/{k}": v for k, v in values.items()})
-                log.info("%sstep %d: d/supervised %.4f d/unsupervised %.4f g/loss %.4f", tag, done,
-                         values["d/supervised"], values["d/unsupervised"], values["g/loss"])
-            if (config.eval_every and done % config.eval_every == 0) or done == config.num_steps:
-                dev_acc, dev_emb = evaluate(state)
-                writer.write(done, {"dev/accuracy": dev_acc})
-                log.info("%sstep %d: dev accuracy %.4f", tag, done, dev_acc)
-            checkpoints.after_step(done, state)
+        with checkpoints.preemption_guard() as guard:
+            for step in range(start, config.num_steps):
+                tick = time.time()
+                idx, mask = sampler.indices(step)
+                batch = semi_supervised_batch(data.train, idx, mask, config.data.buckets, data.pad_id)
+                state, metrics = step_fn(state, jax.device_put(batch, sharding), step_rng)
+                done = step + 1
+                check_gan_finite(done, metrics["nonfinite"], config.on_nonfinite, skipped)
+                values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "nonfinite"}
+                step_seconds.append(time.time() - tick)
+                for key, value in values.items():
+                    history.setdefault(key, []).append(value)
+                if done % config.log_every == 0 or done == config.num_steps:
+                    writer.write(done, {f"train/{k}": v for k, v in values.items()})
+                    log.info("%sstep %d: d/supervised %.4f d/unsupervised %.4f g/loss %.4f", tag, done,
+                             values["d/supervised"], values["d/unsupervised"], values["g/loss"])
+                if (config.eval_every and done % config.eval_every == 0) or done == config.num_steps:
+                    dev_acc, dev_emb = evaluate(state)
+                    writer.write(done, {"dev/accuracy": dev_acc})
+                    log.info("%sstep %d: dev accuracy %.4f", tag, done, dev_acc)
+                checkpoints.after_step(done, state, guard.received if guard else None)
         train_seconds = time.time() - start_time
         if dev_acc is None:  # resumed at the last step: nothing left to train
             dev_acc, dev_emb = evaluate(state)
