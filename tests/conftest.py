@@ -70,6 +70,28 @@ def with_overrides(config, **overrides):
     return config
 
 
+def read_params(workdir, step: int):
+    """The params of a run's Orbax checkpoint at `step`, read straight from disk."""
+    import orbax.checkpoint as ocp
+
+    restored = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "default"))
+    return restored["params"]
+
+
+def sigterm_after_logging(module, monkeypatch, step: int) -> None:
+    """Makes `module`'s trainer send itself SIGTERM once it has logged `step`, as a scheduler would
+    between steps; the trainer acts on it after the step in flight (`monkeypatch.undo()` ends it)."""
+    import signal
+
+    class SignallingWriter(module.MetricWriter):
+        def write(self, at_step, scalars):
+            super().write(at_step, scalars)
+            if at_step == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(module, "MetricWriter", SignallingWriter)
+
+
 def tiny_config(model_dir: Path | str, **overrides):
     """The default config, shrunk to a tiny model and a few steps."""
     from configs import default

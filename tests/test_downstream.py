@@ -6,13 +6,13 @@ import collections
 import json
 import os
 import re
-import signal
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import read_params, sigterm_after_logging
 
 from jaxmt.data.errors import DataError
 from jaxmt.data.schema import CLASSIFICATION, REGRESSION, TaskSpec
@@ -385,28 +385,16 @@ def test_tiny_qa_run_lowers_the_loss_and_scores_dev(tmp_path, qa_bert, squad_fil
 
 
 def test_qa_sigterm_saves_and_the_same_call_resumes_exactly(tmp_path, qa_bert, squad_file, monkeypatch):
-    import orbax.checkpoint as ocp
-
     from jaxmt.downstream import qa_train
     from jaxmt.training.faults import Preempted
 
     config = tiny_qa_config(qa_bert, squad_file, num_steps=8, checkpoint_every=100)
     full = qa_train.train_and_evaluate_qa(config, str(tmp_path / "full"))
-
-    class SignalAtStep3(qa_train.MetricWriter):
-        def write(self, step, scalars):
-            super().write(step, scalars)
-            if step == 3:
-                os.kill(os.getpid(), signal.SIGTERM)  # as the scheduler would, between steps
-
-    monkeypatch.setattr(qa_train, "MetricWriter", SignalAtStep3)
+    sigterm_after_logging(qa_train, monkeypatch, step=3)
     with pytest.raises(Preempted, match="at step 4"):  # the signal is acted on after the next step
         qa_train.train_and_evaluate_qa(config, str(tmp_path / "cut"))
     assert os.listdir(tmp_path / "cut" / "checkpoints") == ["4"]
     monkeypatch.undo()
     resumed = qa_train.train_and_evaluate_qa(config, str(tmp_path / "cut"))
     assert resumed["resumed_from_step"] == 4 and resumed["dev"] == full["dev"]
-    restore = ocp.StandardCheckpointer().restore
-    jax.tree.map(np.testing.assert_array_equal,
-                 restore(str(tmp_path / "full" / "checkpoints" / "8" / "default"))["params"],
-                 restore(str(tmp_path / "cut" / "checkpoints" / "8" / "default"))["params"])
+    jax.tree.map(np.testing.assert_array_equal, read_params(tmp_path / "full", 8), read_params(tmp_path / "cut", 8))

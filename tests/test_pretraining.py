@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import with_overrides
+from conftest import read_params, sigterm_after_logging, with_overrides
 
 from jaxmt.data.errors import DataError
 from jaxmt.errors import ConfigError
@@ -458,9 +458,6 @@ def test_pretrain_command_evaluates_exports_and_resumes(tmp_path, bert_dir):
 
 def test_pretrain_sigterm_saves_and_the_same_call_resumes_exactly(tmp_path, bert_dir, monkeypatch):
     import os
-    import signal
-
-    import orbax.checkpoint as ocp
 
     from jaxmt.pretraining import trainer
     from jaxmt.training.faults import Preempted
@@ -470,20 +467,10 @@ def test_pretrain_sigterm_saves_and_the_same_call_resumes_exactly(tmp_path, bert
     config = tiny_pretrain_config(bert_dir, corpus_file, tmp_path / "cache", num_steps=8, log_every=1,
                                   checkpoint_every=100)
     trainer.pretrain(config, str(tmp_path / "full"))
-
-    class SignalAtStep3(trainer.MetricWriter):
-        def write(self, step, scalars):
-            super().write(step, scalars)
-            if step == 3:
-                os.kill(os.getpid(), signal.SIGTERM)  # as the scheduler would, between steps
-
-    monkeypatch.setattr(trainer, "MetricWriter", SignalAtStep3)
+    sigterm_after_logging(trainer, monkeypatch, step=3)
     with pytest.raises(Preempted, match="at step 4"):  # acted on after the step in flight
         trainer.pretrain(config, str(tmp_path / "cut"))
     assert os.listdir(tmp_path / "cut" / "checkpoints") == ["4"]
     monkeypatch.undo()
     assert trainer.pretrain(config, str(tmp_path / "cut"))["resumed_from_step"] == 4
-    restore = ocp.StandardCheckpointer().restore
-    jax.tree.map(np.testing.assert_array_equal,
-                 restore(str(tmp_path / "full" / "checkpoints" / "8" / "default"))["params"],
-                 restore(str(tmp_path / "cut" / "checkpoints" / "8" / "default"))["params"])
+    jax.tree.map(np.testing.assert_array_equal, read_params(tmp_path / "full", 8), read_params(tmp_path / "cut", 8))

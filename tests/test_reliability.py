@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_config
+from conftest import ROOT, read_params, tiny_config
 
 from jaxmt.data.csv_source import read_csv_split
 from jaxmt.data.errors import DataError
@@ -97,13 +97,6 @@ def tiny_flags(model_dir, workdir, steps):
             "--config.checkpoint_every=1000", "--config.data.max_train_examples=64",
             "--config.data.max_eval_examples=32", "--config.data.buckets=(16, 32, 64)", "--config.data.max_length=64",
             "--config.tasks.sst.batch_size=8", "--config.tasks.para.batch_size=8", "--config.tasks.sts.batch_size=8"]
-
-
-def read_params(workdir, step):
-    import orbax.checkpoint as ocp
-
-    restored = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "default"))
-    return restored["params"]
 
 
 def test_sigterm_saves_exits_75_and_the_same_command_resumes_exactly(tiny_bert_dir, tmp_path):
