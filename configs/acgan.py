@@ -1,7 +1,7 @@
 """AC-GAN-BERT: semi-supervised SST-5 with a conditional generator and a discriminator on MiniLM embeddings.
 
-Train with `python -m jaxmt.gan.train --config=configs/acgan.py --workdir=runs/acgan`, or compare
-against the plain fine-tuned baseline over labeled fractions with `python -m jaxmt.gan.sweep`.
+Train with `python -m jaxmt.acgan --config=configs/acgan.py --workdir=runs/acgan`, or compare
+against the plain fine-tuned baseline over labeled fractions with `python -m jaxmt.sweep`.
 """
 
 from ml_collections import ConfigDict

@@ -1,7 +1,7 @@
 """The AC-GAN-BERT baseline: plain fine-tuning (linear head, cross-entropy) on the same labeled subset alone.
 
 Identical to configs/acgan.py (task, data, labeled fraction and seed, steps, optimizer) except
-gan.method, so `python -m jaxmt.gan.train --config=configs/acgan_baseline.py` trains the baseline that
+gan.method, so `python -m jaxmt.acgan --config=configs/acgan_baseline.py` trains the baseline that
 the sweep compares against; the unlabeled rows and the GAN fields are unused.
 """
 

@@ -76,7 +76,7 @@ def seen_in_pretraining(model_path: str, corpus: str) -> bool | None:
 def run_probing(models: dict[str, str], corpus: str, out: str, tasks: list[str], max_sentences: int, seed: int,
                 max_length: int, batch_size: int, probe_steps: int, l2: float) -> dict:
     from jaxmt.models.pretrained import load_pretrained
-    from jaxmt.probing.probe import LayerFeatures, ProbeConfig, majority_accuracy, probe_model
+    from jaxmt.probing.linear_probe import LayerFeatures, ProbeConfig, majority_accuracy, probe_model
     from jaxmt.probing.report import write_report
     from jaxmt.probing.tasks import build_tasks, read_corpus_sentences
 

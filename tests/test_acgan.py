@@ -235,7 +235,7 @@ def test_tiny_demo_run_lowers_supervised_loss_without_collapse(demo_data, tmp_pa
 
 
 def test_sweep_writes_csv_markdown_and_plot(tmp_path):
-    from jaxmt.gan.sweep import COLUMNS, markdown_table, write_table
+    from jaxmt.gan.fractions import COLUMNS, markdown_table, write_table
 
     rows = []
     for fraction, base, gan in ((0.05, 0.30, 0.34), (1.0, 0.50, 0.49)):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxmt.probing import tasks as T
-from jaxmt.probing.probe import LayerFeatures, ProbeConfig, majority_accuracy, probe_layers
+from jaxmt.probing.linear_probe import LayerFeatures, ProbeConfig, majority_accuracy, probe_layers
 
 SYLLABLES = ["".join(p) for p in itertools.product("bdgklmnprst", "aeiou")]
 VOCAB = sorted({a + b for a, b in itertools.product(SYLLABLES, SYLLABLES[:8])})  # 440 letters-only words

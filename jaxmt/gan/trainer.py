@@ -43,7 +43,7 @@ def train_gan(config: ConfigDict, workdir: str, data: GanData | None = None) -> 
     check_gan_config(config)
     if config.gan.method != "acgan":
         raise ConfigError(f"config.gan.method = {config.gan.method!r}: train_gan runs 'acgan'; use "
-                          "jaxmt.gan.baseline.train_baseline (or python -m jaxmt.gan.train) for the baseline")
+                          "jaxmt.gan.baseline.train_baseline (or python -m jaxmt.acgan) for the baseline")
     if config.optim.gradient_surgery != "none":
         raise ConfigError("AC-GAN-BERT trains one task: set --config.optim.gradient_surgery=none")
     mesh = make_mesh_for(config)

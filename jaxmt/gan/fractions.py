@@ -1,4 +1,4 @@
-"""Command line: python -m jaxmt.gan.sweep --config=configs/acgan.py --workdir=DIR --fractions=0.05,0.2,1.0
+"""The labeled-fraction sweep behind `python -m jaxmt.sweep`.
 
 For each labeled fraction, trains AC-GAN-BERT and the plain fine-tuned baseline on the same
 labeled subset (same seed, steps, batch size, optimizer, dev set), and writes DIR/results.csv,
@@ -15,10 +15,8 @@ import json
 import logging
 import os
 
-from absl import app, flags
-from ml_collections import ConfigDict, config_flags
+from ml_collections import ConfigDict
 
-from jaxmt.cli import parse_flags, setup_logging
 from jaxmt.errors import ConfigError
 
 COLUMNS = ("labeled_fraction", "labeled_examples", "method", "dev_accuracy", "steps", "batch_size",
@@ -137,38 +135,3 @@ def plot_accuracy(rows: list[dict], path: str) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def define_flags() -> None:
-    config_flags.DEFINE_config_file("config", "configs/acgan.py", "Path to a config file with get_config().")
-    flags.DEFINE_string("workdir", "runs/acgan_sweep", "Directory for the runs and the table.")
-    flags.DEFINE_list("fractions", ["0.05", "0.2", "1.0"], "Labeled fractions, comma separated.")
-    flags.DEFINE_list("methods", ["acgan", "baseline"], "Methods to run at each fraction.")
-    flags.DEFINE_string("compilation_cache", "", "Persistent XLA compilation cache ('' = WORKDIR/xla_cache, "
-                        "'off' = none): a method's runs at different fractions compile the same programs.")
-
-
-def main(argv: list[str]) -> None:
-    del argv
-    setup_logging()
-    from jaxmt.training.faults import user_facing_errors
-
-    f = flags.FLAGS
-
-    try:
-        fractions = [float(f) for f in f.fractions]
-    except ValueError:
-        raise SystemExit(f"jaxmt: error: --fractions={','.join(f.fractions)}: give numbers in (0, 1]") from None
-    if f.compilation_cache != "off":
-        import jax
-
-        jax.config.update("jax_compilation_cache_dir", f.compilation_cache or os.path.join(f.workdir, "xla_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    with user_facing_errors():
-        rows = run_sweep(f.config, f.workdir, fractions, tuple(f.methods))
-    print(markdown_table(rows))
-
-
-if __name__ == "__main__":
-    define_flags()
-    app.run(main, flags_parser=parse_flags)

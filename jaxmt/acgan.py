@@ -1,4 +1,4 @@
-"""Command line: python -m jaxmt.gan.train --config=configs/acgan.py --workdir=DIR [--config.x.y=v]
+"""Command line: python -m jaxmt.acgan --config=configs/acgan.py --workdir=DIR [--config.x.y=v]
 
 Trains AC-GAN-BERT (gan.method='acgan') or its baseline (configs/acgan_baseline.py) and prints the results.
 """

@@ -1,0 +1,50 @@
+"""Command line: python -m jaxmt.sweep --config=configs/acgan.py --workdir=DIR --fractions=0.05,0.2,1.0
+
+Trains AC-GAN-BERT and the fine-tuned baseline at each labeled fraction on the same labeled subset
+and writes DIR/results.csv, results.md and accuracy.png (see `jaxmt.gan.fractions`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxmt.cli import parse_flags, setup_logging
+
+
+def define_flags() -> None:
+    config_flags.DEFINE_config_file("config", "configs/acgan.py", "Path to a config file with get_config().")
+    flags.DEFINE_string("workdir", "runs/acgan_sweep", "Directory for the runs and the table.")
+    flags.DEFINE_list("fractions", ["0.05", "0.2", "1.0"], "Labeled fractions, comma separated.")
+    flags.DEFINE_list("methods", ["acgan", "baseline"], "Methods to run at each fraction.")
+    flags.DEFINE_string("compilation_cache", "", "Persistent XLA compilation cache ('' = WORKDIR/xla_cache, "
+                        "'off' = none): a method's runs at different fractions compile the same programs.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    setup_logging()
+    from jaxmt.gan.fractions import markdown_table, run_sweep
+    from jaxmt.training.faults import user_facing_errors
+
+    f = flags.FLAGS
+
+    try:
+        fractions = [float(f) for f in f.fractions]
+    except ValueError:
+        raise SystemExit(f"jaxmt: error: --fractions={','.join(f.fractions)}: give numbers in (0, 1]") from None
+    if f.compilation_cache != "off":
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", f.compilation_cache or os.path.join(f.workdir, "xla_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    with user_facing_errors():
+        rows = run_sweep(f.config, f.workdir, fractions, tuple(f.methods))
+    print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main, flags_parser=parse_flags)
