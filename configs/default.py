@@ -82,15 +82,25 @@ def get_config() -> ConfigDict:
     config.keep_checkpoints = 2  # latest checkpoints kept (the best one is kept apart)
     config.on_nonfinite = "stop"  # NaN/Inf loss or gradient: stop (exit 3, last good checkpoint kept) | skip the step
 
-    config.mesh = ConfigDict()
-    config.mesh.axes = ("data", "fsdp", "tensor")  # batch over data and fsdp; params sharded over fsdp and tensor
-    config.mesh.shape = (-1, 1, 1)  # devices along each axis (-1 = all the rest), e.g. (2, 2, 2) on 8 devices
-
-    config.parallel = ConfigDict()
-    config.parallel.mode = "jit"  # jit: one sharded SPMD step over the mesh | pmap: jax.pmap, data parallel only
-    config.parallel.distributed = "auto"  # auto: multi-process when flags, env or a TPU pod/SLURM job say so | on | off
-    config.parallel.coordinator_address = ""  # multi-process: host:port of process 0 ('' = env or cluster detection)
-    config.parallel.num_processes = 0  # multi-process: number of processes (0 = env or cluster detection)
-    config.parallel.process_id = -1  # multi-process: this process's index (-1 = env or cluster detection)
+    config.mesh, config.parallel = mesh_config(), parallel_config()
     config.lock()  # a misspelt field is an error, not a silently ignored new one
     return config
+
+
+def mesh_config() -> ConfigDict:
+    """The device mesh, shared by every trainer's config."""
+    mesh = ConfigDict()
+    mesh.axes = ("data", "fsdp", "tensor")  # batch over data and fsdp; params sharded over fsdp and tensor
+    mesh.shape = (-1, 1, 1)  # devices along each axis (-1 = all the rest), e.g. (2, 2, 2) on 8 devices
+    return mesh
+
+
+def parallel_config() -> ConfigDict:
+    """The step's parallel path and multi-process set-up, shared by every trainer's config."""
+    parallel = ConfigDict()
+    parallel.mode = "jit"  # jit: one sharded SPMD step over the mesh | pmap: jax.pmap, data parallel only
+    parallel.distributed = "auto"  # auto: multi-process when flags, env or a TPU pod/SLURM job say so | on | off
+    parallel.coordinator_address = ""  # multi-process: host:port of process 0 ('' = env or cluster detection)
+    parallel.num_processes = 0  # multi-process: number of processes (0 = env or cluster detection)
+    parallel.process_id = -1  # multi-process: this process's index (-1 = env or cluster detection)
+    return parallel

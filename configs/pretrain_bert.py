@@ -9,6 +9,8 @@ layers for its 6 layers). Run:
 
 from ml_collections import ConfigDict
 
+from configs import default
+
 
 def get_config() -> ConfigDict:
     config = ConfigDict()
@@ -75,8 +77,6 @@ def get_config() -> ConfigDict:
     config.keep_checkpoints = 2  # latest checkpoints kept
     config.on_nonfinite = "stop"  # NaN/Inf loss or gradient: stop (exit 3) | skip the step
 
-    config.mesh = ConfigDict()
-    config.mesh.axes = ("data", "fsdp", "tensor")  # batch over data and fsdp; params sharded over fsdp and tensor
-    config.mesh.shape = (-1, 1, 1)  # devices along each axis (-1 = all the rest)
+    config.mesh, config.parallel = default.mesh_config(), default.parallel_config()
     config.lock()  # a misspelt field is an error, not a silently ignored new one
     return config

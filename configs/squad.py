@@ -44,6 +44,6 @@ def get_config() -> ConfigDict:
     config.checkpoint_every = 500
     config.keep_checkpoints = 2
     config.on_nonfinite = "stop"  # NaN/Inf loss or gradient: stop | skip the step (the update is never applied)
-    config.mesh = base.mesh  # ("data", "fsdp", "tensor"), batch over data and fsdp
+    config.mesh, config.parallel = default.mesh_config(), default.parallel_config()
     config.lock()
     return config

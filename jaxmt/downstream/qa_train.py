@@ -1,68 +1,61 @@
 """Fine-tuning and evaluating extractive QA (SQuAD format) from any pre-trained BERT.
 
-The loop is small because the pieces are the project's: the mesh and rule-based shardings of
-`jaxmt.parallel`, AdamW with warm-up from `jaxmt.training.optimizer`, a step-indexed data order from
-`jaxmt.data.sampling` (so a resumed run sees the same batches), Orbax `Checkpoints` (latest for
-resumption, best by dev F1), and the `MetricWriter`.
+What is QA's own: span heads, windowed features and SQuAD scoring; the rest is the project's: the mesh
+and rule-based shardings of `jaxmt.parallel`, AdamW with warm-up from `jaxmt.training.optimizer`, a
+step-indexed data order from `jaxmt.data.sampling` (so a resumed run sees the same batches), and the
+shared loop of `jaxmt.training.loop` (checkpoints, best by dev F1, logging, preemption).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
-from tqdm import tqdm
 
-from jaxmt.checkpointing.manager import Checkpoints
-from jaxmt.checkpointing.workdir import RESULTS_FILE, write_json, write_run_config
+from jaxmt.checkpointing.workdir import write_json
+from jaxmt.core.rngs import stream_key
+from jaxmt.core.state import TrainState, guarded_update, replica_mean
 from jaxmt.data.sampling import TaskSampler
 from jaxmt.downstream.qa_model import SpanModel
 from jaxmt.downstream.squad import QAExample, QAFeatures, decode_predictions, make_features, read_squad, squad_scores
 from jaxmt.errors import ConfigError
 from jaxmt.models.pretrained import load_pretrained
+from jaxmt.parallel import distributed
 from jaxmt.parallel.host_data import process_rows, put_global
 from jaxmt.parallel.mesh import batch_sharding, check_divisible, make_mesh, replicated
-from jaxmt.parallel.sharding_rules import param_shardings
+from jaxmt.parallel.sharding_rules import check_heads, param_shardings
 from jaxmt.parallel.state_sharding import state_shardings
-from jaxmt.training.faults import PreemptionGuard, check_finite, save_or_stop
-from jaxmt.training.metric_writers import MetricWriter
+from jaxmt.parallel.step_runner import make_step_runner
+from jaxmt.training import loop
 from jaxmt.training.optimizer import make_optimizer
 from jaxmt.training.setup import DTYPES
-from jaxmt.training.step import TrainState
 
 log = logging.getLogger(__name__)
 ENCODER_PREFIX = "encoder/bert/"  # where the FlaxBert tree sits in the QA params
 
 
-def make_qa_train_step(model: SpanModel, tx: optax.GradientTransformation):
-    """`train_step(state, batch, rng) -> (state, metrics)`; a non-finite loss or gradient leaves the state as it was."""
+def make_qa_train_step(model: SpanModel, tx: optax.GradientTransformation, axis_name: str | None = None):
+    """`train_step(state, batch, rng) -> (state, metrics)`; a non-finite loss or gradient leaves the state as it
+    was. Under `jax.pmap`, `axis_name` averages the loss and gradients over the devices."""
+    mean = replica_mean(axis_name)
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
-        loss, grads = jax.value_and_grad(model.loss)(state.params, batch, rng)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_state = TrainState(step=state.step + 1, params=jax.tree_util.tree_map(keep, params, state.params),
-                               opt_state=jax.tree_util.tree_map(keep, opt_state, state.opt_state))
-        return new_state, {"loss": loss, "grad_norm": grad_norm, "nonfinite": ~finite}
+        loss, grads = mean(jax.value_and_grad(model.loss)(state.params, batch, rng))
+        new_state, metrics = guarded_update(state, grads, tx, loss)
+        return new_state, {"loss": loss, **metrics}
 
     return train_step
 
 
 def init_qa_state(model: SpanModel, tx: optax.GradientTransformation, rng: jax.Array,
                   encoder_params: dict | None) -> TrainState:
-    params = model.init(rng, encoder_params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState.create(model.init(rng, encoder_params), tx)
 
 
 def global_batch(features: QAFeatures, rows: np.ndarray, sharding) -> dict[str, jax.Array]:
@@ -142,10 +135,13 @@ def load_features(config: ConfigDict, tokenizer) -> tuple[list[QAExample], QAFea
 def train_and_evaluate_qa(config: ConfigDict, workdir: str) -> dict:
     """Fine-tunes span heads and encoder on `config.data.train_file`, scores `dev_file`; resumes from `workdir`."""
     check_qa_config(config)
+    distributed.initialize(config.parallel)  # before any JAX computation; a no-op for one process
     mesh = make_mesh(config.mesh.axes, config.mesh.shape)
     check_divisible(config.batch_size, mesh, "config.batch_size")
     check_divisible(config.eval_batch_size, mesh, "config.eval_batch_size")
+    loop.prepare_workdir(config, workdir)
     pretrained = load_pretrained(config.model.name)
+    check_heads(pretrained.config.num_attention_heads, mesh)
     if config.data.max_length > pretrained.config.max_position_embeddings:
         raise ConfigError(f"config.data.max_length = {config.data.max_length} exceeds the model's "
                           f"{pretrained.config.max_position_embeddings} positions")
@@ -155,80 +151,53 @@ def train_and_evaluate_qa(config: ConfigDict, workdir: str) -> dict:
 
     model = SpanModel.build(pretrained.config, DTYPES[config.model.dtype])
     tx = make_optimizer(config, config.num_steps, 1)
-    init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    init_rng, dropout_rng = stream_key(config.seed, "init"), stream_key(config.seed, "dropout")
     abstract_state = jax.eval_shape(lambda p: init_qa_state(model, tx, init_rng, p), pretrained.params)
     state_sharding = state_shardings(abstract_state, mesh)
-    data_sharding = batch_sharding(mesh)
-    train_step = jax.jit(make_qa_train_step(model, tx), in_shardings=(state_sharding, data_sharding, replicated(mesh)),
-                         out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,))
-
-    write_run_config(workdir, config)
-    checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
+    runner = make_step_runner(config.parallel.mode, mesh, lambda axis: make_qa_train_step(model, tx, axis),
+                              state_sharding)
     init = jax.jit(lambda p: init_qa_state(model, tx, init_rng, p), out_shardings=state_sharding)
-    state, start_step = checkpoints.restore_or_init(
-        abstract_state, state_sharding,
-        lambda params=pretrained.params: init(put_global(params, param_shardings(params, mesh, prefix=ENCODER_PREFIX))))
+    encoder = pretrained.params
     del pretrained
 
     sampler = TaskSampler({"qa": len(train_feats)}, {"qa": config.batch_size}, "all", config.seed, config.num_steps)
     predictor = QAPredictor(model, mesh, config.eval_batch_size)
-    writer = MetricWriter(workdir)
-    best, best_metrics = checkpoints.best_score(), {}
-    dev_metrics: dict[str, float] = {}
     answers: dict[str, str] = {}
-    losses: list[float] = []
-    skipped: list[int] = []
-    start_time = time.time()
-    bar = tqdm(range(start_step, config.num_steps), initial=start_step, total=config.num_steps, desc="squad",
-               disable=jax.process_index() != 0, dynamic_ncols=True)
-    try:
-        with PreemptionGuard() as guard:
-            for step in bar:
-                state, metrics = train_step(
-                    state, global_batch(train_feats, sampler.indices("qa", step), data_sharding), step_rng)
-                done = step + 1
-                stop_signal = guard.received
-                log_due = done % config.log_every == 0 or done == config.num_steps
-                eval_due = (config.eval_every and done % config.eval_every == 0) or done == config.num_steps
-                save_due = done % config.checkpoint_every == 0 or done == config.num_steps or stop_signal
-                if log_due or eval_due or save_due:
-                    metrics = jax.device_get(metrics)
-                    check_finite(done, metrics["nonfinite"], config.on_nonfinite, skipped,
-                                 "non-finite QA loss or gradient")
-                if log_due:
-                    losses.append(float(metrics["loss"]))
-                    writer.write(done, {"train/loss": metrics["loss"], "train/grad_norm": metrics["grad_norm"]})
-                    bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
-                if eval_due:
-                    dev_metrics, answers = evaluate_qa(config, predictor, state.params, dev, dev_feats)
-                    writer.write(done, {f"dev/{k}": v for k, v in dev_metrics.items()})
-                    bar.write(f"step {done}: dev exact_match {dev_metrics['exact_match']:.2f}  "
-                              f"f1 {dev_metrics['f1']:.2f}")
-                    if best is None or dev_metrics["f1"] > best:
-                        best, best_metrics = dev_metrics["f1"], dict(dev_metrics, step=done)
-                        checkpoints.save_best(done, state.params, best, dev_metrics)
-                save_or_stop(checkpoints, done, state, save_due, stop_signal, workdir)
-    finally:
-        bar.close()
-        checkpoints.wait()
-        checkpoints.close()
-        writer.close()
+
+    def evaluate(state: TrainState) -> dict[str, float]:
+        metrics, found = evaluate_qa(config, predictor, state.params, dev, dev_feats)
+        answers.clear()
+        answers.update(found)
+        return metrics
+
+    def batch(step: int) -> dict:
+        rows = sampler.indices("qa", step)
+        return runner.put(train_feats.take(rows[runner.rows(len(rows))]), len(rows))
+
+    program = loop.Program(
+        name="squad",
+        abstract_state=abstract_state,
+        state_sharding=state_sharding,
+        init=lambda: init(put_global(encoder, param_shardings(encoder, mesh, prefix=ENCODER_PREFIX))),
+        batch=batch,
+        step=lambda state, b: runner.step(state, b, dropout_rng),
+        evaluate=evaluate,
+        best_metric="f1",
+        describe_fault=lambda flags: "non-finite QA loss or gradient",
+    )
+    outcome = loop.run(program, config, workdir)
+    common = outcome.common_results(config)
     results = {
         "model": config.model.name,
         "train_file": config.data.train_file,
         "dev_file": config.data.dev_file,
         "train_windows": len(train_feats),
         "dev_questions": len(dev),
-        "steps": config.num_steps,
-        "resumed_from_step": start_step,
-        "train_seconds": round(time.time() - start_time, 1),
-        "train_loss": losses,
-        "dev": dev_metrics,
-        "best_dev": best_metrics,
-        "skipped_nonfinite_steps": skipped,
+        **{k: common[k] for k in ("steps", "resumed_from_step", "train_seconds", "seconds_per_step",
+                                  "skipped_nonfinite_steps", "dev", "best_dev")},
+        "train_loss": outcome.values("loss", logged_only=True),
     }
     if jax.process_index() == 0:
         write_json(os.path.join(workdir, "predictions.json"), answers)
-        write_json(os.path.join(workdir, RESULTS_FILE), results)
+    loop.write_results(workdir, results)
     return results
-

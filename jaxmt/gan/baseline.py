@@ -1,32 +1,30 @@
 """The baseline of the sweep: plain fine-tuning (the multitask model, one task, its linear head) on the
 labeled subset alone, with the same steps, batch size, optimizer and dev set as the GAN run.
 
-The multitask trainer reads its training data from the config and has no hook for a subset, so
-this loop reuses its pieces directly: `make_train_step`, `TaskSampler`, `Predictor`.
+The multitask trainer reads its training data from the config and has no hook for a subset, so this
+builds its program from the same pieces (`make_train_step`, `TaskSampler`, `Predictor`) and runs it
+through the shared loop.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 
 import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from jaxmt.core.rngs import stream_key
 from jaxmt.data.demo import DEMO_BANNER
-from jaxmt.data.sampling import TaskSampler, train_batches
+from jaxmt.data.sampling import TaskSampler
 from jaxmt.errors import ConfigError
 from jaxmt.gan.build import GanData, check_gan_config, load_gan_data, make_mesh_for
-from jaxmt.gan.runs import RunCheckpoints, check_gan_finite, write_results
 from jaxmt.gan.semi_supervised import subset_split
-from jaxmt.parallel.mesh import batch_sharding, replicated
-from jaxmt.training import setup
+from jaxmt.gan.trainer import GAN_FAULT_HINT, check_jit_only
+from jaxmt.training import loop, setup
 from jaxmt.training.evaluation import Predictor
-from jaxmt.training.metric_writers import MetricWriter
 from jaxmt.training.optimizer import make_optimizer
-from jaxmt.training.step import init_state, make_train_step
+from jaxmt.training.step import init_state, multitask_step_runner
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +34,9 @@ def train_baseline(config: ConfigDict, workdir: str, data: GanData | None = None
     check_gan_config(config)
     if config.optim.gradient_surgery != "none":
         raise ConfigError("the baseline trains one task: set --config.optim.gradient_surgery=none")
+    check_jit_only(config)
     mesh = make_mesh_for(config)
+    loop.prepare_workdir(config, workdir)
     data = data or load_gan_data(config)
     name, tag = data.spec.name, f"[{DEMO_BANNER}] " if data.is_demo else ""
     batch_size = config.tasks[name].batch_size
@@ -46,55 +46,35 @@ def train_baseline(config: ConfigDict, workdir: str, data: GanData | None = None
     labeled = {name: subset_split(data.train, data.labeled)}
     model = setup.build_model(config, data.pretrained.config, {name: data.spec})
     tx = make_optimizer(config, config.num_steps, 1)
-    init = lambda p: init_state(model, tx, jax.random.PRNGKey(config.seed), p)  # noqa: E731
+    init_rng, dropout_rng = stream_key(config.seed, "init"), stream_key(config.seed, "dropout")
+    init = lambda p: init_state(model, tx, init_rng, p)  # noqa: E731
     abstract = jax.eval_shape(init, data.pretrained.params)
     shardings = setup.state_shardings(abstract, mesh)
-    step_fn = jax.jit(make_train_step(model, tx, {name: 1.0}, per_task_grads=False),
-                      in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
-                      out_shardings=(shardings, replicated(mesh)), donate_argnums=(0,))
-    os.makedirs(workdir, exist_ok=True)
-    checkpoints = RunCheckpoints(config, workdir)
-    state, start = checkpoints.restore_or_init(
-        abstract, shardings, lambda: jax.jit(init, out_shardings=shardings)(data.pretrained.params))
+    runner = multitask_step_runner(config, mesh, model, tx, {name: 1.0}, shardings)
     sampler = TaskSampler({name: len(data.labeled)}, {name: batch_size}, "all", config.seed, config.num_steps)
     predictor = Predictor(model, mesh, config.eval_batch_size, config.data.buckets, data.pad_id)
-    writer, sharding = MetricWriter(workdir), batch_sharding(mesh)
-    step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-    losses, skipped, step_seconds, dev_acc = [], [], [], None
-    start_time = time.time()
-    try:
-        with checkpoints.preemption_guard() as guard:
-            for step in range(start, config.num_steps):
-                tick = time.time()
-                batches = train_batches(labeled, sampler, step, config.data.buckets, data.pad_id)
-                state, metrics = step_fn(state, jax.device_put(batches, sharding), step_rng)
-                done = step + 1
-                check_gan_finite(done, metrics["nonfinite"], config.on_nonfinite, skipped)
-                losses.append(float(metrics[f"loss/{name}"]))
-                step_seconds.append(time.time() - tick)
-                if done % config.log_every == 0 or done == config.num_steps:
-                    writer.write(done, {"train/loss": losses[-1]})
-                if (config.eval_every and done % config.eval_every == 0) or done == config.num_steps:
-                    dev_acc = predictor.evaluate(state.params, {name: data.dev})[0][name]
-                    writer.write(done, {"dev/accuracy": dev_acc})
-                    log.info("%sbaseline step %d: loss %.4f dev accuracy %.4f", tag, done, losses[-1], dev_acc)
-                checkpoints.after_step(done, state, guard.received if guard else None)
-        train_seconds = time.time() - start_time
-        if dev_acc is None:
-            dev_acc = predictor.evaluate(state.params, {name: data.dev})[0][name]
-    finally:
-        checkpoints.close()
-        writer.close()
+    program = loop.Program(
+        name="baseline", abstract_state=abstract, state_sharding=shardings,
+        init=lambda: jax.jit(init, out_shardings=shardings)(data.pretrained.params),
+        batch=lambda step: runner.batches(labeled, sampler, step, config.data.buckets, data.pad_id),
+        step=lambda state, b: runner.step(state, b, dropout_rng),
+        evaluate=lambda state: {"accuracy": predictor.evaluate(state.params, {name: data.dev})[0][name]},
+        best_metric="accuracy", fault_hint=GAN_FAULT_HINT, tag=tag,
+        checkpoints=bool(config.gan.save_checkpoints))
+    outcome = loop.run(program, config, workdir)
+    dev_acc = outcome.dev["accuracy"] if outcome.dev else program.evaluate(outcome.state)["accuracy"]
+    losses = outcome.values(f"loss/{name}")
+    common = outcome.common_results(config)
     results = {
         "method": "baseline", "task": name, "demo_data": data.is_demo,
         "labeled_fraction": config.gan.labeled_fraction, "labeled_examples": int(len(data.labeled)),
-        "train_examples": len(data.train.data), "steps": config.num_steps, "resumed_from_step": start,
+        "train_examples": len(data.train.data),
+        **{k: common[k] for k in ("steps", "resumed_from_step", "train_seconds", "seconds_per_step",
+                                  "skipped_nonfinite_steps")},
         "batch_size": batch_size, "dev_accuracy": dev_acc, "dev_examples": len(data.dev.data),
-        "train_seconds": round(train_seconds, 1),
-        "seconds_per_step": round(float(np.median(step_seconds[1:])), 4) if len(step_seconds) > 1 else None,
         "first_loss": float(np.mean(losses[:5])) if losses else None,
         "last_loss": float(np.mean(losses[-5:])) if losses else None,
-        "skipped_nonfinite_steps": skipped, "model": config.model.name,
+        "model": config.model.name,
     }
-    write_results(workdir, results)
+    loop.write_results(workdir, results)
     return results

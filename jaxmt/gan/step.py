@@ -18,12 +18,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from jaxmt.core.state import TrainState, guard, is_finite
 from jaxmt.gan.losses import LossWeights, discriminator_losses, generator_losses
 from jaxmt.gan.networks import Discriminator, Generator
 from jaxmt.models.multitask import MultitaskModel
 from jaxmt.parallel.mesh import batch_sharding, replicated
-from jaxmt.training import setup
-from jaxmt.training.step import TrainState
+from jaxmt.parallel.state_sharding import state_shardings
 
 UPDATES = ("simultaneous", "alternating")
 
@@ -108,9 +108,7 @@ class GanModel:
 def init_gan_state(gan: GanModel, d_tx: optax.GradientTransformation, g_tx: optax.GradientTransformation,
                    rng: jax.Array, encoder_params: dict | None) -> GanState:
     d_params, g_params = gan.init(rng, encoder_params)
-    zero = jnp.zeros((), jnp.int32)
-    return GanState(d=TrainState(step=zero, params=d_params, opt_state=d_tx.init(d_params)),
-                    g=TrainState(step=zero, params=g_params, opt_state=g_tx.init(g_params)))
+    return GanState(d=TrainState.create(d_params, d_tx), g=TrainState.create(g_params, g_tx))
 
 
 def make_gan_step(gan: GanModel, d_tx: optax.GradientTransformation, g_tx: optax.GradientTransformation,
@@ -129,23 +127,15 @@ def make_gan_step(gan: GanModel, d_tx: optax.GradientTransformation, g_tx: optax
         d_rng, g_rng, noise_rng = jax.random.split(rng, 3)
         (d_total, d_aux), d_grads = jax.value_and_grad(gan.d_loss, has_aux=True)(
             state.d.params, state.g.params, batch, d_rng, noise_rng)
-        d_updates, d_opt = d_tx.update(d_grads, state.d.opt_state, state.d.params)
-        d_params = optax.apply_updates(state.d.params, d_updates)
-        d_for_g = d_params if update == "alternating" else state.d.params
+        new_d = state.d.apply_gradients(d_grads, d_tx)
+        d_for_g = new_d.params if update == "alternating" else state.d.params
         (g_total, g_aux), g_grads = jax.value_and_grad(gan.g_loss, has_aux=True)(
             state.g.params, d_for_g, d_aux["real"], batch, g_rng, noise_rng)
-        g_updates, g_opt = g_tx.update(g_grads, state.g.opt_state, state.g.params)
-        g_params = optax.apply_updates(state.g.params, g_updates)
+        new_g = state.g.apply_gradients(g_grads, g_tx)
 
         d_norm, g_norm = optax.global_norm(d_grads), optax.global_norm(g_grads)
-        finite = jnp.isfinite(d_total) & jnp.isfinite(g_total) & jnp.isfinite(d_norm) & jnp.isfinite(g_norm)
-        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        new_state = GanState(
-            d=TrainState(step=state.d.step + 1, params=keep(d_params, state.d.params),
-                         opt_state=keep(d_opt, state.d.opt_state)),
-            g=TrainState(step=state.g.step + 1, params=keep(g_params, state.g.params),
-                         opt_state=keep(g_opt, state.g.opt_state)),
-        )
+        finite = is_finite(d_total, g_total, d_norm, g_norm)
+        new_state = GanState(d=guard(finite, new_d, state.d), g=guard(finite, new_g, state.g))
         metrics = {"d/loss": d_total, "g/loss": g_total, "d/grad_norm": d_norm, "g/grad_norm": g_norm,
                    "nonfinite": ~finite}
         metrics.update({f"d/{k}": v for k, v in d_aux["terms"].items()})
@@ -159,7 +149,7 @@ def make_gan_step(gan: GanModel, d_tx: optax.GradientTransformation, g_tx: optax
 def gan_state_shardings(abstract_state: GanState, mesh: Mesh) -> GanState:
     """Like the multitask trainer: encoder params by the sharding rules, D and G (no rule) replicated,
     optimizer states following their params."""
-    return GanState(d=setup.state_shardings(abstract_state.d, mesh), g=setup.state_shardings(abstract_state.g, mesh))
+    return GanState(d=state_shardings(abstract_state.d, mesh), g=state_shardings(abstract_state.g, mesh))
 
 
 def jit_gan_step(gan: GanModel, d_tx: optax.GradientTransformation, g_tx: optax.GradientTransformation,

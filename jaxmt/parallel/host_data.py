@@ -45,6 +45,13 @@ def process_rows(batch_size: int, sharding: NamedSharding) -> slice:
     return rows
 
 
+def put_host_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """A host batch (the same on every process) as global arrays; each process gives only its rows."""
+    size = len(next(iter(batch.values())))
+    rows = process_rows(size, sharding)
+    return {k: jax.make_array_from_process_local_data(sharding, v[rows], v.shape) for k, v in batch.items()}
+
+
 def local_train_batches(splits: dict[str, EncodedSplit], sampler: TaskSampler, step: int, buckets, pad_id: int,
                         rows_of) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, int]]:
     """This process's rows of step `step`'s batches (`rows_of(batch_size) -> slice`), and each task's

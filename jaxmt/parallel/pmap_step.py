@@ -1,6 +1,6 @@
 """The jax.pmap train step: data parallelism with replicated params, gradients averaged by lax.pmean.
 
-The same model, optimizer and `make_train_step` as the jit path; `axis_name` makes the step
+The same pure step as the jit path, built with `axis_name`, which makes the step
 average losses and gradients across devices before the optimizer (and PCGrad) see them. The
 state goes in and comes out unmapped (`in_axes=None`, `out_axes=None`): one replicated copy per
 device, in the same layout as the jit path's replicated state, so checkpoints, evaluation and
@@ -9,17 +9,17 @@ logging read it unchanged. Each device draws its own dropout masks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxmt.data.sampling import TaskSampler
 from jaxmt.errors import ConfigError
-from jaxmt.models.multitask import MultitaskModel
 from jaxmt.parallel.host_data import local_train_batches, process_rows
-from jaxmt.training.step import TrainState, make_train_step
 
 AXIS = "batch"
 
@@ -35,11 +35,10 @@ def check_pmap_mesh(mesh: Mesh) -> None:
 class PmapStep:
     """`batches(...)` builds this process's rows as [local devices, rows per device, ...]; `step` runs them."""
 
-    def __init__(self, model: MultitaskModel, tx: optax.GradientTransformation, loss_weights: dict[str, float],
-                 per_task_grads: bool) -> None:
-        train_step = make_train_step(model, tx, loss_weights, per_task_grads, axis_name=AXIS)
+    def __init__(self, make_step: Callable[[str | None], Callable]) -> None:
+        train_step = make_step(AXIS)
 
-        def device_step(state: TrainState, batches: dict, rng: jax.Array):
+        def device_step(state: Any, batches: Any, rng: jax.Array):
             return train_step(state, batches, jax.random.fold_in(rng, jax.lax.axis_index(AXIS)))
 
         self._step = jax.pmap(device_step, axis_name=AXIS, in_axes=(None, 0, None), out_axes=None,
@@ -53,11 +52,19 @@ class PmapStep:
     def batches(self, splits: dict, sampler: TaskSampler, step: int, buckets, pad_id: int) -> dict:
         local, _ = local_train_batches(splits, sampler, step, buckets, pad_id,
                                        lambda size: process_rows(size, self._row_sharding))
-        n = self.local_devices
-        return {t: {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
-                for t, batch in local.items()}
+        return self.put(local, 0)
 
-    def step(self, state: TrainState, batches: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+    def put(self, local: Any, global_rows: int) -> Any:
+        """This process's rows of a batch as [local devices, rows per device, ...] (`global_rows` is unused:
+        pmap takes each process's part as it is)."""
+        n = self.local_devices
+        return jax.tree_util.tree_map(lambda v: v.reshape((n, v.shape[0] // n) + v.shape[1:]), local)
+
+    def rows(self, batch_size: int) -> slice:
+        """The rows of a global batch this process feeds."""
+        return process_rows(batch_size, self._row_sharding)
+
+    def step(self, state: Any, batches: Any, rng: jax.Array) -> tuple[Any, dict]:
         if jax.tree_util.tree_leaves(state)[0].sharding != self._replicated:
             # A state from init or restore is replicated over the run's mesh; re-labelled once (same devices, no
             # copy) as pmap's outputs are, so the second step does not compile the step again.

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-import optax
 from jax.sharding import Mesh
-from ml_collections import ConfigDict
 
 from jaxmt.errors import ConfigError
-from jaxmt.models.multitask import MultitaskModel
 from jaxmt.parallel.jit_step import JitStep
 from jaxmt.parallel.pmap_step import PmapStep, check_pmap_mesh
-from jaxmt.parallel.sharding_rules import check_heads
 
 MODES = ("jit", "pmap")
 
 
-def make_step_runner(config: ConfigDict, mesh: Mesh, model: MultitaskModel, tx: optax.GradientTransformation,
-                     loss_weights: dict[str, float], state_sharding: Any) -> JitStep | PmapStep:
-    """The step for `config`, checked against the mesh before anything is compiled."""
-    check_heads(model.backbone.bert_config.num_attention_heads, mesh)
-    per_task_grads = config.optim.gradient_surgery == "pcgrad"
-    if config.parallel.mode == "jit":
-        return JitStep(model, tx, loss_weights, per_task_grads, mesh, state_sharding)
-    if config.parallel.mode == "pmap":
+def make_step_runner(mode: str, mesh: Mesh, make_step: Callable[[str | None], Callable],
+                     state_sharding: Any) -> JitStep | PmapStep:
+    """The step for `config.parallel.mode`, checked against the mesh before anything is compiled.
+
+    `make_step(axis_name)` builds the pure train step; the pmap path passes its device axis name, so the
+    step averages gradients over devices before the optimizer sees them.
+    """
+    if mode == "jit":
+        return JitStep(make_step, mesh, state_sharding)
+    if mode == "pmap":
         check_pmap_mesh(mesh)
-        return PmapStep(model, tx, loss_weights, per_task_grads)
-    raise ConfigError(f"config.parallel.mode = {config.parallel.mode!r}; expected one of {MODES}")
+        return PmapStep(make_step)
+    raise ConfigError(f"config.parallel.mode = {mode!r}; expected one of {MODES}")

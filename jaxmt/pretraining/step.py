@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmt.core.state import TrainState, guarded_update, replica_mean
 from jaxmt.pretraining.model import HierarchicalBert
-from jaxmt.training.step import TrainState
 
 LABELS = {"nsp": "nsp_labels", "bigram_shift": "bigram_labels"}
 
@@ -52,17 +52,17 @@ def init_params(model: HierarchicalBert, rng: jax.Array, batch: dict[str, jax.Ar
 
 def init_train_state(model: HierarchicalBert, tx: optax.GradientTransformation, rng: jax.Array,
                      batch: dict[str, jax.Array], encoder: dict | None = None) -> TrainState:
-    params = init_params(model, rng, batch, encoder)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState.create(init_params(model, rng, batch, encoder), tx)
 
 
 def make_train_step(model: HierarchicalBert, tx: optax.GradientTransformation,
-                    weights: dict[str, float]) -> Callable:
+                    weights: dict[str, float], axis_name: str | None = None) -> Callable:
     """Returns `train_step(state, batch, rng) -> (state, metrics)`: one update on the weighted sum of losses.
 
     A non-finite loss or gradient is never applied: the state stays as it was and `metrics['nonfinite']`
-    tells the trainer.
+    tells the trainer. Under `jax.pmap`, `axis_name` averages losses and gradients over the devices.
     """
+    mean = replica_mean(axis_name)
 
     def loss_fn(params, batch, rng):
         outputs = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": rng})
@@ -73,15 +73,10 @@ def make_train_step(model: HierarchicalBert, tx: optax.GradientTransformation,
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
-        (total, (losses, accuracies)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_state = TrainState(step=state.step + 1, params=jax.tree_util.tree_map(keep, params, state.params),
-                               opt_state=jax.tree_util.tree_map(keep, opt_state, state.opt_state))
-        metrics = {"loss/total": total, "grad_norm": grad_norm, "nonfinite": ~finite}
+        (total, (losses, accuracies)), grads = mean(
+            jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng))
+        new_state, metrics = guarded_update(state, grads, tx, total)
+        metrics["loss/total"] = total
         metrics.update({f"loss/{t}": v for t, v in losses.items()})
         metrics.update({f"accuracy/{t}": v for t, v in accuracies.items()})
         return new_state, metrics

@@ -6,31 +6,28 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
 from ml_collections import ConfigDict
-from tqdm import tqdm
 
-from jaxmt.checkpointing.manager import Checkpoints
-from jaxmt.checkpointing.workdir import write_json, write_run_config
+from jaxmt.core.rngs import stream_key
 from jaxmt.errors import ConfigError
 from jaxmt.models.pretrained import ModelError, load_pretrained, resolve_model_dir
-from jaxmt.parallel.host_data import process_rows, put_global
+from jaxmt.parallel import distributed
+from jaxmt.parallel.host_data import put_global, put_host_batch
 from jaxmt.parallel.mesh import batch_sharding, check_divisible, make_mesh, replicated
 from jaxmt.parallel.sharding_rules import check_heads, param_shardings
 from jaxmt.parallel.state_sharding import state_shardings
+from jaxmt.parallel.step_runner import make_step_runner
 from jaxmt.pretraining.corpus import CorpusSpec, check_corpus_spec, load_corpus, split_heldout
 from jaxmt.pretraining.examples import SWAP_UNITS, Pairs, PairStream, Vocabulary, build_pairs, make_batch
 from jaxmt.pretraining.model import TASKS, TRANSFER_MODES, HierarchicalBert, encoder_params
 from jaxmt.pretraining.step import init_train_state, make_eval_step, make_train_step
-from jaxmt.training.faults import PreemptionGuard, check_finite, save_or_stop
-from jaxmt.training.metric_writers import MetricWriter
+from jaxmt.training import loop
 from jaxmt.training.optimizer import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -128,12 +125,6 @@ def model_source(config: ConfigDict) -> tuple[Any, dict | None, Any]:
     return bert_config, None, tokenizer
 
 
-def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """A host batch (the same on every process) as global arrays; each process gives only its rows."""
-    rows = process_rows(len(batch["input_ids"]), sharding)
-    return {k: jax.make_array_from_process_local_data(sharding, v[rows], v.shape) for k, v in batch.items()}
-
-
 def heldout_batches(corpus, vocab: Vocabulary, config: ConfigDict) -> list[dict[str, np.ndarray]]:
     """The fixed held-out evaluation set: pairs, swaps and masks drawn once from a seed of their own;
     the last batch is padded with zero-weight rows."""
@@ -181,31 +172,28 @@ def export_hf_model(params: dict, bert_config: Any, tokenizer: Any, path: str | 
     return path
 
 
-def _mesh(config: ConfigDict, bert_config: Any) -> Mesh:
-    mesh = make_mesh(config.mesh.axes, config.mesh.shape)
-    check_divisible(config.batch_size, mesh, "config.batch_size")
-    check_divisible(config.eval_batch_size, mesh, "config.eval_batch_size")
-    check_heads(bert_config.num_attention_heads, mesh)
-    return mesh
-
-
 def pretrain(config: ConfigDict, workdir: str) -> dict:
     """Pre-trains per `config` in `workdir` (resuming from its latest checkpoint), evaluates on held-out
     documents, writes results.json and the encoder to `workdir/hf_model/`; returns the results."""
     check_config(config)
+    distributed.initialize(config.parallel)  # before any JAX computation; a no-op for one process
     bert_config, pretrained, tokenizer = model_source(config)
     layers = task_layers(config, bert_config.num_hidden_layers)
     if config.data.max_length > bert_config.max_position_embeddings:
         raise ConfigError(f"config.data.max_length = {config.data.max_length} exceeds the model's "
                           f"{bert_config.max_position_embeddings} position embeddings")
-    mesh = _mesh(config, bert_config)
+    mesh = make_mesh(config.mesh.axes, config.mesh.shape)
+    check_divisible(config.batch_size, mesh, "config.batch_size")
+    check_divisible(config.eval_batch_size, mesh, "config.eval_batch_size")
+    check_heads(bert_config.num_attention_heads, mesh)
+    loop.prepare_workdir(config, workdir)
 
     vocab = Vocabulary.from_tokenizer(tokenizer)
     corpus = load_corpus(CorpusSpec.from_config(config.data), tokenizer, config.data.cache_dir or None)
     train_corpus, heldout_corpus = split_heldout(corpus, config.data.heldout_fraction, config.seed)
     stream = PairStream(train_corpus, vocab, config.data.max_length, config.data.short_seq_prob, config.seed)
     data_sharding = batch_sharding(mesh)
-    eval_batches = [put_batch(b, data_sharding) for b in heldout_batches(heldout_corpus, vocab, config)]
+    eval_batches = [put_host_batch(b, data_sharding) for b in heldout_batches(heldout_corpus, vocab, config)]
     use_bigrams = "bigram_shift" in config.task_names
 
     def host_batch(step: int) -> dict[str, np.ndarray]:
@@ -215,68 +203,40 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
 
     model = HierarchicalBert(bert_config, layers, config.transfer, DTYPES[config.model.dtype])
     tx = make_optimizer(config, config.num_steps, len(layers))
-    init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    init_rng, dropout_rng = stream_key(config.seed, "init"), stream_key(config.seed, "dropout")
     example = {k: v[:2] for k, v in host_batch(0).items()}
     init = lambda encoder: init_train_state(model, tx, init_rng, example, encoder)  # noqa: E731
     abstract_state = jax.eval_shape(init, pretrained)
     state_sharding = state_shardings(abstract_state, mesh)
     weights = {task: float(config.tasks[task].weight) for task, _ in layers}
-    train_step = jax.jit(make_train_step(model, tx, weights),
-                         in_shardings=(state_sharding, data_sharding, replicated(mesh)),
-                         out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,))
+    runner = make_step_runner(config.parallel.mode, mesh, lambda axis: make_train_step(model, tx, weights, axis),
+                              state_sharding)
     eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding.params, data_sharding),
                         out_shardings=replicated(mesh))
 
-    write_run_config(workdir, config)
-    checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
-    state, start_step = checkpoints.restore_or_init(
-        abstract_state, state_sharding,
-        lambda params=pretrained: jax.jit(init, out_shardings=state_sharding)(
-            None if params is None else put_global(params, param_shardings(params, mesh))))
-    del pretrained
-    initial = evaluate(eval_step, state.params, eval_batches) if start_step == 0 else {}
+    def batch(step: int) -> dict:
+        host = host_batch(step)
+        return runner.put({k: v[runner.rows(config.batch_size)] for k, v in host.items()}, config.batch_size)
 
-    writer = MetricWriter(workdir)
-    if initial:
-        writer.write(0, {f"heldout/{k}": v for k, v in initial.items()})
-    heldout: dict[str, float] = {}
-    skipped: list[int] = []
-    start_time = time.time()
-    bar = tqdm(range(start_step, config.num_steps), initial=start_step, total=config.num_steps, desc="pretrain",
-               disable=jax.process_index() != 0, dynamic_ncols=True)
-    pending = None
-    try:
-        with PreemptionGuard() as guard:
-            for step in bar:
-                state, metrics = train_step(state, put_batch(host_batch(step), data_sharding), step_rng)
-                done = step + 1
-                stop_signal = guard.received
-                if pending is not None:  # the previous step's flag: keeps one step in flight
-                    check_finite(*pending, config.on_nonfinite, skipped)
-                pending = (done, metrics["nonfinite"])
-                if done % config.log_every == 0 or done == config.num_steps:
-                    scalars = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items() if k != "nonfinite"}
-                    writer.write(done, scalars)
-                    bar.set_postfix({k.split("/", 1)[1]: f"{v:.3f}" for k, v in scalars.items() if "loss/" in k})
-                if (config.eval_every and done % config.eval_every == 0) or done == config.num_steps:
-                    heldout = evaluate(eval_step, state.params, eval_batches)
-                    writer.write(done, {f"heldout/{k}": v for k, v in heldout.items()})
-                    bar.write(f"step {done}: held-out " + "  ".join(f"{k} {v:.4f}" for k, v in heldout.items()))
-                save_due = done % config.checkpoint_every == 0 or done == config.num_steps or stop_signal
-                if save_due:  # never save a state whose step was not yet checked
-                    check_finite(*pending, config.on_nonfinite, skipped)
-                    pending = None
-                save_or_stop(checkpoints, done, state, save_due, stop_signal, workdir)
-    finally:
-        bar.close()
-        checkpoints.wait()
-        checkpoints.close()
-        writer.close()
-    if not heldout:  # resumed at the last step: nothing trained, evaluate what is there
-        heldout = evaluate(eval_step, state.params, eval_batches)
+    program = loop.Program(
+        name="pretrain",
+        abstract_state=abstract_state,
+        state_sharding=state_sharding,
+        init=lambda params=pretrained: jax.jit(init, out_shardings=state_sharding)(
+            None if params is None else put_global(params, param_shardings(params, mesh))),
+        batch=batch,
+        step=lambda state, b: runner.step(state, b, dropout_rng),
+        evaluate=lambda state: evaluate(eval_step, state.params, eval_batches),
+        eval_prefix="heldout",
+        evaluate_first=True,
+    )
+    del pretrained
+    outcome = loop.run(program, config, workdir)
+    heldout = outcome.dev or evaluate(eval_step, outcome.state.params, eval_batches)  # resumed at the last step
     export_dir = os.path.join(workdir, HF_MODEL_DIR)
     if jax.process_index() == 0:
-        export_hf_model(state.params, bert_config, tokenizer, export_dir, config.seed)
+        export_hf_model(outcome.state.params, bert_config, tokenizer, export_dir, config.seed)
+    common = outcome.common_results(config)
     results = {
         "tasks": {task: {"layer": layer, "weight": weights[task]} for task, layer in layers},
         "transfer": config.transfer,
@@ -285,16 +245,12 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
         "corpus": {"source": corpus.source, "documents": corpus.num_documents, "tokens": int(len(corpus.tokens)),
                    "train_documents": train_corpus.num_documents, "heldout_documents": heldout_corpus.num_documents,
                    "pairs_per_epoch": len(stream.epoch(0))},
-        "steps": config.num_steps,
+        **{k: common[k] for k in ("steps", "resumed_from_step", "train_seconds", "seconds_per_step", "devices",
+                                  "skipped_nonfinite_steps")},
         "batch_size": config.batch_size,
-        "resumed_from_step": start_step,
-        "train_seconds": round(time.time() - start_time, 1),
-        "initial_heldout": initial,
+        "initial_heldout": outcome.initial_dev,
         "heldout": heldout,
-        "devices": mesh.size,
-        "skipped_nonfinite_steps": skipped,
         "hf_model": export_dir,
     }
-    if jax.process_index() == 0:
-        write_json(os.path.join(workdir, "results.json"), results)
+    loop.write_results(workdir, results)
     return results

@@ -3,6 +3,8 @@
 SIGTERM (what a preemptible TPU VM or SLURM sends before it takes the machine) and SIGINT
 (Ctrl-C) make the trainer save a checkpoint at the current step and exit with
 `EXIT_PREEMPTED`; the same command then resumes exactly. A second signal acts at once.
+On several processes a signal may reach one host a step before another: `StopVote` makes
+every process act on the same step, so the collective checkpoint save never diverges.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,39 @@ def save_or_stop(checkpoints: Any, step: int, state: Any, save_due: bool, stop_s
     if stop_signal:
         checkpoints.wait()
         raise Preempted(stop_signal, step, workdir)
+
+
+class StopVote:
+    """Agreement on when to stop: `poll(signal)` each step, on every process.
+
+    One process: the signal it caught, at once. Several: each step every process casts its signal
+    (0 for none) into a max-reduction over all devices, dispatched without waiting; `poll` returns the
+    result of the previous step's vote, which every process reads at the same step. So all processes
+    save the same step and stop, one step after the first signal anywhere.
+    """
+
+    def __init__(self) -> None:
+        self.multi = jax.process_count() > 1
+        self._pending = None
+        if self.multi:
+            from jax.sharding import Mesh, NamedSharding
+            from jax.sharding import PartitionSpec as P
+
+            mesh = Mesh(np.asarray(jax.devices()), ("processes",))
+            self._sharding = NamedSharding(mesh, P("processes"))
+            self._max = jax.jit(lambda votes: votes.max(), out_shardings=NamedSharding(mesh, P()))
+
+    def poll(self, received: str | None) -> str | None:
+        if not self.multi:
+            return received
+        signum = int(signal.Signals[received]) if received else 0
+        local = np.full((jax.local_device_count(),), signum, np.int32)
+        ballot = self._max(jax.make_array_from_process_local_data(self._sharding, local, (jax.device_count(),)))
+        previous, self._pending = self._pending, ballot
+        agreed = int(jax.device_get(previous)) if previous is not None else 0
+        if not agreed:
+            return None
+        return received or f"{signal.Signals(agreed).name} (received by another process)"
 
 
 class PreemptionGuard:

@@ -8,29 +8,26 @@ task axis, combined by the optimizer's first transform).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
 
+from jaxmt.core.state import TrainState, guarded_update, replica_mean
 from jaxmt.models.multitask import MultitaskModel
+from jaxmt.parallel.jit_step import JitStep
+from jaxmt.parallel.pmap_step import PmapStep
+from jaxmt.parallel.state_sharding import stacked_shardings
+from jaxmt.parallel.step_runner import make_step_runner
 from jaxmt.training.losses import predict, task_loss
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a resumed run needs besides the config: the data order follows `step`."""
-
-    step: jax.Array
-    params: dict
-    opt_state: optax.OptState
 
 
 def init_state(model: MultitaskModel, tx: optax.GradientTransformation, rng: jax.Array,
                encoder_params: dict | None) -> TrainState:
-    params = model.init(rng, encoder_params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState.create(model.init(rng, encoder_params), tx)
 
 
 def make_train_step(
@@ -46,7 +43,7 @@ def make_train_step(
     gradients over the devices before anything reads them, so every device applies the same update.
     """
     task_ids = {task: i for i, task in enumerate(sorted(model.specs))}
-    replica_mean = (lambda x: x) if axis_name is None else (lambda x: jax.lax.pmean(x, axis_name))
+    mean = replica_mean(axis_name)
 
     def loss_of(params, task, batch, rng):
         outputs = model.outputs(params, task, batch, rng=rng, deterministic=False)
@@ -60,7 +57,7 @@ def make_train_step(
         if per_task_grads:
             losses, grads = {}, []
             for t in tasks:
-                losses[t], g = replica_mean(jax.value_and_grad(loss_of)(state.params, t, batches[t], rngs[t]))
+                losses[t], g = mean(jax.value_and_grad(loss_of)(state.params, t, batches[t], rngs[t]))
                 grads.append(jax.tree_util.tree_map(lambda x, w=loss_weights[t]: w * x, g))
                 metrics[f"grad_norm/{t}"] = optax.global_norm(grads[-1])
             grads = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *grads)
@@ -71,26 +68,27 @@ def make_train_step(
                 losses = {t: loss_of(params, t, batches[t], rngs[t]) for t in tasks}
                 return sum(loss_weights[t] * losses[t] for t in tasks), losses
 
-            (_, losses), grads = replica_mean(jax.value_and_grad(total_loss, has_aux=True)(state.params))
-            metrics["grad_norm"] = optax.global_norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+            (_, losses), grads = mean(jax.value_and_grad(total_loss, has_aux=True)(state.params))
         metrics.update({f"loss/{t}": losses[t] for t in tasks})
         metrics["loss/total"] = sum(loss_weights[t] * losses[t] for t in tasks)
-        # A NaN/Inf loss or gradient never reaches the params: the step keeps the old state and
-        # reports the fault, and the trainer stops or skips as configured.
-        finite = jnp.isfinite(metrics["loss/total"]) & jnp.isfinite(optax.global_norm(grads))
-        metrics["nonfinite"] = ~finite
+        new_state, guard_metrics = guarded_update(state, grads, tx, metrics["loss/total"])
+        if not per_task_grads:
+            metrics["grad_norm"] = guard_metrics["grad_norm"]
+        metrics["nonfinite"] = guard_metrics["nonfinite"]
         metrics.update({f"nonfinite/{t}": ~jnp.isfinite(losses[t]) for t in tasks})
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_state = TrainState(
-            step=state.step + 1,
-            params=jax.tree_util.tree_map(keep, params, state.params),
-            opt_state=jax.tree_util.tree_map(keep, opt_state, state.opt_state),
-        )
         return new_state, metrics
 
     return train_step
+
+
+def multitask_step_runner(config: ConfigDict, mesh: Mesh, model: MultitaskModel, tx: optax.GradientTransformation,
+                          loss_weights: dict[str, float], state_sharding: Any) -> JitStep | PmapStep:
+    """The multitask train step on the path of `config.parallel.mode` (jit over the mesh, or pmap)."""
+    per_task_grads = config.optim.gradient_surgery == "pcgrad"
+    stacked = stacked_shardings(state_sharding.params) if per_task_grads and config.parallel.mode == "jit" else None
+    return make_step_runner(
+        config.parallel.mode, mesh,
+        lambda axis_name: make_train_step(model, tx, loss_weights, per_task_grads, axis_name, stacked), state_sharding)
 
 
 def make_predict_step(model: MultitaskModel, task: str) -> Callable:
