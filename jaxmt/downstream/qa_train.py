@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from jaxmt.checkpointing.manager import Checkpoints
 from jaxmt.checkpointing.workdir import RESULTS_FILE, write_json, write_run_config
+from jaxmt.config_checks import DTYPES, one_of
 from jaxmt.data.sampling import TaskSampler
 from jaxmt.downstream.qa_model import SpanModel
 from jaxmt.downstream.squad import QAExample, QAFeatures, decode_predictions, make_features, read_squad, squad_scores
@@ -34,7 +35,6 @@ from jaxmt.parallel.state_sharding import state_shardings
 from jaxmt.training.faults import PreemptionGuard, check_finite, save_or_stop
 from jaxmt.training.metric_writers import MetricWriter
 from jaxmt.training.optimizer import make_optimizer
-from jaxmt.training.setup import DTYPES
 from jaxmt.training.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,8 @@ def check_qa_config(config: ConfigDict) -> None:
                           f"({config.data.max_length})")
     if config.num_steps < 1 or config.batch_size < 1 or config.eval_batch_size < 1:
         raise ConfigError("config.num_steps, config.batch_size and config.eval_batch_size must be >= 1")
-    if config.model.dtype not in DTYPES:
-        raise ConfigError(f"config.model.dtype = {config.model.dtype!r}; expected one of {tuple(DTYPES)}")
-    if config.on_nonfinite not in ("stop", "skip"):
-        raise ConfigError(f"config.on_nonfinite = {config.on_nonfinite!r}; expected 'stop' or 'skip'")
+    one_of(config.model.dtype, tuple(DTYPES), "model.dtype")
+    one_of(config.on_nonfinite, ("stop", "skip"), "on_nonfinite")
 
 
 def load_features(config: ConfigDict, tokenizer) -> tuple[list[QAExample], QAFeatures, list[QAExample], QAFeatures]:
