@@ -6,7 +6,7 @@ against the plain fine-tuned baseline over labeled fractions with `python -m jax
 
 from ml_collections import ConfigDict
 
-from configs import default
+from . import default
 
 
 def get_config() -> ConfigDict:

@@ -7,7 +7,7 @@ the sweep compares against; the unlabeled rows and the GAN fields are unused.
 
 from ml_collections import ConfigDict
 
-from configs import acgan
+from . import acgan
 
 
 def get_config() -> ConfigDict:

@@ -14,7 +14,7 @@ order (entailment 0, neutral 1, contradiction 2) whatever the source.
 
 from ml_collections import ConfigDict
 
-from configs import default
+from . import default
 
 # preset -> (TFDS name, our split -> the dataset's split); field mappings come from jaxmt.data.tfds_source.
 TFDS_PRESETS = {

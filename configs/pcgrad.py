@@ -4,7 +4,7 @@ Same run as configs/sum.py except that each task's gradient is computed on its o
 conflicting components are projected away (Yu et al. 2020) before the optimizer step.
 """
 
-from configs import default
+from . import default
 
 
 def get_config():

@@ -7,7 +7,7 @@ Run: `python -m jaxmt.pretrain --config=configs/pretrain_hierarchical.py --workd
 
 from ml_collections import ConfigDict
 
-from configs import pretrain_bert
+from . import pretrain_bert
 
 
 def get_config() -> ConfigDict:

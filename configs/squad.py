@@ -7,7 +7,7 @@
 
 from ml_collections import ConfigDict
 
-from configs import default
+from . import default
 
 
 def get_config() -> ConfigDict:

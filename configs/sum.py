@@ -1,6 +1,6 @@
 """Baseline for configs/pcgrad.py: the same run with the three task losses summed."""
 
-from configs import default
+from . import default
 
 
 def get_config():

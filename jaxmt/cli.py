@@ -1,15 +1,114 @@
-"""What every jaxmt command line shares: flag parsing with one-line errors, and log levels.
+"""What every jaxmt command line shares: flag parsing with one-line errors, the --config flag, log levels.
 
-Each command defines its absl flags in a function called only when it runs as `__main__`, so
-importing several commands' modules in one process (tests, notebooks) never defines a flag twice.
+Each command defines its absl flags in a function called only when it runs (`run()`, the console
+script, or `__main__`), so importing several commands' modules in one process (tests, notebooks)
+never defines a flag twice.
+
+Config files: `--config=PATH[:ARG]` loads PATH's `get_config(ARG)`. A `configs/NAME.py` that does not
+exist relative to the working directory is taken from the configs shipped with jaxmt (the checkout's
+configs/, installed as the package `jaxmt.configs`), so the documented commands and every default work
+from any directory once jaxmt is installed. A config file in a package folder (one with __init__.py,
+like configs/) is imported as part of that folder, so `from . import default` works wherever it lies;
+a standalone file of your own can start from a shipped one with `from jaxmt.configs import default`
+(installed) or `from configs import default` (run from a checkout).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
 import logging
+import os
 import sys
+import types
 
 from absl import flags
+from ml_collections.config_flags import config_flags as ml_config_flags
+
+SHIPPED_CONFIGS_PREFIX = "configs"
+
+
+def shipped_configs_dir() -> str | None:
+    """The folder of the configs shipped with jaxmt: the installed `jaxmt.configs`, or a checkout's configs/."""
+    spec = importlib.util.find_spec("jaxmt.configs")
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), SHIPPED_CONFIGS_PREFIX)
+    return checkout if os.path.isfile(os.path.join(checkout, "__init__.py")) else None
+
+
+def resolve_config_path(path: str) -> str:
+    """`path` if that file exists, else the shipped config of that name for a `configs/NAME.py` path."""
+    expanded = os.path.expanduser(path)
+    if os.path.isfile(expanded):
+        return expanded
+    folder, name = os.path.split(os.path.normpath(path))
+    shipped = shipped_configs_dir()
+    if folder == SHIPPED_CONFIGS_PREFIX and shipped and os.path.isfile(os.path.join(shipped, name)):
+        return os.path.join(shipped, name)
+    if os.path.isdir(expanded):
+        raise ValueError(f"{path} is a folder; give a config file (.py with get_config())")
+    names = sorted(f"configs/{n}" for n in os.listdir(shipped) if n.endswith(".py") and not n.startswith("_")) \
+        if shipped else []
+    raise ValueError(f"{path}: no such config file" + (f" (shipped: {', '.join(names)})" if names else ""))
+
+
+def load_config_module(file: str) -> types.ModuleType:
+    """Imports a config file; one in a package folder as a module of that folder (under a private name)."""
+    folder, name = os.path.split(os.path.abspath(file))
+    stem = name[:-3] if name.endswith(".py") else name
+    if not os.path.isfile(os.path.join(folder, "__init__.py")):
+        spec = importlib.util.spec_from_file_location(f"jaxmt_config_{stem}", file)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"{file}: not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    package = "_jaxmt_configs_" + hashlib.sha1(folder.encode()).hexdigest()[:12]
+    if package not in sys.modules:
+        spec = importlib.util.spec_from_file_location(package, os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[package] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module(f"{package}.{stem}")
+
+
+class ConfigFileParser(flags.ArgumentParser):
+    """Like ml_collections' config-file parser, resolving shipped configs and failing with one-line reasons."""
+
+    def __init__(self, lock_config: bool = True) -> None:
+        self._lock_config = lock_config
+
+    def flag_type(self) -> str:
+        return "config object"
+
+    def parse(self, path: str):
+        file, *argument = path.split(":", 1)
+        resolved = resolve_config_path(file)
+        try:
+            module = load_config_module(resolved)
+        except (ImportError, SyntaxError, NameError, AttributeError) as err:
+            raise ValueError(f"{resolved}: cannot load it ({type(err).__name__}: {err})") from None
+        get_config = getattr(module, "get_config", None)
+        if not callable(get_config):
+            raise ValueError(f"{resolved}: has no get_config() function")
+        try:
+            config = get_config(*argument)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(f"{resolved}: get_config({', '.join(map(repr, argument))}) failed: {err}") from None
+        if self._lock_config and callable(getattr(config, "lock", None)):
+            config.lock()
+        return config
+
+
+def define_config_flag(default: str, help_string: str = "Path to a config file with get_config().") -> None:
+    """`--config` (and its `--config.x.y=v` overrides), resolved and loaded by `ConfigFileParser`."""
+    flag = ml_config_flags._ConfigFlag(parser=ConfigFileParser(), serializer=flags.ArgumentSerializer(),
+                                       name="config", default=default, help_string=help_string,
+                                       flag_values=flags.FLAGS)
+    flags.DEFINE_flag(flag, flags.FLAGS)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

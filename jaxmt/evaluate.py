@@ -16,6 +16,7 @@ from absl import app, flags
 from jaxmt.checkpointing.manager import Checkpoints, abstract_like
 from jaxmt.checkpointing.workdir import read_run_config
 from jaxmt.cli import parse_flags, setup_logging
+from jaxmt.config_checks import check_ranges
 from jaxmt.data.demo import DEMO_BANNER
 from jaxmt.data.sources import load_splits, task_specs
 from jaxmt.models.pretrained import load_pretrained
@@ -41,6 +42,7 @@ def evaluate_workdir(workdir: str, split: str = "dev", checkpoint: str = "best",
                      output_dir: str | None = None) -> dict:
     """Restores `checkpoint` of the run in `workdir`, evaluates `split` and writes predictions."""
     config = read_run_config(workdir)
+    check_ranges(config)
     setup.check_config(config)
     specs = task_specs(config)
     mesh = make_mesh(config.mesh.axes, config.mesh.shape)
@@ -85,6 +87,11 @@ def main(argv: list[str]) -> None:
     print(json.dumps(result, indent=2, sort_keys=True))
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `jaxmt-evaluate` console script (and `python -m jaxmt.evaluate`)."""
     define_flags()
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -15,11 +15,27 @@ from jaxmt.cli import parse_flags
 
 
 def read_metrics(workdir: str) -> list[dict]:
+    """The rows of WORKDIR/metrics.jsonl; a missing, empty or garbled file is a one-line DataError."""
+    from jaxmt.data.errors import DataError, location
+
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: not found; is {workdir} a jaxmt training workdir?")
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{location(path, number)}: not a JSON object ({err.msg})") from None
+            if not isinstance(row, dict) or "step" not in row:
+                raise DataError(f"{location(path, number)}: expected a JSON object with a 'step'")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no metrics logged yet; plot once the run has logged a step")
+    return rows
 
 
 def series(rows: list[dict], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -80,9 +96,17 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    print(plot_run(flags.FLAGS.workdir, flags.FLAGS.out))
+    from jaxmt.training.faults import user_facing_errors
+
+    with user_facing_errors():
+        print(plot_run(flags.FLAGS.workdir, flags.FLAGS.out))
+
+
+def run() -> None:
+    """The `jaxmt-plot` console script (and `python -m jaxmt.plot`)."""
+    define_flags()
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main, flags_parser=parse_flags)
+    run()

@@ -9,22 +9,20 @@ from __future__ import annotations
 import json
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from jaxmt.cli import parse_flags, setup_logging
+from jaxmt.cli import define_config_flag, parse_flags, setup_logging
 
 
 def define_flags() -> None:
-    config_flags.DEFINE_config_file("config", "configs/pretrain_hierarchical.py",
-                                    "Path to a config file with get_config().")
+    define_config_flag("configs/pretrain_hierarchical.py")
     flags.DEFINE_string("workdir", "runs/pretrain", "Directory for checkpoints, logs, results and the exported model.")
 
 
 def main(argv: list[str]) -> None:
     del argv
     setup_logging()
+    from jaxmt.config_checks import check_ranges
     from jaxmt.errors import ConfigError
-    from jaxmt.pretraining.trainer import pretrain
     from jaxmt.training.faults import user_facing_errors
 
     config = flags.FLAGS.config
@@ -32,10 +30,18 @@ def main(argv: list[str]) -> None:
         if "transfer" not in config or "task_names" not in config:
             raise ConfigError("this is not a pre-training config: use configs/pretrain_bert.py or "
                               "configs/pretrain_hierarchical.py")
+        check_ranges(config)
+        from jaxmt.pretraining.trainer import pretrain
+
         results = pretrain(config, flags.FLAGS.workdir)
     print(json.dumps(results, indent=2, sort_keys=True))
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `jaxmt-pretrain` console script (and `python -m jaxmt.pretrain`)."""
     define_flags()
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

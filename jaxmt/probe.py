@@ -24,12 +24,13 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "runs/probe", "Directory for the tables and the heat map.")
     flags.DEFINE_list("tasks", ["bigram_shift", "sentence_length", "word_content", "odd_man_out",
                                 "coordination_inversion"], "Probing tasks to run.")
-    flags.DEFINE_integer("max_sentences", 1000, "Sentences per task at most (balanced over classes; 20% held out).")
-    flags.DEFINE_integer("seed", 0, "Seeds task construction and the train/test split.")
-    flags.DEFINE_integer("max_length", 64, "Tokens per sentence at most.")
-    flags.DEFINE_integer("batch_size", 64, "Sentences per encoder batch.")
-    flags.DEFINE_integer("probe_steps", 300, "Full-batch Adam steps of each probe.")
-    flags.DEFINE_float("l2", 1e-3, "L2 penalty on the probe weights.")
+    flags.DEFINE_integer("max_sentences", 1000, "Sentences per task at most (balanced over classes; 20% held out).",
+                         lower_bound=1)
+    flags.DEFINE_integer("seed", 0, "Seeds task construction and the train/test split.", lower_bound=0)
+    flags.DEFINE_integer("max_length", 64, "Tokens per sentence at most.", lower_bound=8)
+    flags.DEFINE_integer("batch_size", 64, "Sentences per encoder batch.", lower_bound=1)
+    flags.DEFINE_integer("probe_steps", 300, "Full-batch Adam steps of each probe.", lower_bound=1)
+    flags.DEFINE_float("l2", 1e-3, "L2 penalty on the probe weights.", lower_bound=0.0)
 
 
 def parse_models(items: list[str]) -> dict[str, str]:
@@ -134,6 +135,11 @@ def main(argv: list[str]) -> None:
     print(f"wrote {', '.join(summary['files'].values())}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `jaxmt-probe` console script (and `python -m jaxmt.probe`)."""
     define_flags()
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from jaxmt.cli import parse_flags, setup_logging
+from jaxmt.cli import define_config_flag, parse_flags, setup_logging
 
 
 def define_flags() -> None:
-    config_flags.DEFINE_config_file("config", "configs/acgan.py", "Path to a config file with get_config().")
+    define_config_flag("configs/acgan.py")
     flags.DEFINE_string("workdir", "runs/acgan_sweep", "Directory for the runs and the table.")
     flags.DEFINE_list("fractions", ["0.05", "0.2", "1.0"], "Labeled fractions, comma separated.")
     flags.DEFINE_list("methods", ["acgan", "baseline"], "Methods to run at each fraction.")
@@ -26,25 +25,33 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     del argv
     setup_logging()
-    from jaxmt.gan.fractions import markdown_table, run_sweep
+    from jaxmt.config_checks import check_ranges
+    from jaxmt.errors import ConfigError
     from jaxmt.training.faults import user_facing_errors
 
     f = flags.FLAGS
-
-    try:
-        fractions = [float(f) for f in f.fractions]
-    except ValueError:
-        raise SystemExit(f"jaxmt: error: --fractions={','.join(f.fractions)}: give numbers in (0, 1]") from None
-    if f.compilation_cache != "off":
-        import jax
-
-        jax.config.update("jax_compilation_cache_dir", f.compilation_cache or os.path.join(f.workdir, "xla_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     with user_facing_errors():
+        try:
+            fractions = [float(fraction) for fraction in f.fractions]
+        except ValueError:
+            raise ConfigError(f"--fractions={','.join(f.fractions)}: give numbers in (0, 1]") from None
+        check_ranges(f.config)
+        if f.compilation_cache != "off":
+            import jax
+
+            jax.config.update("jax_compilation_cache_dir", f.compilation_cache or os.path.join(f.workdir, "xla_cache"))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        from jaxmt.gan.fractions import markdown_table, run_sweep
+
         rows = run_sweep(f.config, f.workdir, fractions, tuple(f.methods))
     print(markdown_table(rows))
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `jaxmt-sweep` console script (and `python -m jaxmt.sweep`)."""
     define_flags()
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

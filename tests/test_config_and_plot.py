@@ -1,4 +1,4 @@
-import importlib.util
+import importlib
 import json
 import os
 
@@ -11,10 +11,7 @@ from jaxmt.training.setup import check_config
 
 
 def load_config(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return importlib.import_module(f"configs.{name}").get_config()
 
 
 def test_shipped_configs_are_valid_and_differ_only_where_they_say():

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxmt.checkpointing.workdir import write_json
+from jaxmt.config_checks import DTYPES, one_of
 from jaxmt.core.rngs import stream_key
 from jaxmt.core.state import TrainState, guarded_update, replica_mean
 from jaxmt.data.sampling import TaskSampler
@@ -33,7 +34,6 @@ from jaxmt.parallel.state_sharding import state_shardings
 from jaxmt.parallel.step_runner import make_step_runner
 from jaxmt.training import loop
 from jaxmt.training.optimizer import make_optimizer
-from jaxmt.training.setup import DTYPES
 
 log = logging.getLogger(__name__)
 ENCODER_PREFIX = "encoder/bert/"  # where the FlaxBert tree sits in the QA params
@@ -110,10 +110,8 @@ def check_qa_config(config: ConfigDict) -> None:
                           f"({config.data.max_length})")
     if config.num_steps < 1 or config.batch_size < 1 or config.eval_batch_size < 1:
         raise ConfigError("config.num_steps, config.batch_size and config.eval_batch_size must be >= 1")
-    if config.model.dtype not in DTYPES:
-        raise ConfigError(f"config.model.dtype = {config.model.dtype!r}; expected one of {tuple(DTYPES)}")
-    if config.on_nonfinite not in ("stop", "skip"):
-        raise ConfigError(f"config.on_nonfinite = {config.on_nonfinite!r}; expected 'stop' or 'skip'")
+    one_of(config.model.dtype, tuple(DTYPES), "model.dtype")
+    one_of(config.on_nonfinite, ("stop", "skip"), "on_nonfinite")
 
 
 def load_features(config: ConfigDict, tokenizer) -> tuple[list[QAExample], QAFeatures, list[QAExample], QAFeatures]:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
+from jaxmt.config_checks import DTYPES, one_of
 from jaxmt.core.rngs import stream_key
 from jaxmt.errors import ConfigError
 from jaxmt.models.pretrained import ModelError, load_pretrained, resolve_model_dir
@@ -32,13 +33,7 @@ from jaxmt.training.optimizer import make_optimizer
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 HF_MODEL_DIR = "hf_model"
-
-
-def _one_of(value: object, allowed: tuple, field: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"config.{field} = {value!r}; expected one of {allowed}")
 
 
 def check_config(config: ConfigDict) -> None:
@@ -46,14 +41,14 @@ def check_config(config: ConfigDict) -> None:
     names = tuple(config.task_names)
     if not names or len(set(names)) != len(names) or not set(names) <= set(TASKS):
         raise ConfigError(f"config.task_names = {names}; expected distinct names from {TASKS}")
-    _one_of(config.transfer, TRANSFER_MODES, "transfer")
+    one_of(config.transfer, TRANSFER_MODES, "transfer")
     if config.transfer != "none" and not {"mlm", "nsp"} <= set(names):
         raise ConfigError(f"config.transfer = {config.transfer!r} passes NSP's representation to the MLM task: "
                           f"config.task_names must include both 'nsp' and 'mlm' (it is {names})")
-    _one_of(config.tasks.bigram_shift.unit, SWAP_UNITS, "tasks.bigram_shift.unit")
-    _one_of(config.model.dtype, tuple(DTYPES), "model.dtype")
-    _one_of(config.optim.gradient_surgery, ("none",), "optim.gradient_surgery")
-    _one_of(config.on_nonfinite, ("stop", "skip"), "on_nonfinite")
+    one_of(config.tasks.bigram_shift.unit, SWAP_UNITS, "tasks.bigram_shift.unit")
+    one_of(config.model.dtype, tuple(DTYPES), "model.dtype")
+    one_of(config.optim.gradient_surgery, ("none",), "optim.gradient_surgery")
+    one_of(config.on_nonfinite, ("stop", "skip"), "on_nonfinite")
     if not 0.0 < config.tasks.mlm.mask_rate < 1.0:
         raise ConfigError(f"config.tasks.mlm.mask_rate = {config.tasks.mlm.mask_rate}; expected a fraction in (0, 1)")
     if config.tasks.mlm.max_predictions < 1:

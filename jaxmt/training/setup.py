@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import jax.numpy as jnp
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
+from jaxmt.config_checks import DTYPES, one_of
 from jaxmt.data.sampling import SAMPLING_MODES
 from jaxmt.data.schema import TaskData, TaskSpec
 from jaxmt.data.tokenization import PAIR_MODES, EncodedSplit, encode_split
@@ -23,26 +23,18 @@ from jaxmt.parallel.state_sharding import state_shardings as rule_shardings
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def _one_of(value: object, allowed: tuple, field: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"config.{field} = {value!r}; expected one of {allowed}")
-
-
 def check_config(config: ConfigDict) -> None:
     """Cross-field checks that ml_collections' typed fields cannot express."""
-    _one_of(config.sampling, SAMPLING_MODES, "sampling")
-    _one_of(config.model.pair_mode, PAIR_MODES, "model.pair_mode")
-    _one_of(config.model.pooling, ("mean", "cls"), "model.pooling")
-    _one_of(config.model.dtype, tuple(DTYPES), "model.dtype")
-    _one_of(config.optim.gradient_surgery, ("none", "pcgrad"), "optim.gradient_surgery")
-    _one_of(config.optim.surgery_scope, ("all", "shared"), "optim.surgery_scope")
-    _one_of(config.optim.surgery_reduction, ("sum", "mean"), "optim.surgery_reduction")
-    _one_of(config.loss.combination, ("sum", "weighted"), "loss.combination")
-    _one_of(config.data.on_bad_row, ("error", "skip"), "data.on_bad_row")
-    _one_of(config.on_nonfinite, ("stop", "skip"), "on_nonfinite")
+    one_of(config.sampling, SAMPLING_MODES, "sampling")
+    one_of(config.model.pair_mode, PAIR_MODES, "model.pair_mode")
+    one_of(config.model.pooling, ("mean", "cls"), "model.pooling")
+    one_of(config.model.dtype, tuple(DTYPES), "model.dtype")
+    one_of(config.optim.gradient_surgery, ("none", "pcgrad"), "optim.gradient_surgery")
+    one_of(config.optim.surgery_scope, ("all", "shared"), "optim.surgery_scope")
+    one_of(config.optim.surgery_reduction, ("sum", "mean"), "optim.surgery_reduction")
+    one_of(config.loss.combination, ("sum", "weighted"), "loss.combination")
+    one_of(config.data.on_bad_row, ("error", "skip"), "data.on_bad_row")
+    one_of(config.on_nonfinite, ("stop", "skip"), "on_nonfinite")
     if config.optim.gradient_surgery == "pcgrad" and config.sampling != "all":
         raise ConfigError("optim.gradient_surgery='pcgrad' needs every task's gradient each step: set sampling='all'")
     buckets = tuple(config.data.buckets)
