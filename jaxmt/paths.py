@@ -13,10 +13,11 @@ from jaxmt.errors import ConfigError
 
 _UNSET_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
 
-# Every config field that names a file or folder, by the config files that have it. A test checks
-# that each is expanded where it is read, and that no config has a path field missing here.
+# Every config field that names a file or folder (`*` = any name), by the config files that have it.
+# A test checks that each is expanded where it is read, and that no config has a path field missing here.
 PATH_FIELDS = {
-    "configs/default.py": ("data.csv_dir", "data.tfds_data_dir", "data.sick_file", "model.name"),
+    "configs/default.py": ("data.csv_dir", "data.tfds_data_dir", "data.sick_file", "model.name",
+                           "tasks.*.files.*"),
     "configs/squad.py": ("data.train_file", "data.dev_file", "model.name"),
     "configs/pretrain_bert.py": ("data.files", "data.tfds_data_dir", "data.cache_dir", "model.init_from",
                                  "model.tokenizer"),

@@ -65,7 +65,8 @@ def _read_split(config: ConfigDict, spec: TaskSpec, split: str) -> TaskData | No
         filename = task_cfg.files[split]
         if not filename:
             return None
-        path = os.path.join(expand_path(data_cfg.csv_dir, "config.data.csv_dir"), filename)
+        path = os.path.join(expand_path(data_cfg.csv_dir, "config.data.csv_dir"),
+                            expand_path(filename, f"config.tasks.{spec.name}.files.{split}"))  # may be absolute
         if not os.path.exists(path) and split == "test":
             log.warning("%s: no test file, task %s gets no test predictions", path, spec.name)
             return None

@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxmt.data.errors import DataError
 from jaxmt.data.schema import SkippedRow, TaskData, TaskSpec
+from jaxmt.paths import expand_path
 
 ON_BAD_ROW = ("error", "skip")
 FIELD_KEYS = ("text_a", "text_b", "label", "id")
@@ -76,7 +77,7 @@ def _prepare_hint(name: str, data_dir: str) -> str:
 
 
 def default_data_dir() -> str:
-    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+    return expand_path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets", "TFDS_DATA_DIR")
 
 
 def open_builder(tfds: Any, name: str, data_dir: str | None) -> Any:
@@ -229,6 +230,7 @@ def load_tfds_split(
         ) from None
 
     source = f"tfds:{name}[{split}]"
+    data_dir = expand_path(data_dir or "", "tfds data_dir") or None
     where = data_dir or default_data_dir()
     builder = open_builder(tfds, name, data_dir)
     mapping = _resolve_fields(name, spec, builder.info.features, fields)
