@@ -54,7 +54,8 @@ def test_path_fields_list_every_path_field_of_every_config():
             if any(fnmatch.fnmatch(field, pattern) for pattern in dataset_names):
                 continue
             if looks_like_path or field.endswith(("_dir", "_file", ".files", "init_from", "tokenizer")):
-                assert any(fnmatch.fnmatch(field, pattern) for pattern in listed), f"{config_file}: {field} = {value!r} looks like a path: add it to PATH_FIELDS"
+                assert any(fnmatch.fnmatch(field, pattern) for pattern in listed), (
+                    f"{config_file}: {field} = {value!r} looks like a path: add it to PATH_FIELDS")
 
 
 def _write_cs224n(folder):
