@@ -81,6 +81,10 @@ def get_config() -> ConfigDict:
     config.checkpoint_every = 100  # steps between checkpoints for resumption
     config.keep_checkpoints = 2  # latest checkpoints kept (the best one is kept apart)
     config.on_nonfinite = "stop"  # NaN/Inf loss or gradient: stop (exit 3, last good checkpoint kept) | skip the step
+    # Resuming a workdir whose config.json differs in more than the intervals, keep_checkpoints, on_nonfinite or
+    # placement (jaxmt.checkpointing.workdir.RESUMABLE_FIELDS) is an error; True accepts the change and records it
+    # in WORKDIR/config_changes.jsonl (e.g. a longer num_steps, knowing that it stretches the LR schedule).
+    config.allow_config_change = False  # True: resume with a changed config, recorded
 
     config.mesh, config.parallel = mesh_config(), parallel_config()
     config.lock()  # a misspelt field is an error, not a silently ignored new one

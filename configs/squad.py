@@ -44,6 +44,10 @@ def get_config() -> ConfigDict:
     config.checkpoint_every = 500
     config.keep_checkpoints = 2
     config.on_nonfinite = "stop"  # NaN/Inf loss or gradient: stop | skip the step (the update is never applied)
+    # Resuming a workdir whose config.json differs in more than the intervals, keep_checkpoints, on_nonfinite or
+    # placement (jaxmt.checkpointing.workdir.RESUMABLE_FIELDS) is an error; True accepts the change and records it
+    # in WORKDIR/config_changes.jsonl (e.g. a longer num_steps, knowing that it stretches the LR schedule).
+    config.allow_config_change = False  # True: resume with a changed config, recorded
     config.mesh, config.parallel = default.mesh_config(), default.parallel_config()
     config.lock()
     return config

@@ -14,6 +14,7 @@ import time
 from absl import app, flags
 
 from jaxmt.cli import parse_flags, setup_logging
+from jaxmt.paths import expand_path
 
 log = logging.getLogger("jaxmt.probe")
 
@@ -61,8 +62,8 @@ def seen_in_pretraining(model_path: str, corpus: str) -> bool | None:
     from jaxmt.checkpointing.workdir import read_run_config
 
     try:
-        run_config = read_run_config(os.path.dirname(os.path.abspath(model_path)))
-        files = list(run_config.data.files)
+        run_config = read_run_config(os.path.dirname(os.path.abspath(expand_path(model_path, "--models"))))
+        files = [expand_path(f, "config.data.files") for f in run_config.data.files]
     except (FileNotFoundError, AttributeError, KeyError, ValueError):
         return None
     for recorded in files:
@@ -81,6 +82,7 @@ def run_probing(models: dict[str, str], corpus: str, out: str, tasks: list[str],
     from jaxmt.probing.report import write_report
     from jaxmt.probing.tasks import build_tasks, read_corpus_sentences
 
+    corpus, out = expand_path(corpus, "--corpus"), expand_path(out, "--out")
     sentences = read_corpus_sentences(corpus)
     try:
         built = build_tasks(sentences, tasks, max_examples=max_sentences, seed=seed)

@@ -23,6 +23,12 @@ def test_shipped_configs_are_valid_and_differ_only_where_they_say():
     assert summed.to_dict() == pcgrad.to_dict()
 
 
+def test_every_top_level_config_has_allow_config_change():
+    for name in ("default", "pcgrad", "sum", "acgan", "acgan_baseline", "entailment", "squad", "pretrain_bert",
+                 "pretrain_hierarchical"):
+        assert load_config(name).allow_config_change is False, name
+
+
 def test_every_config_field_is_documented_on_its_line():
     for name in ("default",):
         text = (ROOT / "configs" / f"{name}.py").read_text()

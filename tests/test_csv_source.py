@@ -74,3 +74,11 @@ def test_real_files_row_counts_and_the_two_empty_quora_labels(shared_cs224n):
     assert len(test) == 2210 and test.labels is None
     sts = read_csv_split(STS, str(shared_cs224n / "sts-dev.csv"), "dev")
     assert len(sts) == 863 and sts.labels.min() >= 0 and sts.labels.max() <= 5
+
+
+@pytest.mark.parametrize("split", ["train", "dev"])
+def test_a_labeled_split_without_a_label_column_names_file_and_column(tmp_path, split):
+    path = write(tmp_path, "ids-sst-dev.csv", "\tid\tsentence\n0\tx1\tA fine film .\n")
+    with pytest.raises(DataError, match=rf"ids-sst-dev\.csv:1: header has no label column .*'sentiment'.*{split}"):
+        read_csv_split(SST, path, split)
+    assert read_csv_split(SST, path, "test").labels is None  # a test file may come without labels

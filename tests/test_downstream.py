@@ -95,6 +95,19 @@ def test_sick_bad_label_names_file_line_and_field(tmp_path):
     assert len(skipped) == 9 and skipped.skipped[0].location == f"{path}:6"
 
 
+@pytest.mark.parametrize("split", ["train", "dev"])
+def test_sick_without_its_label_column_is_an_error_through_the_config(tmp_path, split):
+    from configs import entailment
+    from jaxmt.data.sources import load_split, task_specs
+
+    rows = _sick_rows(30)
+    path = write_sick(tmp_path / "SICK.txt", [r[:4] for r in rows], header=SICK_HEADER.rsplit("\t", 1)[0] + "\n")
+    config = entailment.get_config()
+    config.data.sick_file = path
+    with pytest.raises(DataError, match=r"SICK\.txt:1: header has no column 'entailment_judgment'"):
+        load_split(config, task_specs(config)["nli"], split)
+
+
 def test_sick_structural_errors(tmp_path):
     rows = _sick_rows(6)
     bad_columns = write_sick(tmp_path / "cols.txt", rows[:2] + [rows[2][:3]] + rows[3:])

@@ -296,3 +296,22 @@ def test_config_with_source_tfds_reads_each_split_through_the_task_block(data_di
     assert load_split(config, spec, "test").labels is None
     config.tasks.para.tfds.splits.test = ""
     assert load_split(config, spec, "test") is None
+
+
+def test_train_and_dev_splits_need_labels_test_splits_do_not(data_dir: str) -> None:
+    with pytest.raises(DataError, match=rf"tfds:{SST}\[train\]: no label field .*'sentence'"):
+        load_tfds_split(SST_SPEC, SST, "train", data_dir, fields={"label": None}, require_labels=True)
+    with pytest.raises(DataError, match=r"\(6 skipped\), every one labeled -1 .* carries no labels"):
+        load_tfds_split(PARA, PAIRS, "test", data_dir, fields=PAIR_FIELDS, on_bad_row="skip", require_labels=True)
+    assert load_tfds_split(PARA, PAIRS, "test", data_dir, fields=PAIR_FIELDS).labels is None
+
+    from configs import default
+    from jaxmt.data.sources import load_split, task_specs
+
+    config = default.get_config()
+    config.data.source, config.data.tfds_data_dir, config.task_names = "tfds", data_dir, ("para",)
+    config.tasks.para.tfds.name = PAIRS
+    config.tasks.para.tfds.fields.update(PAIR_FIELDS)
+    config.tasks.para.tfds.splits.dev = "test"  # a dev split that is really the unlabeled test split
+    with pytest.raises(DataError, match=r"tfds:jaxmt_tiny_pairs\[test\]: no usable rows .* carries no labels"):
+        load_split(config, task_specs(config)["para"], "dev")

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 # Column names of the course's files, by task kind.
 LABEL_COLUMNS = ("sentiment", "is_duplicate", "similarity", "label")
+LABELED_SPLITS = ("train", "dev")  # splits that must carry labels; test files may have none
 SINGLE_TEXT_COLUMNS = ("sentence",)
 PAIR_TEXT_COLUMNS = ("sentence1", "sentence2")
 ON_BAD_ROW = ("error", "skip")
@@ -70,9 +71,11 @@ def read_csv_split(
 ) -> TaskData:
     """Reads one CS224N file into `TaskData`; test files (no label column) give `labels=None`.
 
-    Rows whose label is empty (two rows of `quora-train.csv`) or invalid, and rows with an
-    empty sentence, raise a `DataError` naming file, line and field, or with
-    `on_bad_row='skip'` are left out and listed in `TaskData.skipped` (and logged).
+    A train or dev file without a label column is a `DataError`: training on zeros or scoring
+    against them would look like a run that works. Rows whose label is empty (two rows of
+    `quora-train.csv`) or invalid, and rows with an empty sentence, raise a `DataError` naming
+    file, line and field, or with `on_bad_row='skip'` are left out and listed in
+    `TaskData.skipped` (and logged).
     """
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
@@ -82,6 +85,11 @@ def read_csv_split(
     text_names = PAIR_TEXT_COLUMNS if spec.is_pair else SINGLE_TEXT_COLUMNS
     columns = _column_index(header, ("id", *text_names), path)
     label_name = next((name for name in LABEL_COLUMNS if name in header), None)
+    if label_name is None and split in LABELED_SPLITS:
+        raise DataError(
+            f"{location(path, 1)}: header has no label column (one of {list(LABEL_COLUMNS)}), which the "
+            f"{split} split of task {spec.name!r} needs (header columns: {[h for h in header if h]})"
+        )
     if label_name is not None:
         columns[label_name] = header.index(label_name)
 

@@ -12,11 +12,13 @@ from jaxmt.data.demo import DEMO_BANNER, demo_split
 from jaxmt.data.errors import DataError
 from jaxmt.data.schema import TaskData, TaskSpec
 from jaxmt.errors import ConfigError
+from jaxmt.paths import expand_path
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("demo", "csv", "tfds", "sick")
 SPLITS = ("train", "dev", "test")
+LABELED_SPLITS = ("train", "dev")  # trained on or scored: a split without labels is an error
 
 
 def task_specs(config: ConfigDict) -> dict[str, TaskSpec]:
@@ -41,7 +43,18 @@ def _cap(value: int) -> int | None:
 
 
 def load_split(config: ConfigDict, spec: TaskSpec, split: str) -> TaskData | None:
-    """One split of one task, or None where the source has no such split (e.g. a Quora test file)."""
+    """One split of one task, or None where the source has no such split (e.g. a Quora test file).
+
+    Train and dev splits must carry labels, whatever the source: a `DataError` otherwise.
+    """
+    data = _read_split(config, spec, split)
+    if data is not None and split in LABELED_SPLITS and data.labels is None:
+        raise DataError(f"{data.source}: the {split} split of task {spec.name!r} has no labels; "
+                        "only test splits may come without them")
+    return data
+
+
+def _read_split(config: ConfigDict, spec: TaskSpec, split: str) -> TaskData | None:
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
     data_cfg, task_cfg = config.data, config.tasks[spec.name]
@@ -52,7 +65,8 @@ def load_split(config: ConfigDict, spec: TaskSpec, split: str) -> TaskData | Non
         filename = task_cfg.files[split]
         if not filename:
             return None
-        path = os.path.join(os.path.expanduser(data_cfg.csv_dir), filename)
+        path = os.path.join(expand_path(data_cfg.csv_dir, "config.data.csv_dir"),
+                            expand_path(filename, f"config.tasks.{spec.name}.files.{split}"))  # may be absolute
         if not os.path.exists(path) and split == "test":
             log.warning("%s: no test file, task %s gets no test predictions", path, spec.name)
             return None
@@ -66,8 +80,10 @@ def load_split(config: ConfigDict, spec: TaskSpec, split: str) -> TaskData | Non
         if not tfds_cfg.splits[split]:
             return None
         fields = {k: v for k, v in tfds_cfg.fields.items() if v} or None
-        return load_tfds_split(spec, tfds_cfg.name, tfds_cfg.splits[split], data_dir=data_cfg.tfds_data_dir or None,
-                               fields=fields, on_bad_row=data_cfg.on_bad_row, max_examples=cap)
+        data_dir = expand_path(data_cfg.tfds_data_dir, "config.data.tfds_data_dir") or None
+        return load_tfds_split(spec, tfds_cfg.name, tfds_cfg.splits[split], data_dir=data_dir,
+                               fields=fields, on_bad_row=data_cfg.on_bad_row, max_examples=cap,
+                               require_labels=split in LABELED_SPLITS)
     if data_cfg.source == "sick":
         from jaxmt.downstream.sick import check_fractions, read_sick_split
 
@@ -75,8 +91,8 @@ def load_split(config: ConfigDict, spec: TaskSpec, split: str) -> TaskData | Non
             fractions = check_fractions(data_cfg.sick_split)
         except ValueError as err:
             raise ConfigError(f"config.data.sick_split: {err}") from None
-        return read_sick_split(spec, os.path.expanduser(data_cfg.sick_file), split, fractions=fractions,
-                               on_bad_row=data_cfg.on_bad_row, max_examples=cap)
+        return read_sick_split(spec, expand_path(data_cfg.sick_file, "config.data.sick_file"), split,
+                               fractions=fractions, on_bad_row=data_cfg.on_bad_row, max_examples=cap)
     raise ConfigError(f"config.data.source must be one of {SOURCES}, got {data_cfg.source!r}")
 
 

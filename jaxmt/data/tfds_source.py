@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxmt.data.errors import DataError
 from jaxmt.data.schema import SkippedRow, TaskData, TaskSpec
+from jaxmt.paths import expand_path
 
 ON_BAD_ROW = ("error", "skip")
 FIELD_KEYS = ("text_a", "text_b", "label", "id")
@@ -76,7 +77,7 @@ def _prepare_hint(name: str, data_dir: str) -> str:
 
 
 def default_data_dir() -> str:
-    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+    return expand_path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets", "TFDS_DATA_DIR")
 
 
 def open_builder(tfds: Any, name: str, data_dir: str | None) -> Any:
@@ -205,6 +206,7 @@ def load_tfds_split(
     fields: dict[str, str | None] | None = None,
     on_bad_row: str = "error",
     max_examples: int | None = None,
+    require_labels: bool = False,
 ) -> TaskData:
     """Reads one split of a prepared TFDS dataset into `TaskData`, without TensorFlow or downloads.
 
@@ -213,7 +215,8 @@ def load_tfds_split(
     `labels=None`; in a labeled split a -1 row is a bad row. Bad rows (empty or non-UTF-8 text,
     invalid labels) raise a `DataError` naming dataset, split, example index and field, or with
     `on_bad_row='skip'` are left out and listed in `TaskData.skipped`. `max_examples` stops
-    reading once that many rows are kept.
+    reading once that many rows are kept. `require_labels` (our train and dev splits) makes a
+    dataset without a label field a `DataError`, and every -1 label a bad row.
     """
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
@@ -227,17 +230,25 @@ def load_tfds_split(
         ) from None
 
     source = f"tfds:{name}[{split}]"
+    data_dir = expand_path(data_dir or "", "tfds data_dir") or None
     where = data_dir or default_data_dir()
     builder = open_builder(tfds, name, data_dir)
     mapping = _resolve_fields(name, spec, builder.info.features, fields)
     data = open_split(builder, name, split, where)
     text_names = [mapping["text_a"]] + ([mapping["text_b"]] if spec.is_pair else [])
     label_name, id_name = mapping["label"], mapping["id"]
+    if require_labels and label_name is None:
+        raise DataError(
+            f"{source}: no label field (the field mapping has label=None; features: "
+            f"{sorted(builder.info.features)}), but this split is used for training or scoring: "
+            f"name the label feature in fields={{'label': ...}}"
+        )
 
     # Kept rows; a -1 label is provisional until the split turns out to be labeled after all.
     kept: list[tuple[int, str, list[str], float | None]] = []  # (index, id, texts, label)
     skipped: list[tuple[int, SkippedRow]] = []
-    all_unlabeled = label_name is not None  # every label read so far is -1
+    all_unlabeled = label_name is not None and not require_labels  # every label read so far is -1
+    unlabeled_rows: list[int] = []  # rows left out for a -1 label
 
     def bad(index: int, row_id: str | None, field: str | None, reason: str) -> None:
         what = f"example #{index}" + (f" (id {row_id})" if row_id is not None else "")
@@ -250,6 +261,7 @@ def load_tfds_split(
     def check_label(index: int, row_id: str, value: float) -> bool:
         reason = spec.check_label(value)
         if reason is not None and value == UNLABELED:
+            unlabeled_rows.append(index)
             reason += " (-1 means 'no label' in TFDS; only a split whose labels are all -1 is unlabeled)"
         if reason is not None:
             bad(index, row_id, label_name, reason)
@@ -285,7 +297,9 @@ def load_tfds_split(
 
     skipped_rows = [row for _, row in sorted(skipped, key=lambda item: item[0])]
     if not kept:
-        raise DataError(f"{source}: no usable rows ({len(skipped_rows)} skipped)")
+        why = ", every one labeled -1 (TFDS's 'no label'): this split carries no labels" if (
+            require_labels and skipped_rows and len(unlabeled_rows) == len(skipped_rows)) else ""
+        raise DataError(f"{source}: no usable rows ({len(skipped_rows)} skipped){why}")
     if skipped_rows:
         logger.warning(
             "%s: skipped %d bad rows (on_bad_row='skip'), e.g. %s: %s",

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxmt.data.errors import DataError
+from jaxmt.paths import expand_path
 
 IGNORE = -1  # gold position of a window with no labels (evaluation rows)
 
@@ -54,6 +55,7 @@ def read_squad(path: str, allow_impossible: bool = False, max_examples: int | No
     Every answer must be the context's text at its `answer_start`; v2 unanswerable questions
     (`is_impossible: true`) are refused unless `allow_impossible`.
     """
+    path = expand_path(path, "SQuAD file")
     try:
         with open(path, encoding="utf-8-sig") as f:
             payload = json.load(f)

@@ -50,7 +50,9 @@ def resolve_model_dir(name: str) -> Path:
             raise ModelError(f"model alias {name!r} needs the Python package {package!r}, which is not installed. "
                              + INSTALL_HINT)
         return Path(spec.origin).parent / folder
-    path = Path(os.path.expanduser(name))
+    from jaxmt.paths import expand_path
+
+    path = Path(expand_path(name, "model"))
     if not path.is_dir():
         raise ModelError(f"model {name!r} is neither a known alias ({sorted(ALIASES)}) nor a directory. "
                          + INSTALL_HINT)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from jaxmt.data.errors import DataError
+from jaxmt.paths import expand_path
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +252,10 @@ class CorpusSpec:
 
     @classmethod
     def from_config(cls, data: Any) -> CorpusSpec:
-        return cls(source=data.source, files=tuple(data.files), format=data.format,
-                   split_sentences=bool(data.split_sentences), tfds_name=data.tfds_name,
-                   tfds_split=data.tfds_split, tfds_field=data.tfds_field, tfds_data_dir=data.tfds_data_dir)
+        return cls(source=data.source, files=tuple(expand_path(f, "config.data.files") for f in data.files),
+                   format=data.format, split_sentences=bool(data.split_sentences), tfds_name=data.tfds_name,
+                   tfds_split=data.tfds_split, tfds_field=data.tfds_field,
+                   tfds_data_dir=expand_path(data.tfds_data_dir, "config.data.tfds_data_dir"))
 
 
 def check_corpus_spec(spec: CorpusSpec) -> None:
@@ -298,7 +300,8 @@ def load_corpus(spec: CorpusSpec, tokenizer: Any, cache_dir: str | os.PathLike |
     settings = {"split_sentences": spec.split_sentences}
     shards = []
     for name, identity, read in _sources(spec):
-        shard_path = Path(cache_dir) / f"{shard_key(identity, tokenizer_hash, settings)}.npz" if cache_dir else None
+        shard_name = f"{shard_key(identity, tokenizer_hash, settings)}.npz"
+        shard_path = Path(expand_path(str(cache_dir), "config.data.cache_dir")) / shard_name if cache_dir else None
         if shard_path is not None and shard_path.is_file():
             log.info("%s: tokenized shard from the cache %s", name, shard_path)
             shards.append(_read_shard(shard_path, name))

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from jaxmt.data.errors import DataError
+from jaxmt.paths import expand_path
 
 HEADING = re.compile(r"^\s*=.*=\s*$")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
@@ -52,6 +53,7 @@ def read_corpus_sentences(path: str, min_words: int = 5, max_words: int = 40) ->
     WikiText's `<unk>` becomes `[UNK]`, which BERT tokenizers read as their own unknown token (not as
     the pieces of a made-up word), and its `@-@` style joins are undone.
     """
+    path = expand_path(path, "--corpus")
     try:
         with open(path, encoding="utf-8-sig") as f:
             lines = f.read().splitlines()
