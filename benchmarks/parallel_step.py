@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # noqa: E402
 from jaxmt.data.schema import DEFAULT_TASKS  # noqa: E402
 from jaxmt.parallel.mesh import make_mesh  # noqa: E402
-from jaxmt.parallel.step_runner import make_step_runner  # noqa: E402
+from jaxmt.training.step import multitask_step_runner  # noqa: E402
 from jaxmt.training import setup  # noqa: E402
 from jaxmt.training.optimizer import make_optimizer  # noqa: E402
 from jaxmt.training.step import init_state  # noqa: E402
@@ -80,7 +80,7 @@ def build(shape, mode: str, bert, devices, dtype: str = "float32"):
     tx = make_optimizer(config, 1000, len(DEFAULT_TASKS))
     make = lambda: init_state(model, tx, jax.random.PRNGKey(0), None)  # noqa: E731
     shardings = setup.state_shardings(jax.eval_shape(make), mesh)
-    runner = make_step_runner(config, mesh, model, tx, {t: 1.0 for t in DEFAULT_TASKS}, shardings)
+    runner = multitask_step_runner(config, mesh, model, tx, {t: 1.0 for t in DEFAULT_TASKS}, shardings)
     state = jax.jit(make, out_shardings=shardings)()
     host = random_batches(bert.vocab_size, _BATCH.value, _LENGTH.value)
     if mode == "pmap":

@@ -3,7 +3,7 @@
 Two settings, all positions real tokens (no padding), the same random batches for both frameworks:
   (a) single task: sst, batch 32, length 64 (the issue's measured setting), summed loss;
   (b) multitask: sst, para, sts, per-task batch 16, length 64, summed losses and PCGrad.
-jaxmt runs its real step (`make_step_runner` -> `JitStep` -> `make_train_step`, built as the trainer
+jaxmt runs its real step (`multitask_step_runner` -> `JitStep` -> `make_train_step`, built as the trainer
 builds it); torch runs `benchmarks/torch_reference.py` (HF `BertModel`, AdamW, Pytorch-PCGrad style
 surgery) on the same MiniLM weights with torch.set_num_threads(--torch_threads). All runners alternate
 in repeats (A, B, C, ..., A, B, C, ...) in one process; medians (wall and process CPU time) and
@@ -40,7 +40,7 @@ from jaxmt.models.pretrained import load_pretrained  # noqa: E402
 from jaxmt.parallel.host_data import put_global  # noqa: E402
 from jaxmt.parallel.mesh import make_mesh  # noqa: E402
 from jaxmt.parallel.state_sharding import encoder_shardings  # noqa: E402
-from jaxmt.parallel.step_runner import make_step_runner  # noqa: E402
+from jaxmt.training.step import multitask_step_runner  # noqa: E402
 from jaxmt.training import setup  # noqa: E402
 from jaxmt.training.optimizer import make_optimizer  # noqa: E402
 from jaxmt.training.step import init_state  # noqa: E402
@@ -137,7 +137,7 @@ def jaxmt_runner(name: str, pretrained, tasks: tuple[str, ...], host_batches: di
     init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     abstract_state = jax.eval_shape(lambda p: init_state(model, tx, init_rng, p), pretrained.params)
     state_sharding = setup.state_shardings(abstract_state, mesh)
-    runner = make_step_runner(config, mesh, model, tx, setup.loss_weights(config, specs), state_sharding)
+    runner = multitask_step_runner(config, mesh, model, tx, setup.loss_weights(config, specs), state_sharding)
     init = jax.jit(lambda p: init_state(model, tx, init_rng, p), out_shardings=state_sharding)
     state = init(put_global(pretrained.params, encoder_shardings(pretrained.params, mesh)))
     batches = jax.device_put(host_batches, runner.data_sharding)

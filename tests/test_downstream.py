@@ -399,11 +399,12 @@ def test_tiny_qa_run_lowers_the_loss_and_scores_dev(tmp_path, qa_bert, squad_fil
 
 def test_qa_sigterm_saves_and_the_same_call_resumes_exactly(tmp_path, qa_bert, squad_file, monkeypatch):
     from jaxmt.downstream import qa_train
+    from jaxmt.training import loop
     from jaxmt.training.faults import Preempted
 
     config = tiny_qa_config(qa_bert, squad_file, num_steps=8, checkpoint_every=100)
     full = qa_train.train_and_evaluate_qa(config, str(tmp_path / "full"))
-    sigterm_after_logging(qa_train, monkeypatch, step=3)
+    sigterm_after_logging(loop, monkeypatch, step=3)
     with pytest.raises(Preempted, match="at step 4"):  # the signal is acted on after the next step
         qa_train.train_and_evaluate_qa(config, str(tmp_path / "cut"))
     assert os.listdir(tmp_path / "cut" / "checkpoints") == ["4"]

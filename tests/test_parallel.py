@@ -147,7 +147,7 @@ def run_strategies(model_dir: str) -> dict:
     from jaxmt.parallel.mesh import make_mesh
     from jaxmt.parallel.sharding_rules import path_name
     from jaxmt.parallel.state_sharding import encoder_shardings
-    from jaxmt.parallel.step_runner import make_step_runner
+    from jaxmt.training.step import multitask_step_runner
     from jaxmt.training import setup
     from jaxmt.training.optimizer import make_optimizer
     from jaxmt.training.step import init_state
@@ -172,7 +172,7 @@ def run_strategies(model_dir: str) -> dict:
         abstract = jax.eval_shape(lambda p, m=model, t=tx: init_state(m, t, jax.random.PRNGKey(0), p),
                                   pretrained.params)
         shardings = setup.state_shardings(abstract, mesh)
-        runner = make_step_runner(config, mesh, model, tx, setup.loss_weights(config, specs), shardings)
+        runner = multitask_step_runner(config, mesh, model, tx, setup.loss_weights(config, specs), shardings)
         init = jax.jit(lambda p, m=model, t=tx: init_state(m, t, jax.random.PRNGKey(0), p), out_shardings=shardings)
         state = init(put_global(pretrained.params, encoder_shardings(pretrained.params, mesh)))
         splits = setup.encode_splits(config, {t: demo_split(s, "train", 64) for t, s in specs.items()},

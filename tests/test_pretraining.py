@@ -460,6 +460,7 @@ def test_pretrain_sigterm_saves_and_the_same_call_resumes_exactly(tmp_path, bert
     import os
 
     from jaxmt.pretraining import trainer
+    from jaxmt.training import loop
     from jaxmt.training.faults import Preempted
 
     corpus_file = tmp_path / "corpus.txt"
@@ -467,7 +468,7 @@ def test_pretrain_sigterm_saves_and_the_same_call_resumes_exactly(tmp_path, bert
     config = tiny_pretrain_config(bert_dir, corpus_file, tmp_path / "cache", num_steps=8, log_every=1,
                                   checkpoint_every=100)
     trainer.pretrain(config, str(tmp_path / "full"))
-    sigterm_after_logging(trainer, monkeypatch, step=3)
+    sigterm_after_logging(loop, monkeypatch, step=3)
     with pytest.raises(Preempted, match="at step 4"):  # acted on after the step in flight
         trainer.pretrain(config, str(tmp_path / "cut"))
     assert os.listdir(tmp_path / "cut" / "checkpoints") == ["4"]

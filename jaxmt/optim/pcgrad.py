@@ -238,7 +238,7 @@ def _surgery(
 def pcgrad(
     num_tasks: int,
     reduction: str = "sum",
-    seed: int = 0,
+    seed: int | jax.Array = 0,
     mask: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
     """PCGrad gradient surgery over stacked per-task gradients.
@@ -247,7 +247,8 @@ def pcgrad(
       num_tasks: number of tasks ``T``; every update leaf must have leading axis ``T``. Needed up
         front so the state (``cosine`` is ``[T, T]``) has a static shape.
       reduction: how projected task gradients are combined: ``"sum"`` (paper) or ``"mean"``.
-      seed: seed of the PRNG key that draws a fresh random task order every step.
+      seed: seed of the PRNG key that draws a fresh random task order every step, or the key itself
+        (the trainer passes its own stream, `jaxmt.core.rngs.stream_key(seed, "pcgrad")`).
       mask: optional pytree of static bools with the params' structure (or a prefix of it), or a
         callable ``params -> such tree``. True leaves take part in the surgery; False leaves (e.g.
         task-specific heads) are only reduced over the task axis and do not enter the dot products.
@@ -265,7 +266,7 @@ def pcgrad(
     def init_fn(params: Any) -> PCGradState:
         del params
         return PCGradState(
-            key=jax.random.PRNGKey(seed),
+            key=seed if isinstance(seed, jax.Array) else jax.random.PRNGKey(seed),
             num_conflicts=jnp.zeros((), jnp.int32),
             cosine=jnp.zeros((num_tasks, num_tasks), jnp.float32),
         )

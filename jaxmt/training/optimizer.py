@@ -6,6 +6,8 @@ import jax
 import optax
 from ml_collections import ConfigDict
 
+from jaxmt.core.rngs import stream_key
+
 
 def learning_rate_schedule(config: ConfigDict, num_steps: int) -> optax.Schedule:
     """Linear warm-up to `learning_rate`, then linear decay to zero at `num_steps`."""
@@ -40,7 +42,8 @@ def make_optimizer(config: ConfigDict, num_steps: int, num_tasks: int) -> optax.
     if config.optim.gradient_surgery == "pcgrad":
         from jaxmt.optim.pcgrad import pcgrad
 
-        chain.append(pcgrad(num_tasks, reduction=config.optim.surgery_reduction, seed=config.seed,
+        chain.append(pcgrad(num_tasks, reduction=config.optim.surgery_reduction,
+                            seed=stream_key(config.seed, "pcgrad"),
                             mask=lambda p: surgery_mask(p, config.optim.surgery_scope)))
     elif config.optim.gradient_surgery != "none":
         raise ValueError(f"optim.gradient_surgery must be 'none' or 'pcgrad', got {config.optim.gradient_surgery!r}")
