@@ -33,10 +33,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # noqa: E402
 from jaxmt.data.schema import DEFAULT_TASKS  # noqa: E402
 from jaxmt.parallel.mesh import make_mesh  # noqa: E402
-from jaxmt.training.step import multitask_step_runner  # noqa: E402
 from jaxmt.training import setup  # noqa: E402
 from jaxmt.training.optimizer import make_optimizer  # noqa: E402
-from jaxmt.training.step import init_state  # noqa: E402
+from jaxmt.training.step import (
+    init_state,  # noqa: E402
+    multitask_step_runner,  # noqa: E402
+)
 
 _BATCH = flags.DEFINE_integer("batch", 32, "Examples per task per step (global).")
 _LENGTH = flags.DEFINE_integer("length", 64, "Tokens per sequence.")

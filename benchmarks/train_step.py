@@ -40,10 +40,12 @@ from jaxmt.models.pretrained import load_pretrained  # noqa: E402
 from jaxmt.parallel.host_data import put_global  # noqa: E402
 from jaxmt.parallel.mesh import make_mesh  # noqa: E402
 from jaxmt.parallel.state_sharding import encoder_shardings  # noqa: E402
-from jaxmt.training.step import multitask_step_runner  # noqa: E402
 from jaxmt.training import setup  # noqa: E402
 from jaxmt.training.optimizer import make_optimizer  # noqa: E402
-from jaxmt.training.step import init_state  # noqa: E402
+from jaxmt.training.step import (
+    init_state,  # noqa: E402
+    multitask_step_runner,  # noqa: E402
+)
 
 _MODEL = flags.DEFINE_string("model", "minilm", "Model alias or directory.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Alternating timing rounds.")

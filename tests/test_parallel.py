@@ -147,10 +147,9 @@ def run_strategies(model_dir: str) -> dict:
     from jaxmt.parallel.mesh import make_mesh
     from jaxmt.parallel.sharding_rules import path_name
     from jaxmt.parallel.state_sharding import encoder_shardings
-    from jaxmt.training.step import multitask_step_runner
     from jaxmt.training import setup
     from jaxmt.training.optimizer import make_optimizer
-    from jaxmt.training.step import init_state
+    from jaxmt.training.step import init_state, multitask_step_runner
 
     pretrained = load_pretrained(model_dir)
     specs = DEFAULT_TASKS
