@@ -18,12 +18,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import sys
 import types
+from collections.abc import Callable
 
-from absl import flags
+from absl import app, flags
 from ml_collections.config_flags import config_flags as ml_config_flags
 
 SHIPPED_CONFIGS_PREFIX = "configs"
@@ -125,3 +127,33 @@ def setup_logging() -> None:
     """jaxmt's own progress at INFO; libraries (Orbax, absl) only when they warn."""
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("jaxmt").setLevel(logging.INFO)
+
+
+def trainer_command(default_config: str, default_workdir: str, trainer: str, kind: tuple[str, str] | None = None,
+                    hidden_results: tuple[str, ...] = ()) -> Callable[[], None]:
+    """The `run()` of a training command: --config (default `default_config`) and --workdir; checks the config's
+    ranges, then runs `trainer` ("module:function", imported only then, so bad input fails fast) and prints its
+    results as JSON. `kind` = (a field the config must have, the message when it does not)."""
+
+    def main(argv: list[str]) -> None:
+        del argv
+        setup_logging()
+        from jaxmt.config_checks import check_ranges
+        from jaxmt.errors import ConfigError
+        from jaxmt.training.faults import user_facing_errors
+
+        config = flags.FLAGS.config
+        with user_facing_errors():
+            if kind is not None and kind[0] not in config:
+                raise ConfigError(kind[1])
+            check_ranges(config)
+            module, function = trainer.split(":")
+            results = getattr(importlib.import_module(module), function)(config, flags.FLAGS.workdir)
+        print(json.dumps({k: v for k, v in results.items() if k not in hidden_results}, indent=2, sort_keys=True))
+
+    def run() -> None:
+        define_config_flag(default_config)
+        flags.DEFINE_string("workdir", default_workdir, "Directory for checkpoints, logs and results.")
+        app.run(main, flags_parser=parse_flags)
+
+    return run

@@ -1,38 +1,11 @@
-"""Command line: python -m jaxmt.qa --config=configs/squad.py --workdir=DIR [--config.data.train_file=...]."""
+"""Command line: python -m jaxmt.qa --config=configs/squad.py --workdir=DIR [--config.data.train_file=...]
+(or jaxmt-qa). Extractive QA fine-tuning and SQuAD scoring; predictions in DIR/predictions.json.
+"""
 
-from __future__ import annotations
+from jaxmt.cli import trainer_command
 
-import json
-
-from absl import app, flags
-
-from jaxmt.cli import define_config_flag, parse_flags, setup_logging
-
-
-def define_flags() -> None:
-    define_config_flag("configs/squad.py")
-    flags.DEFINE_string("workdir", "runs/squad", "Directory for checkpoints, logs, predictions and results.")
-
-
-def main(argv: list[str]) -> None:
-    del argv
-    setup_logging()
-    from jaxmt.config_checks import check_ranges
-    from jaxmt.training.faults import user_facing_errors
-
-    with user_facing_errors():
-        check_ranges(flags.FLAGS.config)
-        from jaxmt.downstream.qa_train import train_and_evaluate_qa
-
-        results = train_and_evaluate_qa(flags.FLAGS.config, flags.FLAGS.workdir)
-    print(json.dumps({k: v for k, v in results.items() if k != "train_loss"}, indent=2, sort_keys=True))
-
-
-def run() -> None:
-    """The `jaxmt-qa` console script (and `python -m jaxmt.qa`)."""
-    define_flags()
-    app.run(main, flags_parser=parse_flags)
-
+run = trainer_command("configs/squad.py", "runs/squad", "jaxmt.downstream.qa_train:train_and_evaluate_qa",
+                      hidden_results=("train_loss",))
 
 if __name__ == "__main__":
     run()

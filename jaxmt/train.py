@@ -1,38 +1,11 @@
-"""Command line: python -m jaxmt.train --config=configs/pcgrad.py --workdir=DIR [--config.x.y=v]."""
+"""Command line: python -m jaxmt.train --config=configs/pcgrad.py --workdir=DIR [--config.x.y=v] (or jaxmt-train).
 
-from __future__ import annotations
+Multitask fine-tuning (jaxmt.training.trainer.train_and_evaluate); prints results.json.
+"""
 
-import json
+from jaxmt.cli import trainer_command
 
-from absl import app, flags
-
-from jaxmt.cli import define_config_flag, parse_flags, setup_logging
-
-
-def define_flags() -> None:
-    define_config_flag("configs/pcgrad.py")
-    flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, logs and results.")
-
-
-def main(argv: list[str]) -> None:
-    del argv
-    setup_logging()
-    from jaxmt.config_checks import check_ranges
-    from jaxmt.training.faults import user_facing_errors
-
-    with user_facing_errors():
-        check_ranges(flags.FLAGS.config)
-        from jaxmt.training.trainer import train_and_evaluate
-
-        results = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    print(json.dumps(results, indent=2, sort_keys=True))
-
-
-def run() -> None:
-    """The `jaxmt-train` console script (and `python -m jaxmt.train`)."""
-    define_flags()
-    app.run(main, flags_parser=parse_flags)
-
+run = trainer_command("configs/pcgrad.py", "runs/default", "jaxmt.training.trainer:train_and_evaluate")
 
 if __name__ == "__main__":
     run()

@@ -92,6 +92,52 @@ def test_two_processes_train_checkpoint_resume_like_one(tiny_bert_dir, tmp_path)
     assert_same(resumed_dev, {6: want_dev[6]}, "dev/")
 
 
+def start_processes(model_dir, workdir, port: int, **overrides) -> list[subprocess.Popen]:
+    """Two trainer processes x 2 CPU devices on 127.0.0.1, started directly (no launcher) so the test can
+    signal one of them."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    flags = [*trainer_flags(model_dir, workdir), *(f"--config.{k}={v}" for k, v in overrides.items()),
+             f"--config.parallel.coordinator_address=127.0.0.1:{port}", "--config.parallel.num_processes=2"]
+    return [subprocess.Popen([sys.executable, "-m", "jaxmt.train", *flags, f"--config.parallel.process_id={i}"],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step_and_resumes_exactly(tiny_bert_dir, tmp_path):
+    import signal
+    import time
+
+    import jax
+    import numpy as np
+    from conftest import read_params
+
+    steps = {"num_steps": 30, "checkpoint_every": 1000, "eval_every": 0}
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    for proc in start_processes(tiny_bert_dir, full, free_port(), **steps):
+        assert proc.wait(timeout=900) == 0, proc.stderr.read()[-3000:]
+
+    procs = start_processes(tiny_bert_dir, cut, free_port(), **steps)
+    metrics, deadline = cut / "metrics.jsonl", time.time() + 600
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)  # one host only, as when a scheduler reaches hosts at different times
+    stderr = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [75, 75], [e[-2000:] for e in stderr]
+    stopped = {int(e.split("at step ")[1].split(";")[0]) for e in stderr}
+    assert len(stopped) == 1, stderr  # both processes saved the same step
+    (step,) = stopped
+    assert 3 <= step < 30 and os.listdir(cut / "checkpoints") == [str(step)]
+    assert "received by another process" in stderr[0]
+
+    for proc in start_processes(tiny_bert_dir, cut, free_port(), **steps):
+        assert proc.wait(timeout=900) == 0, proc.stderr.read()[-3000:]
+    assert json.load(open(cut / "results.json"))["resumed_from_step"] == step
+    jax.tree.map(np.testing.assert_array_equal, read_params(full, 30), read_params(cut, 30))
+    logged = [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "train/loss/total" in r]
+    assert logged == list(range(1, 31))  # no step twice after the resume
+
+
 # ---- the launch scripts' dry runs -------------------------------------------------------------------------------
 
 def launch(script: str, *args: str) -> subprocess.CompletedProcess:

@@ -475,3 +475,41 @@ def test_pretrain_sigterm_saves_and_the_same_call_resumes_exactly(tmp_path, bert
     monkeypatch.undo()
     assert trainer.pretrain(config, str(tmp_path / "cut"))["resumed_from_step"] == 4
     jax.tree.map(np.testing.assert_array_equal, read_params(tmp_path / "full", 8), read_params(tmp_path / "cut", 8))
+
+
+PMAP_SCRIPT = """
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+sys.path[:0] = [{tests!r}, {root!r}]
+from test_pretraining import tiny_pretrain_config
+from jaxmt.pretraining.trainer import pretrain
+losses = {{}}
+for mode in ("jit", "pmap"):
+    config = tiny_pretrain_config({bert!r}, {corpus!r}, {cache!r}, num_steps=6, log_every=1, checkpoint_every=100,
+                                  **{{"parallel.mode": mode}})
+    workdir = os.path.join({tmp!r}, mode)
+    pretrain(config, workdir)
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    losses[mode] = [r["train/loss/total"] for r in rows if "train/loss/total" in r]
+print(json.dumps(losses))
+"""
+
+
+@pytest.mark.slow
+def test_pretraining_on_the_pmap_path_gives_the_jit_losses(tmp_path, bert_dir):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    corpus_file = tmp_path / "corpus.txt"
+    corpus_file.write_text(synthetic_corpus(16, 12))
+    script = PMAP_SCRIPT.format(tests=str(ROOT / "tests"), root=str(ROOT), bert=str(bert_dir),
+                                corpus=str(corpus_file), cache=str(tmp_path / "cache"), tmp=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(losses["jit"]) == 6
+    np.testing.assert_allclose(losses["pmap"], losses["jit"], rtol=2e-5, atol=2e-6)

@@ -9,47 +9,18 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-
-def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, steps: int = 300, l2: float = 1e-3):
-    """A multinomial logistic regression on standardised features (full-batch Adam); returns predict(x) -> ids."""
-    x = np.asarray(x, np.float32)
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    xs, ys = jnp.asarray((x - mean) / std), jnp.asarray(y, jnp.int32)
-    tx = optax.adam(0.05)
-
-    def loss(p):
-        logits = xs @ p["w"] + p["b"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, ys).mean() + l2 * jnp.sum(p["w"] ** 2)
-
-    @jax.jit
-    def train(p):
-        def body(_, carry):
-            p, s = carry
-            updates, s = tx.update(jax.grad(loss)(p), s, p)
-            return optax.apply_updates(p, updates), s
-        return jax.lax.fori_loop(0, steps, body, (p, tx.init(p)))[0]
-
-    params = train({"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros((num_classes,))})
-
-    def predict(z: np.ndarray) -> np.ndarray:
-        zs = (np.asarray(z, np.float32) - mean) / std
-        return np.asarray(jnp.argmax(zs @ params["w"] + params["b"], axis=-1))
-
-    return predict
+from jaxmt.probing.classifier import fit_logistic_probe
 
 
 def class_fidelity(real_x: np.ndarray, real_y: np.ndarray, fake_x: np.ndarray, fake_y: np.ndarray,
                    num_classes: int) -> dict[str, float]:
     """Probe fit on half the real rows: its accuracy on the other half, and on the fakes (= fidelity)."""
     fit = np.arange(len(real_x)) % 2 == 0
-    predict = fit_probe(real_x[fit], real_y[fit], num_classes)
-    return {"probe_real_accuracy": float(np.mean(predict(real_x[~fit]) == real_y[~fit])),
-            "class_fidelity": float(np.mean(predict(fake_x) == fake_y))}
+    probe = fit_logistic_probe(real_x[fit], real_y[fit])
+    return {"probe_real_accuracy": float(np.mean(probe.predict(real_x[~fit]) == real_y[~fit])),
+            "class_fidelity": float(np.mean(probe.predict(fake_x) == fake_y))}
 
 
 def mean_pairwise_distance(x: np.ndarray) -> float:

@@ -141,3 +141,10 @@ def train_gan(config: ConfigDict, workdir: str, data: GanData | None = None) -> 
     }
     loop.write_results(workdir, results)
     return results
+
+
+def train_gan_or_baseline(config: ConfigDict, workdir: str) -> dict:
+    """`config.gan.method` decides: AC-GAN-BERT ('acgan') or the fine-tuned baseline ('baseline')."""
+    from jaxmt.gan.baseline import train_baseline
+
+    return (train_baseline if config.gan.method == "baseline" else train_gan)(config, workdir)

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxmt.data.tokenization import bucket_length
+from jaxmt.probing.classifier import fit_logistic_probe
 from jaxmt.probing.tasks import ProbingTask
 
 
@@ -69,45 +69,17 @@ class LayerFeatures:
 
 @dataclasses.dataclass(frozen=True)
 class ProbeConfig:
-    steps: int = 300  # full-batch Adam steps
-    learning_rate: float = 0.05
+    steps: int = 300  # at most this many L-BFGS iterations of the logistic regression
     l2: float = 1e-3  # penalty on the weights (not the bias), per example
-
-
-def _standardise(train: jax.Array, test: jax.Array) -> tuple[jax.Array, jax.Array]:
-    mean, std = train.mean(axis=0), train.std(axis=0) + 1e-6
-    return (train - mean) / std, (test - mean) / std
-
-
-def train_probe(x_train: jax.Array, y_train: jax.Array, x_test: jax.Array, y_test: jax.Array, num_classes: int,
-                config: ProbeConfig = ProbeConfig()) -> jax.Array:
-    """Test accuracy of an L2-regularised softmax regression on one layer's features [N, H]."""
-    x_train, x_test = _standardise(x_train, x_test)
-    params = {"w": jnp.zeros((x_train.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
-    tx = optax.adam(config.learning_rate)
-
-    def loss(p):
-        logits = x_train @ p["w"] + p["b"]
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y_train).mean()
-        return ce + config.l2 * jnp.sum(p["w"] ** 2)
-
-    def step(carry, _):
-        p, state = carry
-        updates, state = tx.update(jax.grad(loss)(p), state, p)
-        return (optax.apply_updates(p, updates), state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=config.steps)
-    predictions = jnp.argmax(x_test @ params["w"] + params["b"], axis=-1)
-    return jnp.mean(predictions == y_test)
 
 
 def probe_layers(features: np.ndarray, task: ProbingTask, config: ProbeConfig = ProbeConfig()) -> np.ndarray:
     """Test accuracy of one probe per layer, [layers]; `features` is [layers, N, H] for `task.sentences`."""
-    feats = jnp.asarray(features)
-    y = jnp.asarray(task.labels)
-    run = jax.jit(jax.vmap(lambda x: train_probe(x[task.train], y[task.train], x[task.test], y[task.test],
-                                                 task.num_classes, config)))
-    return np.asarray(run(feats))
+    accuracies = []
+    for x in np.asarray(features):
+        probe = fit_logistic_probe(x[task.train], task.labels[task.train], config.l2, config.steps)
+        accuracies.append(np.mean(probe.predict(x[task.test]) == task.labels[task.test]))
+    return np.asarray(accuracies)
 
 
 def majority_accuracy(task: ProbingTask) -> float:

@@ -6,7 +6,6 @@ config, and every config error surfaces here, before anything is compiled.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from jax.sharding import Mesh
@@ -91,13 +90,3 @@ def state_shardings(abstract_state, mesh: Mesh):
     """Shardings of a TrainState or params tree: params by `jaxmt.parallel.sharding_rules` (FSDP over 'fsdp',
     Megatron over 'tensor'), optimizer state following its params; errors name any param that does not split."""
     return rule_shardings(abstract_state, mesh)
-
-
-@dataclasses.dataclass
-class DataReport:
-    """What was loaded, for the log and results.json."""
-
-    sizes: dict[str, dict[str, int]]
-    skipped: dict[str, dict[str, int]]
-    truncated: dict[str, dict[str, int]]
-    is_demo: bool
