@@ -9,7 +9,7 @@ import json
 
 from absl import app, flags
 
-from jaxmt.cli import define_config_flag, parse_flags, setup_logging
+from jaxmt.cli import check_run_inputs, define_config_flag, parse_flags, setup_logging
 
 
 def define_flags() -> None:
@@ -20,7 +20,6 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     del argv
     setup_logging()
-    from jaxmt.config_checks import check_ranges
     from jaxmt.errors import ConfigError
     from jaxmt.training.faults import user_facing_errors
 
@@ -28,7 +27,7 @@ def main(argv: list[str]) -> None:
     with user_facing_errors():
         if "gan" not in config:
             raise ConfigError("this config has no `gan` block: use configs/acgan.py or configs/acgan_baseline.py")
-        check_ranges(config)
+        check_run_inputs(config, flags.FLAGS.workdir)
         from jaxmt.gan.baseline import train_baseline
         from jaxmt.gan.trainer import train_gan
 

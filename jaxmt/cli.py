@@ -24,6 +24,7 @@ import sys
 import types
 
 from absl import flags
+from ml_collections import ConfigDict
 from ml_collections.config_flags import config_flags as ml_config_flags
 
 SHIPPED_CONFIGS_PREFIX = "configs"
@@ -119,6 +120,27 @@ def parse_flags(argv: list[str]) -> list[str]:
         message = str(err).replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip("'\" ")
         print(f"jaxmt: error: bad command-line flag: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_output_dir(path: str, flag: str = "--workdir") -> None:
+    """The folder a command writes must be creatable: not empty, and neither it nor a parent an existing file."""
+    from jaxmt.errors import ConfigError
+
+    if not path:
+        raise ConfigError(f"{flag} is empty: name the folder for the run's outputs")
+    existing = os.path.abspath(os.path.expanduser(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{flag}={path}: {existing} is a file, not a folder")
+
+
+def check_run_inputs(config: ConfigDict, workdir: str) -> None:
+    """What a training command checks before it loads anything: the workdir and every numeric config range."""
+    from jaxmt.config_checks import check_ranges
+
+    check_output_dir(workdir)
+    check_ranges(config)
 
 
 def setup_logging() -> None:

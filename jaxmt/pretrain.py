@@ -10,7 +10,7 @@ import json
 
 from absl import app, flags
 
-from jaxmt.cli import define_config_flag, parse_flags, setup_logging
+from jaxmt.cli import check_run_inputs, define_config_flag, parse_flags, setup_logging
 
 
 def define_flags() -> None:
@@ -21,7 +21,6 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     del argv
     setup_logging()
-    from jaxmt.config_checks import check_ranges
     from jaxmt.errors import ConfigError
     from jaxmt.training.faults import user_facing_errors
 
@@ -30,7 +29,7 @@ def main(argv: list[str]) -> None:
         if "transfer" not in config or "task_names" not in config:
             raise ConfigError("this is not a pre-training config: use configs/pretrain_bert.py or "
                               "configs/pretrain_hierarchical.py")
-        check_ranges(config)
+        check_run_inputs(config, flags.FLAGS.workdir)
         from jaxmt.pretraining.trainer import pretrain
 
         results = pretrain(config, flags.FLAGS.workdir)

@@ -13,7 +13,7 @@ import time
 
 from absl import app, flags
 
-from jaxmt.cli import parse_flags, setup_logging
+from jaxmt.cli import check_output_dir, parse_flags, setup_logging
 
 log = logging.getLogger("jaxmt.probe")
 
@@ -128,6 +128,7 @@ def main(argv: list[str]) -> None:
 
     f = flags.FLAGS
     with user_facing_errors():
+        check_output_dir(f.out, "--out")
         summary = run_probing(parse_models(f.models), f.corpus, f.out, f.tasks, f.max_sentences, f.seed,
                               f.max_length, f.batch_size, f.probe_steps, f.l2)
     with open(summary["files"]["markdown"]) as md:

@@ -6,7 +6,7 @@ import json
 
 from absl import app, flags
 
-from jaxmt.cli import define_config_flag, parse_flags, setup_logging
+from jaxmt.cli import check_run_inputs, define_config_flag, parse_flags, setup_logging
 
 
 def define_flags() -> None:
@@ -17,11 +17,10 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     del argv
     setup_logging()
-    from jaxmt.config_checks import check_ranges
     from jaxmt.training.faults import user_facing_errors
 
     with user_facing_errors():
-        check_ranges(flags.FLAGS.config)
+        check_run_inputs(flags.FLAGS.config, flags.FLAGS.workdir)
         from jaxmt.downstream.qa_train import train_and_evaluate_qa
 
         results = train_and_evaluate_qa(flags.FLAGS.config, flags.FLAGS.workdir)
