@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import types
+from typing import NoReturn
 
 from absl import flags
 from ml_collections import ConfigDict
@@ -106,20 +107,31 @@ class ConfigFileParser(flags.ArgumentParser):
 
 def define_config_flag(default: str, help_string: str = "Path to a config file with get_config().") -> None:
     """`--config` (and its `--config.x.y=v` overrides), resolved and loaded by `ConfigFileParser`."""
-    flag = ml_config_flags._ConfigFlag(parser=ConfigFileParser(), serializer=flags.ArgumentSerializer(),
-                                       name="config", default=default, help_string=help_string,
-                                       flag_values=flags.FLAGS)
+    try:  # without --config on the command line, ml_collections loads the default and its overrides right here
+        flag = ml_config_flags._ConfigFlag(parser=ConfigFileParser(), serializer=flags.ArgumentSerializer(),
+                                           name="config", default=default, help_string=help_string,
+                                           flag_values=flags.FLAGS)
+    except FLAG_ERRORS as err:
+        exit_bad_flag(err)
     flags.DEFINE_flag(flag, flags.FLAGS)
+
+
+FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError)
+
+
+def exit_bad_flag(err: Exception) -> NoReturn:
+    """Prints a flag error on one line and exits 2."""
+    message = str(err).replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip("'\" ")
+    print(f"jaxmt: error: bad command-line flag: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, with a misspelt or ill-typed --config.x override as a one-line error."""
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
-        message = str(err).replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip("'\" ")
-        print(f"jaxmt: error: bad command-line flag: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except FLAG_ERRORS as err:
+        exit_bad_flag(err)
 
 
 def check_output_dir(path: str, flag: str = "--workdir") -> None:

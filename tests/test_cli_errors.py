@@ -2,6 +2,7 @@
 the README's "When things go wrong" table. All fail before any model is loaded, so each takes seconds."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -16,8 +17,9 @@ def run_command(module, *args, cwd=ROOT):
 
 
 def assert_one_line_error(out, message):
+    """Exit 2 and one error line; INFO log lines (absl's `I1202 06:29:21.32 ...`) may come before it."""
     assert out.returncode == 2, out.stderr[-2000:]
-    lines = out.stderr.strip().splitlines()
+    lines = [line for line in out.stderr.strip().splitlines() if not re.match(r"I\d{4} ", line)]
     assert len(lines) == 1 and lines[0].startswith("jaxmt: error: "), out.stderr[-2000:]
     assert message in lines[0]
 
@@ -42,6 +44,9 @@ def files(tmp_path):
     ("jaxmt.train", ["--config=configs/entailment.py:bogus"], "unknown data 'bogus'; choose sick or one of"),
     ("jaxmt.train", ["--workdir={tmp}/a_file/run"], "a_file is a file, not a folder"),
     ("jaxmt.pretrain", ["--workdir="], "--workdir is empty"),
+    ("jaxmt.pretrain", ["--config.parallel.distributed=on"], "bad command-line flag: parallel"),
+    ("jaxmt.train", ["--config.optim.learning_rat=1"], 'Did you mean "learning_rate"'),
+    ("jaxmt.train", ["--config.parallel.distributed=on", "--workdir={tmp}/w"], "but coordinator_address should be"),
     ("jaxmt.qa", ["--config.decode.n_best=0"], "config.decode.n_best = 0; expected >= 1"),
     ("jaxmt.acgan", ["--config.gan.g_dropout=1.0"], "config.gan.g_dropout = 1.0; expected in [0, 1)"),
     ("jaxmt.sweep", ["--fractions=0.1,half"], "--fractions=0.1,half: give numbers in (0, 1]"),
