@@ -24,8 +24,10 @@ import os
 import sys
 import types
 from collections.abc import Callable
+from typing import NoReturn
 
 from absl import app, flags
+from ml_collections import ConfigDict
 from ml_collections.config_flags import config_flags as ml_config_flags
 
 SHIPPED_CONFIGS_PREFIX = "configs"
@@ -107,20 +109,52 @@ class ConfigFileParser(flags.ArgumentParser):
 
 def define_config_flag(default: str, help_string: str = "Path to a config file with get_config().") -> None:
     """`--config` (and its `--config.x.y=v` overrides), resolved and loaded by `ConfigFileParser`."""
-    flag = ml_config_flags._ConfigFlag(parser=ConfigFileParser(), serializer=flags.ArgumentSerializer(),
-                                       name="config", default=default, help_string=help_string,
-                                       flag_values=flags.FLAGS)
+    try:  # without --config on the command line, ml_collections loads the default and its overrides right here
+        flag = ml_config_flags._ConfigFlag(parser=ConfigFileParser(), serializer=flags.ArgumentSerializer(),
+                                           name="config", default=default, help_string=help_string,
+                                           flag_values=flags.FLAGS)
+    except FLAG_ERRORS as err:
+        exit_bad_flag(err)
     flags.DEFINE_flag(flag, flags.FLAGS)
+
+
+FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError)
+
+
+def exit_bad_flag(err: Exception) -> NoReturn:
+    """Prints a flag error on one line and exits 2."""
+    message = str(err).replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip("'\" ")
+    print(f"jaxmt: error: bad command-line flag: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, with a misspelt or ill-typed --config.x override as a one-line error."""
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
-        message = str(err).replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip("'\" ")
-        print(f"jaxmt: error: bad command-line flag: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except FLAG_ERRORS as err:
+        exit_bad_flag(err)
+
+
+def check_output_dir(path: str, flag: str = "--workdir") -> None:
+    """The folder a command writes must be creatable: not empty, and neither it nor a parent an existing file."""
+    from jaxmt.errors import ConfigError
+
+    if not path:
+        raise ConfigError(f"{flag} is empty: name the folder for the run's outputs")
+    existing = os.path.abspath(os.path.expanduser(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{flag}={path}: {existing} is a file, not a folder")
+
+
+def check_run_inputs(config: ConfigDict, workdir: str) -> None:
+    """What a training command checks before it loads anything: the workdir and every numeric config range."""
+    from jaxmt.config_checks import check_ranges
+
+    check_output_dir(workdir)
+    check_ranges(config)
 
 
 def setup_logging() -> None:
@@ -138,7 +172,6 @@ def trainer_command(default_config: str, default_workdir: str, trainer: str, kin
     def main(argv: list[str]) -> None:
         del argv
         setup_logging()
-        from jaxmt.config_checks import check_ranges
         from jaxmt.errors import ConfigError
         from jaxmt.training.faults import user_facing_errors
 
@@ -146,7 +179,7 @@ def trainer_command(default_config: str, default_workdir: str, trainer: str, kin
         with user_facing_errors():
             if kind is not None and kind[0] not in config:
                 raise ConfigError(kind[1])
-            check_ranges(config)
+            check_run_inputs(config, flags.FLAGS.workdir)
             module, function = trainer.split(":")
             results = getattr(importlib.import_module(module), function)(config, flags.FLAGS.workdir)
         print(json.dumps({k: v for k, v in results.items() if k not in hidden_results}, indent=2, sort_keys=True))

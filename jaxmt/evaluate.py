@@ -15,7 +15,7 @@ from absl import app, flags
 
 from jaxmt.checkpointing.manager import Checkpoints, abstract_like
 from jaxmt.checkpointing.workdir import read_run_config
-from jaxmt.cli import parse_flags, setup_logging
+from jaxmt.cli import check_output_dir, parse_flags, setup_logging
 from jaxmt.config_checks import check_ranges
 from jaxmt.data.demo import DEMO_BANNER
 from jaxmt.data.sources import load_splits, task_specs
@@ -80,6 +80,8 @@ def main(argv: list[str]) -> None:
     setup_logging()
     f = flags.FLAGS
     with user_facing_errors():
+        if f.output_dir:
+            check_output_dir(f.output_dir, "--output_dir")
         result = evaluate_workdir(f.workdir, f.split, f.checkpoint, f.output_dir)
     tag = f"[{DEMO_BANNER}] " if result["demo_data"] else ""
     for task, value in result["metrics"].items():

@@ -11,7 +11,7 @@ import os
 
 from absl import app, flags
 
-from jaxmt.cli import parse_flags
+from jaxmt.cli import check_output_dir, parse_flags
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -99,6 +99,8 @@ def main(argv: list[str]) -> None:
     from jaxmt.training.faults import user_facing_errors
 
     with user_facing_errors():
+        if flags.FLAGS.out:
+            check_output_dir(os.path.dirname(flags.FLAGS.out) or ".", "--out")
         print(plot_run(flags.FLAGS.workdir, flags.FLAGS.out))
 
 

@@ -13,7 +13,7 @@ import time
 
 from absl import app, flags
 
-from jaxmt.cli import parse_flags, setup_logging
+from jaxmt.cli import check_output_dir, parse_flags, setup_logging
 from jaxmt.paths import expand_path
 
 log = logging.getLogger("jaxmt.probe")
@@ -30,7 +30,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seeds task construction and the train/test split.", lower_bound=0)
     flags.DEFINE_integer("max_length", 64, "Tokens per sentence at most.", lower_bound=8)
     flags.DEFINE_integer("batch_size", 64, "Sentences per encoder batch.", lower_bound=1)
-    flags.DEFINE_integer("probe_steps", 300, "At most this many L-BFGS iterations of each logistic-regression probe (scikit-learn).", lower_bound=1)
+    flags.DEFINE_integer("probe_steps", 300, "L-BFGS iterations (at most) of each scikit-learn logistic-regression probe.", lower_bound=1)
     flags.DEFINE_float("l2", 1e-3, "L2 penalty on the probe weights.", lower_bound=0.0)
 
 
@@ -130,6 +130,7 @@ def main(argv: list[str]) -> None:
 
     f = flags.FLAGS
     with user_facing_errors():
+        check_output_dir(f.out, "--out")
         summary = run_probing(parse_models(f.models), f.corpus, f.out, f.tasks, f.max_sentences, f.seed,
                               f.max_length, f.batch_size, f.probe_steps, f.l2)
     with open(summary["files"]["markdown"]) as md:

