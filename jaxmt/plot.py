@@ -18,8 +18,17 @@ def read_metrics(workdir: str) -> list[dict]:
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: not found; is {workdir} a jaxmt training workdir?")
+    from jaxmt.data.errors import DataError
+
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{number}: not a JSON line ({err.msg})") from None
+    return rows
 
 
 def series(rows: list[dict], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -80,7 +89,11 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    print(plot_run(flags.FLAGS.workdir, flags.FLAGS.out))
+    from jaxmt.training.faults import user_facing_errors
+
+    with user_facing_errors():
+        path = plot_run(flags.FLAGS.workdir, flags.FLAGS.out)
+    print(path)
 
 
 if __name__ == "__main__":

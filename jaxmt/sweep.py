@@ -23,6 +23,19 @@ def define_flags() -> None:
                         "'off' = none): a method's runs at different fractions compile the same programs.")
 
 
+def parse_fractions(items: list[str]) -> list[float]:
+    """--fractions as numbers in (0, 1]; anything else is a one-line ConfigError (exit 2)."""
+    from jaxmt.errors import ConfigError
+
+    try:
+        fractions = [float(item) for item in items]
+    except ValueError:
+        fractions = []
+    if not fractions or not all(0.0 < value <= 1.0 for value in fractions):
+        raise ConfigError(f"--fractions={','.join(items)}: give labeled fractions in (0, 1], comma separated")
+    return fractions
+
+
 def main(argv: list[str]) -> None:
     del argv
     setup_logging()
@@ -30,17 +43,13 @@ def main(argv: list[str]) -> None:
     from jaxmt.training.faults import user_facing_errors
 
     f = flags.FLAGS
-
-    try:
-        fractions = [float(f) for f in f.fractions]
-    except ValueError:
-        raise SystemExit(f"jaxmt: error: --fractions={','.join(f.fractions)}: give numbers in (0, 1]") from None
-    if f.compilation_cache != "off":
-        import jax
-
-        jax.config.update("jax_compilation_cache_dir", f.compilation_cache or os.path.join(f.workdir, "xla_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     with user_facing_errors():
+        fractions = parse_fractions(f.fractions)
+        if f.compilation_cache != "off":
+            import jax
+
+            jax.config.update("jax_compilation_cache_dir", f.compilation_cache or os.path.join(f.workdir, "xla_cache"))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
         rows = run_sweep(f.config, f.workdir, fractions, tuple(f.methods))
     print(markdown_table(rows))
 
