@@ -7,8 +7,9 @@ e.g. `--config.data.source=csv --config.num_steps=2000`.
 from ml_collections import ConfigDict
 
 
-def _task(kind: str, pair: bool, num_classes: int, files: tuple[str, str, str], tfds_name: str,
-          tfds_fields: tuple[str, str, str], batch_size: int = 16) -> ConfigDict:
+def task(kind: str, pair: bool, num_classes: int = 1, files: tuple[str, str, str] = ("", "", ""),
+         tfds_name: str = "", tfds_fields: tuple[str, str, str] = ("", "", ""), batch_size: int = 16) -> ConfigDict:
+    """One `config.tasks.<name>` block; a config file adds a task with it (docs/api.md, "Adding a task")."""
     return ConfigDict(dict(
         kind=kind,  # classification (softmax, accuracy) | binary (one logit, accuracy) | regression (Pearson r)
         pair=pair,  # True: sentence-pair task (text_a, text_b)
@@ -30,13 +31,10 @@ def get_config() -> ConfigDict:
     config = ConfigDict()
     config.seed = 0  # seeds init, dropout, data order and PCGrad's task orders
     config.task_names = ("sst", "para", "sts")  # tasks trained, each defined in config.tasks
-    config.tasks = ConfigDict(dict(  # one block a task: its kind, data files and batch size (see _task)
-        sst=_task("classification", False, 5, ("ids-sst-train.csv", "ids-sst-dev.csv", "ids-sst-test-student.csv"),
-                  "", ("", "", "")),
-        para=_task("binary", True, 1, ("quora-train.csv", "quora-dev.csv", "quora-test-student.csv"),
-                   "", ("", "", "")),
-        sts=_task("regression", True, 1, ("sts-train.csv", "sts-dev.csv", "sts-test-student.csv"),
-                  "", ("", "", "")),
+    config.tasks = ConfigDict(dict(  # one block a task: its kind, data files and batch size (see task above)
+        sst=task("classification", False, 5, ("ids-sst-train.csv", "ids-sst-dev.csv", "ids-sst-test-student.csv")),
+        para=task("binary", True, 1, ("quora-train.csv", "quora-dev.csv", "quora-test-student.csv")),
+        sts=task("regression", True, 1, ("sts-train.csv", "sts-dev.csv", "sts-test-student.csv")),
     ))
 
     config.data = ConfigDict()

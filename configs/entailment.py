@@ -29,7 +29,7 @@ def get_config(data: str = "sick") -> ConfigDict:
     config = default.get_config()
     config.unlock()
     config.task_names = ("nli",)
-    config.tasks.nli = default._task("classification", True, 3, ("", "", ""), "", ("", "", ""), batch_size=32)
+    config.tasks.nli = default.task("classification", pair=True, num_classes=3, batch_size=32)
     if data == "sick":
         config.data.source = "sick"
     elif data in TFDS_PRESETS:

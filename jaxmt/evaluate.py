@@ -1,8 +1,11 @@
-"""Command line: python -m jaxmt.evaluate --workdir=DIR [--split=dev|test] [--checkpoint=best|latest].
+"""Command line: python -m jaxmt.evaluate --workdir=DIR [--split=dev|test] [--checkpoint=best|latest] [--data_dir=D].
 
-Restores a trained run's params (read-only: nothing is written under the checkpoint folders),
-prints the metrics of each task that has labels, and writes predictions in the CS224N
-submission format to DIR/predictions/ (e.g. sst-dev-output.csv).
+Restores a trained run's params (read-only: nothing is written under the checkpoint folders) and
+rebuilds its model and data from the config the run recorded in DIR/config.json; prints the
+metrics of each task that has labels, and writes predictions in the CS224N starter's format to
+DIR/predictions/ (e.g. sst-dev-output.csv). `--data_dir` reads CS224N-format files from another
+folder instead of the run's own data. A task whose split has no file (the course gives no Quora
+test file) gets no prediction file, and the command says so.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import os
 
 import jax
+import numpy as np
 from absl import app, flags
 
 from jaxmt.checkpointing.manager import Checkpoints, abstract_like
@@ -18,36 +22,62 @@ from jaxmt.checkpointing.workdir import read_run_config
 from jaxmt.cli import check_output_dir, parse_flags, setup_logging
 from jaxmt.config_checks import check_ranges
 from jaxmt.data.demo import DEMO_BANNER
+from jaxmt.data.errors import DataError
+from jaxmt.data.schema import BINARY, CLASSIFICATION
 from jaxmt.data.sources import load_splits, task_specs
 from jaxmt.models.pretrained import load_pretrained
 from jaxmt.parallel.mesh import make_mesh
+from jaxmt.paths import expand_path
 from jaxmt.training import setup
 from jaxmt.training.evaluation import Predictor
 from jaxmt.training.faults import user_facing_errors
 
-# The CS224N starter code's column names (its "Similiarity" spelling included, which its grader expects).
-PREDICTION_COLUMNS = {"sst": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase", "sts": "Predicted_Similiarity"}
+# The column names the CS224N starter writes (evaluation.py, test_model_multitask), its
+# "Similiary" spelling included, so the files drop in wherever the starter's files are read.
+PREDICTION_COLUMNS = {"sst": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase", "sts": "Predicted_Similiary"}
 
 
-def write_predictions(path: str, task: str, ids: list[str], predictions) -> None:
-    """One CS224N output file: a header `id \\t Predicted_X`, then `id , value` a line."""
+def format_prediction(kind: str, value: float) -> str:
+    """A value as the starter prints it: argmax class as an int, paraphrase as the rounded sigmoid
+    (a float: `1.0`), similarity as a float32."""
+    if kind == CLASSIFICATION:
+        return str(int(value))
+    if kind == BINARY:
+        return str(float(value))
+    return str(np.float32(value))
+
+
+def write_predictions(path: str, task: str, ids: list[str], predictions, kind: str = CLASSIFICATION) -> None:
+    """One CS224N output file: a header `id \\t Predicted_X `, then `id , value ` a line."""
     column = PREDICTION_COLUMNS.get(task, "Predicted_Label")
     with open(path, "w") as f:
         f.write(f"id \t {column} \n")
         for example_id, value in zip(ids, predictions):
-            f.write(f"{example_id} , {value} \n")
+            f.write(f"{example_id} , {format_prediction(kind, value)} \n")
 
 
 def evaluate_workdir(workdir: str, split: str = "dev", checkpoint: str = "best",
-                     output_dir: str | None = None) -> dict:
-    """Restores `checkpoint` of the run in `workdir`, evaluates `split` and writes predictions."""
+                     output_dir: str | None = None, data_dir: str | None = None) -> dict:
+    """Restores `checkpoint` of the run in `workdir`, evaluates `split` and writes predictions.
+
+    The model and data come from WORKDIR/config.json; `data_dir` swaps the data for the
+    CS224N-format files (the run's `tasks.<name>.files` names) in that folder.
+    """
     config = read_run_config(workdir)
     check_ranges(config)
+    if data_dir:
+        data_dir = expand_path(data_dir, "--data_dir")
+        if not os.path.isdir(data_dir):
+            raise DataError(f"{data_dir}: --data_dir is not a folder")
+        config.data.source, config.data.csv_dir = "csv", data_dir
     setup.check_config(config)
     specs = task_specs(config)
+    data = load_splits(config, specs, split)
+    if not data:
+        raise DataError(f"no task of {sorted(specs)} has a {split} split in {config.data.source} data"
+                        + (f" under {config.data.csv_dir}" if config.data.source == "csv" else ""))
     mesh = make_mesh(config.mesh.axes, config.mesh.shape)
     pretrained = load_pretrained(config.model.name)
-    data = load_splits(config, specs, split)
     encoded = setup.encode_splits(config, data, pretrained.tokenizer)
     model = setup.build_model(config, pretrained.config, specs)
     abstract = jax.eval_shape(lambda p: model.init(jax.random.PRNGKey(0), p), pretrained.params)
@@ -63,9 +93,10 @@ def evaluate_workdir(workdir: str, split: str = "dev", checkpoint: str = "best",
     files = {}
     for task, preds in predictions.items():
         files[task] = os.path.join(output_dir, f"{task}-{split}-output.csv")
-        write_predictions(files[task], task, encoded[task].data.ids, preds.tolist())
+        write_predictions(files[task], task, encoded[task].data.ids, preds.tolist(), specs[task].kind)
     return {"split": split, "checkpoint": checkpoint, "step": int(step), "metrics": metrics,
-            "prediction_files": files, "demo_data": any(d.is_demo for d in data.values())}
+            "prediction_files": files, "tasks_without_data": sorted(set(specs) - set(files)),
+            "demo_data": any(d.is_demo for d in data.values())}
 
 
 def define_flags() -> None:
@@ -73,6 +104,7 @@ def define_flags() -> None:
     flags.DEFINE_enum("split", "dev", ["dev", "test"], "Which split to predict.")
     flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to restore.")
     flags.DEFINE_string("output_dir", None, "Where predictions go (default: WORKDIR/predictions).")
+    flags.DEFINE_string("data_dir", None, "A folder of CS224N-format files to score instead of the run's own data.")
 
 
 def main(argv: list[str]) -> None:
@@ -82,10 +114,14 @@ def main(argv: list[str]) -> None:
     with user_facing_errors():
         if f.output_dir:
             check_output_dir(f.output_dir, "--output_dir")
-        result = evaluate_workdir(f.workdir, f.split, f.checkpoint, f.output_dir)
+        result = evaluate_workdir(f.workdir, f.split, f.checkpoint, f.output_dir, f.data_dir)
     tag = f"[{DEMO_BANNER}] " if result["demo_data"] else ""
     for task, value in result["metrics"].items():
         print(f"{tag}{result['split']} {task}: {value:.4f}")
+    for path in result["prediction_files"].values():
+        print(f"wrote {path}")
+    for task in result["tasks_without_data"]:
+        print(f"no {result['split']} file for task {task}: no predictions written for it")
     print(json.dumps(result, indent=2, sort_keys=True))
 
 

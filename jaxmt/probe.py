@@ -30,7 +30,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seeds task construction and the train/test split.", lower_bound=0)
     flags.DEFINE_integer("max_length", 64, "Tokens per sentence at most.", lower_bound=8)
     flags.DEFINE_integer("batch_size", 64, "Sentences per encoder batch.", lower_bound=1)
-    flags.DEFINE_integer("probe_steps", 300, "L-BFGS iterations (at most) of each scikit-learn logistic-regression probe.", lower_bound=1)
+    flags.DEFINE_integer("probe_steps", 300,
+                         "L-BFGS iterations (at most) of each scikit-learn logistic-regression probe.", lower_bound=1)
     flags.DEFINE_float("l2", 1e-3, "L2 penalty on the probe weights.", lower_bound=0.0)
 
 

@@ -22,18 +22,27 @@ def define_flags() -> None:
                         "'off' = none): a method's runs at different fractions compile the same programs.")
 
 
+def parse_fractions(items: list[str]) -> list[float]:
+    """--fractions as numbers in (0, 1]; anything else is a one-line ConfigError (exit 2)."""
+    from jaxmt.errors import ConfigError
+
+    try:
+        fractions = [float(item) for item in items]
+    except ValueError:
+        fractions = []
+    if not fractions or not all(0.0 < value <= 1.0 for value in fractions):
+        raise ConfigError(f"--fractions={','.join(items)}: give labeled fractions in (0, 1], comma separated")
+    return fractions
+
+
 def main(argv: list[str]) -> None:
     del argv
     setup_logging()
-    from jaxmt.errors import ConfigError
     from jaxmt.training.faults import user_facing_errors
 
     f = flags.FLAGS
     with user_facing_errors():
-        try:
-            fractions = [float(fraction) for fraction in f.fractions]
-        except ValueError:
-            raise ConfigError(f"--fractions={','.join(f.fractions)}: give numbers in (0, 1]") from None
+        fractions = parse_fractions(f.fractions)
         check_run_inputs(f.config, f.workdir)
         if f.compilation_cache != "off":
             import jax

@@ -24,9 +24,26 @@ def test_shipped_configs_are_valid_and_differ_only_where_they_say():
 
 
 def test_every_top_level_config_has_allow_config_change():
-    for name in ("default", "pcgrad", "sum", "acgan", "acgan_baseline", "entailment", "squad", "pretrain_bert",
-                 "pretrain_hierarchical"):
+    for name in ("default", "pcgrad", "sum", "acgan", "acgan_baseline", "acgan_cfimdb", "entailment", "squad",
+                 "pretrain_bert", "pretrain_hierarchical"):
         assert load_config(name).allow_config_change is False, name
+
+
+def test_a_config_file_adds_a_task_for_the_gan(tmp_path):
+    """docs/acgan.md and docs/api.md: a new task is a config file (configs/acgan_cfimdb.py), not a flag."""
+    from jaxmt.data.sources import load_split, task_specs
+    from jaxmt.gan.build import check_gan_config
+
+    config = load_config("acgan_cfimdb")
+    check_gan_config(config)
+    rows = "".join(f"{i}\tr{i}\tA review , number {i} .\t{i % 2}\n" for i in range(6))
+    for split in ("train", "dev"):
+        (tmp_path / f"ids-cfimdb-{split}.csv").write_text("\tid\tsentence\tsentiment\n" + rows)
+    config.data.csv_dir = str(tmp_path)
+    spec = task_specs(config)["cfimdb"]
+    assert spec.num_classes == 2 and not spec.is_pair
+    assert load_split(config, spec, "train").labels.tolist() == [0, 1] * 3
+    assert load_split(config, spec, "test") is None  # no test file named: no test predictions
 
 
 def test_every_config_field_is_documented_on_its_line():

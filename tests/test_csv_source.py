@@ -82,3 +82,12 @@ def test_a_labeled_split_without_a_label_column_names_file_and_column(tmp_path, 
     with pytest.raises(DataError, match=rf"ids-sst-dev\.csv:1: header has no label column .*'sentiment'.*{split}"):
         read_csv_split(SST, path, split)
     assert read_csv_split(SST, path, "test").labels is None  # a test file may come without labels
+
+
+def test_first_skipped_row_per_task_for_results_json(tmp_path):
+    from jaxmt.data.sources import first_skipped_rows
+
+    quora = read_csv_split(PARA, write(tmp_path, "quora.csv", QUORA_EMPTY_LABEL), "train", on_bad_row="skip")
+    clean = read_csv_split(SST, write(tmp_path, "sst.csv", "\tid\tsentence\tsentiment\n0\tx\tFine .\t3\n"), "train")
+    assert first_skipped_rows({"para": quora, "sst": clean}) == {
+        "para": {"location": f"{tmp_path}/quora.csv:3", "reason": "is_duplicate: empty label"}}

@@ -126,11 +126,71 @@ def test_evaluate_restores_writes_cs224n_predictions_and_never_touches_checkpoin
     lines = open(out["prediction_files"]["sst"]).read().splitlines()
     assert lines[0] == "id \t Predicted_Sentiment "
     assert len(lines) == 1 + 48 and lines[1].startswith("demo-sst-dev-0 , ")
-    assert open(out["prediction_files"]["sts"]).readline() == "id \t Predicted_Similiarity \n"
+    assert open(out["prediction_files"]["sts"]).readline() == "id \t Predicted_Similiary \n"
     test = evaluate_workdir(workdir, split="test", checkpoint="best", output_dir=str(tmp_path / "pred"))
     assert test["metrics"] == {} and set(test["prediction_files"]) == {"sst", "para", "sts"}
     after = tree_digest(os.path.join(workdir, "checkpoints")) + tree_digest(os.path.join(workdir, "best"))
     assert before == after
+
+
+# What the CS224N starter's evaluation.py (test_model_multitask) writes: `f"id \\t {column} \\n"`, then
+# `f"{id} , {value} \\n"` with the argmax class (numpy int), the rounded sigmoid (float32: 0.0 / 1.0) and
+# the similarity (float32).
+STARTER_FORMAT = {
+    "sst": ("id \t Predicted_Sentiment \n", r"\S+ , [0-4] \n"),
+    "para": ("id \t Predicted_Is_Paraphrase \n", r"\S+ , [01]\.0 \n"),
+    "sts": ("id \t Predicted_Similiary \n", r"\S+ , -?\d+\.\d+(e-?\d+)? \n"),
+}
+
+
+def test_prediction_files_have_the_cs224n_starter_format(trained_workdir, tmp_path):
+    import re
+
+    from jaxmt.evaluate import format_prediction
+
+    out = evaluate_workdir_quietly(trained_workdir[0], tmp_path)
+    for task, (header, line_pattern) in STARTER_FORMAT.items():
+        with open(out["prediction_files"][task]) as f:
+            lines = f.readlines()
+        assert lines[0] == header, task
+        assert len(lines) == 49 and all(re.fullmatch(line_pattern, line) for line in lines[1:]), (task, lines[1])
+    assert format_prediction("regression", 2.3456789) == str(np.float32(2.3456789)) == "2.3456788"
+    assert format_prediction("binary", 1) == "1.0" and format_prediction("classification", 3.0) == "3"
+
+
+def evaluate_workdir_quietly(workdir, tmp_path, **kwargs):
+    from jaxmt.evaluate import evaluate_workdir
+
+    return evaluate_workdir(workdir, checkpoint="latest", output_dir=str(tmp_path / "pred"), **kwargs)
+
+
+def write_cs224n_folder(folder, rows: int = 10, with_quora_test: bool = False):
+    """The demo dev rows as CS224N files (and test files without labels), as the course lays them out."""
+    folder.mkdir(parents=True)
+    names = {"sst": ("ids-sst", "sentence\tsentiment"), "para": ("quora", "sentence1\tsentence2\tis_duplicate"),
+             "sts": ("sts", "sentence1\tsentence2\tsimilarity")}
+    for task, (stem, columns) in names.items():
+        data = demo_split(DEFAULT_TASKS[task], "dev", rows)
+        texts = [data.text_a] + ([data.text_b] if data.text_b else [])
+        body = ["\t".join([str(i), f"my-{task}-{i}", *(t[i] for t in texts), str(data.labels[i])])
+                for i in range(rows)]
+        (folder / f"{stem}-dev.csv").write_text(f"\tid\t{columns}\n" + "\n".join(body) + "\n")
+        if task != "para" or with_quora_test:
+            test_columns = columns.rsplit("\t", 1)[0]
+            (folder / f"{stem}-test-student.csv").write_text(
+                f"\tid\t{test_columns}\n" + "\n".join(line.rsplit("\t", 1)[0] for line in body) + "\n")
+
+
+def test_evaluate_scores_a_folder_of_cs224n_files(trained_workdir, tmp_path):
+    folder = tmp_path / "mine"
+    write_cs224n_folder(folder)
+    dev = evaluate_workdir_quietly(trained_workdir[0], tmp_path, split="dev", data_dir=str(folder))
+    assert set(dev["metrics"]) == {"sst", "para", "sts", "mean"} and dev["tasks_without_data"] == []
+    with open(dev["prediction_files"]["para"]) as f:
+        assert [line.split(" , ")[0] for line in f.readlines()[1:]] == [f"my-para-{i}" for i in range(10)]
+    test = evaluate_workdir_quietly(trained_workdir[0], tmp_path, split="test", data_dir=str(folder))
+    assert test["metrics"] == {} and sorted(test["prediction_files"]) == ["sst", "sts"]
+    assert test["tasks_without_data"] == ["para"]  # no quora-test-student.csv: said, not silent
 
 
 MULTI_DEVICE_SCRIPT = """

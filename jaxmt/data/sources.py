@@ -112,3 +112,10 @@ def load_splits(config: ConfigDict, specs: dict[str, TaskSpec], split: str) -> d
     if split == "train" and not out:
         raise DataError("no training data for any task")
     return out
+
+
+def first_skipped_rows(data: dict[str, TaskData]) -> dict[str, dict[str, str]]:
+    """For results.json: per task with rows left out by on_bad_row='skip', where the first one was
+    (`file:line`, or `tfds:name[split]#index`) and why (`field: what is wrong`)."""
+    return {task: {"location": split.skipped[0].location, "reason": split.skipped[0].reason}
+            for task, split in data.items() if split.skipped}

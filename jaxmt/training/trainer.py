@@ -11,7 +11,7 @@ from ml_collections import ConfigDict
 from jaxmt.core.rngs import stream_key
 from jaxmt.data.demo import DEMO_BANNER
 from jaxmt.data.sampling import TaskSampler
-from jaxmt.data.sources import load_splits, task_specs
+from jaxmt.data.sources import first_skipped_rows, load_splits, task_specs
 from jaxmt.models.pretrained import load_pretrained
 from jaxmt.parallel import distributed
 from jaxmt.parallel.host_data import put_global
@@ -96,7 +96,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     results = {
         "demo_data": is_demo,
         "data": {"source": config.data.source, "train_sizes": {t: len(d) for t, d in train_data.items()},
-                 "skipped_rows": {t: len(d.skipped) for t, d in train_data.items()}},
+                 "skipped_rows": {t: len(d.skipped) for t, d in train_data.items()},
+                 "first_skipped_row": first_skipped_rows(train_data)},
         "model": config.model.name,
         **outcome.common_results(config),
         "devices": mesh.size,
