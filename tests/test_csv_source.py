@@ -66,7 +66,7 @@ def test_score_range_for_sts(tmp_path):
 
 def test_real_files_row_counts_and_the_two_empty_quora_labels(shared_cs224n):
     quora = read_csv_split(PARA, str(shared_cs224n / "quora-train.csv"), "train", on_bad_row="skip")
-    assert len(quora) == 16214 - 2
+    assert len(quora) == 29721 - 2  # the shared file: 16,214 course-dev pairs + 13,507 course-train pairs
     assert [s.location.rsplit(":", 1)[1] for s in quora.skipped] == ["2050", "11401"]
     assert all("empty label" in s.reason for s in quora.skipped)
     assert len(read_csv_split(SST, str(shared_cs224n / "ids-sst-dev.csv"), "dev")) == 1101
