@@ -24,6 +24,7 @@ from jaxmt.pretraining.corpus import (
 from jaxmt.pretraining.examples import (
     IS_NEXT,
     RANDOM_NEXT,
+    Pairs,
     Vocabulary,
     build_pairs,
     make_batch,
@@ -229,14 +230,15 @@ def test_bigram_shift_swaps_two_adjacent_units_of_one_segment(wordpiece_tokenize
                         return_tensors="np")
     ids, types, attention = encoded["input_ids"], encoded["token_type_ids"], encoded["attention_mask"]
     maskable = ordinary_tokens(ids, attention, vocab)
-    swapped, labels = shift_bigrams(ids, types, maskable, vocab, rng, unit)
+    swapped, labels, moved = shift_bigrams(ids, types, maskable, vocab, rng, unit)
     swappable = np.arange(len(ids)) % 3 != 2
     assert 0.4 < labels[swappable].mean() < 0.6  # half of the examples that have two different words
     for row in range(len(ids)):
         changed = np.flatnonzero(swapped[row] != ids[row])
         if labels[row] == 0:
-            assert len(changed) == 0
+            assert len(changed) == 0 and not moved[row].any()
             continue
+        assert moved[row, changed].all() and np.all(np.diff(np.flatnonzero(moved[row])) == 1)  # one span
         assert len(changed) >= 2 and maskable[row, changed].all() and len(set(types[row, changed])) == 1
         start, end = changed[0], changed[-1] + 1
         np.testing.assert_array_equal(np.sort(swapped[row, start:end]), np.sort(ids[row, start:end]))
@@ -250,6 +252,32 @@ def test_bigram_shift_swaps_two_adjacent_units_of_one_segment(wordpiece_tokenize
             assert sorted(text.split()) == sorted(new_text.split()) and len(text.split()) == 2
     # The single-word segments ("cake", "bread") have nothing to swap: never labelled as swapped.
     assert labels[2::3].sum() == 0
+
+
+@pytest.mark.parametrize("unit", ["token", "word"])
+def test_masked_lm_targets_are_the_original_text_never_a_swapped_position(wordpiece_tokenizer, unit):
+    tokenizer = wordpiece_tokenizer
+    vocab = Vocabulary.from_tokenizer(tokenizer)
+    texts = [("the big river sees the fish", "the old king holds the crown"),
+             ("unbelievably glorpish orbit", "flour sugar cake")] * 100
+    encoded = tokenizer([a for a, _ in texts], [b for _, b in texts], padding="max_length", max_length=24,
+                        return_tensors="np")
+    pairs = Pairs(encoded["input_ids"].astype(np.int32), encoded["token_type_ids"].astype(np.int32),
+                  encoded["attention_mask"].astype(np.int32), np.zeros(len(texts), np.int32))
+    batch = make_batch(pairs, vocab, np.random.default_rng(7), 0.3, 6, True, unit)
+    # The swap is drawn first from the generator, so the same seed gives the swapped positions.
+    maskable = ordinary_tokens(pairs.input_ids, pairs.attention_mask, vocab)
+    _, labels, moved = shift_bigrams(pairs.input_ids, pairs.token_type_ids, maskable, vocab,
+                                     np.random.default_rng(7), unit)
+    np.testing.assert_array_equal(batch["bigram_labels"], labels)
+    assert labels.mean() > 0.3
+    chosen = batch["mlm_weights"] > 0
+    rows = np.broadcast_to(np.arange(len(texts))[:, None], chosen.shape)[chosen]
+    positions = batch["mlm_positions"][chosen]
+    assert not moved[rows, positions].any(), "an MLM target sits on a swapped token"
+    np.testing.assert_array_equal(batch["mlm_ids"][chosen], pairs.input_ids[rows, positions])
+    swapped_rows = labels == 1
+    assert (chosen[swapped_rows].sum(1) >= 1).all()  # the swapped examples still have MLM targets
 
 
 def test_make_batch_is_deterministic_given_the_seed(vocab):
