@@ -393,6 +393,7 @@ def tiny_pretrain_config(bert_dir, corpus_file, cache_dir, **overrides):
     ({"transfer": "sideways"}, r"config.transfer = 'sideways'"),
     ({"tasks.nsp.layer": 3}, r"config.tasks.nsp.layer \(3\) must be below config.tasks.mlm.layer \(3\)"),
     ({"task_names": ("mlm", "bigram_shift")}, r"must include both 'nsp' and 'mlm'"),
+    ({"tasks.mlm.layer": 2, "transfer": "concat"}, r"encoder layer 3 of 3 would get no loss"),
 ])
 def test_bad_config_fails_before_compiling(tmp_path, bert_dir, override, message):
     from jaxmt.pretraining.trainer import pretrain
@@ -410,6 +411,19 @@ def test_missing_corpus_file_is_named(tmp_path, bert_dir):
     config = tiny_pretrain_config(bert_dir, tmp_path / "absent.txt", tmp_path / "cache")
     with pytest.raises(DataError, match="absent.txt: corpus file not found"):
         pretrain(config, str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("layers, num_layers, untrained", [
+    ({"mlm": 4, "nsp": 4}, 6, "layers 5-6 of 6"),
+    ({"bigram_shift": 1, "nsp": 2, "mlm": 3}, 4, "layer 4 of 4"),
+])
+def test_a_config_leaving_upper_layers_without_a_loss_is_refused(layers, num_layers, untrained):
+    from jaxmt.pretraining.layer_coverage import check_every_layer_trained
+
+    top = max(layers.values())
+    with pytest.raises(ConfigError, match=rf"encoder {untrained} would get no loss \(the highest task layer is {top}"):
+        check_every_layer_trained(layers, num_layers)
+    check_every_layer_trained(layers, top)  # the same tasks on an encoder that ends at the top task: accepted
 
 
 def test_shipped_configs_are_consistent():
