@@ -4,7 +4,7 @@ Train with `python -m jaxmt.acgan --config=configs/acgan.py --workdir=runs/acgan
 against the plain fine-tuned baseline over labeled fractions with `python -m jaxmt.sweep`.
 """
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 from . import default
 
@@ -38,7 +38,9 @@ def get_config() -> ConfigDict:
             d_fake_class=1.0,  # D, acgan form only: class loss of fakes for their conditioning label
             g_fool=1.0,  # G: non-saturating fooling loss
             g_feature_matching=1.0,  # G: GAN-BERT feature matching (mean D features, real vs fake)
-            g_class=1.0,  # G: fakes classified as their conditioning label
+            # G: fakes classified as their conditioning label. Unset: 1.0 for form=acgan, 0.0 for form=ganbert
+            # (pure GAN-BERT: G trained by fooling and feature matching alone); set it to use it with ganbert too
+            g_class=config_dict.placeholder(float),
         ),
         collapse_examples=1000,  # dev rows whose real embeddings the mode-collapse checks compare against
         collapse_fakes_per_class=200,  # generated embeddings per class for the mode-collapse checks

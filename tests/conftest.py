@@ -9,6 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_CS224N = ROOT.parent / "shared" / "data" / "cs224n"
+SHARED_SQUAD_DEV = ROOT.parent / "shared" / "data" / "squad" / "squad-v1.1-dev-part2.json"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -46,6 +47,14 @@ def shared_cs224n() -> Path:
     if not (SHARED_CS224N / "ids-sst-train.csv").exists():
         pytest.skip(f"real data not found at {SHARED_CS224N} (see ../shared/data/README.md)")
     return SHARED_CS224N
+
+
+@pytest.fixture
+def shared_squad_dev() -> Path:
+    """Half of the official SQuAD v1.1 dev set (several gold answers per question)."""
+    if not SHARED_SQUAD_DEV.exists():
+        pytest.skip(f"real data not found at {SHARED_SQUAD_DEV} (see ../shared/data/README.md)")
+    return SHARED_SQUAD_DEV
 
 
 def minilm_installed() -> bool:

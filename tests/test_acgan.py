@@ -1,5 +1,6 @@
 """AC-GAN-BERT: network shapes, gradient isolation of G and D, the labeled subset, a tiny demo run, the sweep table."""
 
+import copy
 import csv
 import dataclasses
 import os
@@ -14,6 +15,7 @@ from conftest import tiny_config, with_overrides
 from jaxmt.errors import ConfigError
 from jaxmt.gan.build import build_gan, check_gan_config, generator_optimizer, load_gan_data
 from jaxmt.gan.collapse import diversity, mean_pairwise_distance
+from jaxmt.gan.losses import LossWeights, generator_losses
 from jaxmt.gan.networks import ACGAN, FORMS, GANBERT, Discriminator, Generator
 from jaxmt.gan.semi_supervised import SemiSupervisedSampler, semi_supervised_batch, stratified_labeled_subset
 from jaxmt.gan.step import init_gan_state, make_gan_step
@@ -89,13 +91,13 @@ def demo_data(tmp_path_factory):
     return config, load_gan_data(config)
 
 
-def step_inputs(config, data, form, weights=None):
+def step_inputs(config, data, form, weights=None, bert_config=None):
     config = config.copy_and_resolve_references()
     config.gan.form = form
     config.optim.weight_decay = 0.0  # so a zero gradient means an unchanged param
     for key, value in (weights or {}).items():
         config.gan.weights[key] = value
-    gan = build_gan(config, data.pretrained.config, data.spec)
+    gan = build_gan(config, bert_config or data.pretrained.config, data.spec)
     d_tx, g_tx = make_optimizer(config, 10, 1), generator_optimizer(config)
     state = init_gan_state(gan, d_tx, g_tx, jax.random.PRNGKey(0), data.pretrained.params)
     sampler = SemiSupervisedSampler.build(len(data.train.data), data.labeled, 16, 4, 0)
@@ -153,6 +155,89 @@ def test_step_leaves_the_silenced_side_unchanged(demo_data):
                                          getattr(state, moved).params)
         assert all(jax.tree_util.tree_leaves(changed if moved == "g" else changed["discriminator"])), silenced
         assert any(jax.tree_util.tree_leaves(changed["backbone"] if moved == "d" else changed))
+
+
+@dataclasses.dataclass(frozen=True)
+class InputRecordingDiscriminator(Discriminator):
+    """D that keeps what its layers receive (the rows after its input dropout), for the tests to read."""
+
+    seen: list = dataclasses.field(default_factory=list, compare=False, hash=False)
+
+    def input_dropout(self, x, rng, deterministic):
+        out = super().input_dropout(x, rng, deterministic)
+        self.seen.append(out)
+        return out
+
+
+def d_inputs_in_training(gan, state, batch):
+    """rng -> (real rows, fake rows) as D's layers receive them in D's training loss."""
+    spy = InputRecordingDiscriminator(**{f.name: getattr(gan.discriminator, f.name)
+                                         for f in dataclasses.fields(Discriminator)})
+    spied, num_real = dataclasses.replace(gan, discriminator=spy), batch["input_ids"].shape[0]
+
+    @jax.jit
+    def run(rng):
+        spy.seen.clear()
+        spied.d_loss(state.d.params, state.g.params, batch, *jax.random.split(rng))
+        (rows,) = spy.seen
+        return rows[:num_real], rows[num_real:]
+
+    return run
+
+
+def test_real_and_fake_rows_reach_d_with_the_same_share_of_dropped_features(demo_data):
+    """Real embeddings must not pass a dropout that fakes skip: a real row would then show about twice
+    the zeroed features of a fake one (19% against 10%), which tells D real from fake."""
+    config, data = demo_data
+    rate = 0.1
+    config = with_overrides(config, **{"model.dropout": rate, "gan.d_dropout": rate})
+    _, gan, _, _, state, batch = step_inputs(config, data, GANBERT)
+    run = d_inputs_in_training(gan, state, batch)
+    zeros, counts = np.zeros(2), np.zeros(2)
+    for s in range(20):
+        for side, rows in enumerate(run(jax.random.PRNGKey(s))):
+            zeros[side] += int(jnp.sum(rows == 0))
+            counts[side] += rows.size
+    share = zeros / counts
+    pooled = zeros.sum() / counts.sum()
+    standard_error = np.sqrt(pooled * (1 - pooled) * (1 / counts[0] + 1 / counts[1]))
+    assert abs(share[0] - share[1]) < 4 * standard_error, share
+    assert np.all(np.abs(share - rate) < 0.02), share
+
+
+def test_d_reads_real_rows_in_training_as_evaluation_embeds_them(demo_data):
+    """With the encoder's own dropout and D's off, only the backbone's output dropout (0.3 here) could
+    make the real rows D trains on differ from the embeddings evaluation classifies: they must not."""
+    config, data = demo_data
+    bert_config = copy.deepcopy(data.pretrained.config)
+    bert_config.hidden_dropout_prob = bert_config.attention_probs_dropout_prob = 0.0
+    config = with_overrides(config, **{"model.dropout": 0.3, "gan.d_dropout": 0.0})
+    _, gan, _, _, state, batch = step_inputs(config, data, GANBERT, bert_config=bert_config)
+    real, _ = d_inputs_in_training(gan, state, batch)(jax.random.PRNGKey(0))
+    at_evaluation = jax.jit(lambda p: gan.real_embeddings(p, batch, None, True))(state.d.params)
+    np.testing.assert_allclose(np.asarray(real), np.asarray(at_evaluation), rtol=1e-5, atol=1e-6)
+
+
+def test_ganbert_form_is_pure_gan_bert_unless_a_g_class_weight_is_set():
+    weights = gan_config(NO_MODEL).gan.weights
+    assert weights.g_class is None  # unset: chosen by the form
+    pure, conditional = LossWeights.from_config(weights, GANBERT), LossWeights.from_config(weights, ACGAN)
+    assert (pure.g_class, conditional.g_class) == (0.0, 1.0)
+    d = Discriminator(num_classes=K, feature_dim=D, form=GANBERT, hidden=(8,))
+
+    @jax.jit  # one compile instead of many eager ops
+    def g_losses(weights):
+        fake_out, fake_feats = d(d.init(jax.random.PRNGKey(0)), jax.random.normal(jax.random.PRNGKey(1), (6, D)))
+        real_feats = jax.random.normal(jax.random.PRNGKey(2), (4, 8))
+        return generator_losses(d, fake_out, fake_feats, real_feats, jnp.ones(4), jnp.arange(6) % K, weights)
+
+    total, terms = g_losses(pure)
+    assert float(terms["class"]) > 0 and float(total) == pytest.approx(float(terms["fool"] + terms["feature_matching"]))
+    asked = gan_config(NO_MODEL, **{"gan.form": GANBERT, "gan.weights.g_class": 0.5})
+    check_gan_config(asked)
+    assert LossWeights.from_config(asked.gan.weights, GANBERT).g_class == 0.5
+    with pytest.raises(ConfigError, match="g_class"):
+        check_gan_config(gan_config(NO_MODEL, **{"gan.weights.g_class": -1.0}))
 
 
 def test_labeled_subset_is_stratified_seeded_fixed_and_nested():

@@ -6,13 +6,14 @@ import collections
 import json
 import os
 import re
+import string
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import read_params, sigterm_after_logging
+from conftest import minilm_installed, read_params, sigterm_after_logging
 
 from jaxmt.data.errors import DataError
 from jaxmt.data.schema import CLASSIFICATION, REGRESSION, TaskSpec
@@ -208,8 +209,9 @@ def test_f1_by_hand():
     # P = 2/3, R = 2/3, F1 = 2/3.
     assert squad.f1("b b c", "b c d") == pytest.approx(2 / 3)
     assert squad.f1("north", "south") == 0.0
-    assert squad.f1("the", "a") == 1.0  # both normalise to nothing
-    assert squad.f1("the", "Paris") == 0.0
+    assert squad.f1("the", "a") == 0.0  # both normalise to nothing: 0 in the v1.1 script ...
+    assert squad.f1("the", "a", version_2=True) == 1.0  # ... and 1 in v2.0's, where "" is the unanswerable gold
+    assert squad.f1("the", "Paris") == 0.0 and squad.f1("the", "Paris", version_2=True) == 0.0
 
 
 def test_scores_take_the_best_gold_answer_and_average_in_percent():
@@ -223,6 +225,85 @@ def test_scores_take_the_best_gold_answer_and_average_in_percent():
     # q1: EM 1 via the second gold; q2: EM 0, F1 = 2 * 1 * (2/3) / (1 + 2/3) = 0.8
     assert scores["exact_match"] == pytest.approx(100 / 3)
     assert scores["f1"] == pytest.approx(100 * (1 + 0.8) / 3)
+
+
+def official_v11_scores(dataset: dict, predictions: dict[str, str]) -> dict[str, float]:
+    """The official SQuAD v1.1 evaluate script (evaluate-v1.1.py), its logic kept as published."""
+    def normalize_answer(s):
+        def remove_articles(text):
+            return re.sub(r"\b(a|an|the)\b", " ", text)
+
+        def white_space_fix(text):
+            return " ".join(text.split())
+
+        def remove_punc(text):
+            exclude = set(string.punctuation)
+            return "".join(ch for ch in text if ch not in exclude)
+
+        return white_space_fix(remove_articles(remove_punc(s.lower())))
+
+    def f1_score(prediction, ground_truth):
+        prediction_tokens = normalize_answer(prediction).split()
+        ground_truth_tokens = normalize_answer(ground_truth).split()
+        common = collections.Counter(prediction_tokens) & collections.Counter(ground_truth_tokens)
+        num_same = sum(common.values())
+        if num_same == 0:
+            return 0
+        precision = 1.0 * num_same / len(prediction_tokens)
+        recall = 1.0 * num_same / len(ground_truth_tokens)
+        return (2 * precision * recall) / (precision + recall)
+
+    def exact_match_score(prediction, ground_truth):
+        return normalize_answer(prediction) == normalize_answer(ground_truth)
+
+    f1 = exact_match = total = 0
+    for article in dataset["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                total += 1
+                if qa["id"] not in predictions:
+                    continue
+                ground_truths = [x["text"] for x in qa["answers"]]
+                prediction = predictions[qa["id"]]
+                exact_match += max(exact_match_score(prediction, gt) for gt in ground_truths)
+                f1 += max(f1_score(prediction, gt) for gt in ground_truths)
+    return {"exact_match": 100.0 * exact_match / total, "f1": 100.0 * f1 / total}
+
+
+def perturbed_answers(examples: list[squad.QAExample]) -> dict[str, str]:
+    """Predictions that exercise every part of the metric: exact, re-cased with articles and punctuation,
+    partial, another question's answer, empty, and missing."""
+    out = {}
+    for i, ex in enumerate(examples):
+        gold = ex.answers[-1].text
+        kind = i % 6
+        if kind == 0:
+            out[ex.id] = gold
+        elif kind == 1:
+            out[ex.id] = f"The {gold.upper()}, a."
+        elif kind == 2:
+            out[ex.id] = " ".join(gold.split()[:1] + ["extra", "words"])
+        elif kind == 3:
+            out[ex.id] = examples[i - 1].answers[0].text
+        elif kind == 4:
+            out[ex.id] = ""
+    return out
+
+
+def test_scores_equal_the_official_v11_script_on_real_dev_questions(shared_squad_dev, tmp_path):
+    dataset = json.loads(shared_squad_dev.read_text(encoding="utf-8"))
+    examples = squad.read_squad(str(shared_squad_dev))
+    assert sum(len(e.answers) > 1 for e in examples) > 0.9 * len(examples)  # the official several-gold layout
+    predictions = perturbed_answers(examples)
+    ours, official = squad.squad_scores(examples, predictions), official_v11_scores(dataset, predictions)
+    assert ours == pytest.approx(official, abs=1e-9) and 0 < ours["exact_match"] < ours["f1"] < 100
+    # A gold answer that normalises to nothing (three in the official dev set are "."): EM 1, F1 0 in v1.1.
+    edge = {"data": [{"paragraphs": [{"context": "It ends .", "qas": [
+        {"id": "dot", "question": "?", "answers": [{"text": ".", "answer_start": 8}]}]}]}]}
+    (tmp_path / "dot.json").write_text(json.dumps(edge))
+    dot_examples = squad.read_squad(str(tmp_path / "dot.json"))
+    for prediction in (".", "the", "It"):
+        assert squad.squad_scores(dot_examples, {"dot": prediction}) == official_v11_scores(edge, {"dot": prediction})
 
 
 # ---------------------------------------------------------------------------------------------- SQuAD data
@@ -335,6 +416,60 @@ def test_windows_map_answers_to_token_spans_and_back_to_the_exact_text(qa_bert, 
     assert {k: v.text for k, v in decoded.items()} == {e.id: e.answers[0].text for e in examples}
 
 
+def oracle_answers(examples, feats, max_length: int) -> dict[str, str]:
+    """Decoded answers when the logits point at the gold spans."""
+    start = np.where(np.arange(max_length)[None] == feats.start_positions[:, None], 10.0, 0.0)
+    end = np.where(np.arange(max_length)[None] == feats.end_positions[:, None], 10.0, 0.0)
+    decoded = squad.decode_predictions(examples, feats, start, end, max_answer_length=max_length)
+    return {qid: span.text for qid, span in decoded.items()}
+
+
+def test_questions_without_a_gold_span_are_counted_by_reason_and_left_out_of_training(qa_bert, tmp_path):
+    filler = " ".join(ARTICLE_WORDS * 3)
+    context = f"{filler} The bridge was built in 1879 . \u200b"
+    too_long = " ".join(ARTICLE_WORDS * 2)  # 34 tokens: more than a 32-token window's context holds
+    qas = [
+        {"id": "lost", "question": "What is hidden?",  # a zero-width space: the tokenizer drops it
+         "answers": [{"text": "\u200b", "answer_start": context.index("\u200b")}]},
+        {"id": "long", "question": "What flows?", "answers": [{"text": too_long, "answer_start": 0}]},
+        {"id": "second", "question": "When was the bridge built?",  # first gold unusable, the second trained on
+         "answers": [{"text": too_long, "answer_start": 0}, {"text": "1879", "answer_start": context.index("1879")}]},
+    ]
+    path = tmp_path / "skips.json"
+    path.write_text(json.dumps({"data": [{"paragraphs": [{"context": context, "qas": qas}]}]}))
+    examples = squad.read_squad(str(path))
+    feats = squad.make_features(examples, qa_bert.tokenizer, max_length=32, stride=8)
+    assert feats.skipped == {squad.ANSWER_NOT_IN_TOKENS: ("lost",), squad.ANSWER_IN_NO_WINDOW: ("long",)}
+    assert feats.skipped_counts() == {squad.ANSWER_NOT_IN_TOKENS: 1, squad.ANSWER_IN_NO_WINDOW: 1}
+    assert set(feats.example_index.tolist()) == {2} and len(feats) >= 3  # only "second"'s windows are trained on
+    assert (feats.start_positions > 0).sum() >= 1
+    assert oracle_answers(examples, feats, 32)["second"] == "1879"
+    dev = squad.make_features(examples, qa_bert.tokenizer, max_length=32, stride=8, labeled=False)
+    assert set(dev.example_index.tolist()) == {0, 1, 2} and dev.skipped == feats.skipped  # scored, still counted
+    assert (dev.start_positions == squad.IGNORE).all()
+
+
+@pytest.mark.skipif(not minilm_installed(), reason="MiniLM not installed (its tokenizer reads the real text)")
+def test_real_dev_questions_with_several_gold_answers_and_sliding_windows(shared_squad_dev):
+    from jaxmt.pretraining.trainer import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm")
+    examples = squad.read_squad(str(shared_squad_dev))[400:440]  # Doctor Who: long contexts and long titles
+    assert all(len(e.answers) >= 2 for e in examples)
+    feats = squad.make_features(examples, tokenizer, max_length=48, stride=8, max_query_length=24)
+    skipped = {qid for ids in feats.skipped.values() for qid in ids}
+    assert feats.skipped_counts() == {squad.ANSWER_NOT_IN_TOKENS: 0, squad.ANSWER_IN_NO_WINDOW: 1}
+    kept = [e for e in examples if e.id not in skipped]
+    assert set(feats.example_index.tolist()) == {i for i, e in enumerate(examples) if e.id not in skipped}
+    assert len(feats) > 2 * len(kept)  # contexts run over several windows
+    answers = oracle_answers(examples, feats, 48)
+    assert all(answers[e.id] in [a.text for a in e.answers] for e in kept)
+    assert squad.squad_scores(kept, answers) == {"exact_match": 100.0, "f1": 100.0}
+    # The skipped question's answer (a 12-word title) fits a wider window, and then nothing is skipped.
+    assert squad.make_features(examples, tokenizer, max_length=128, stride=32).skipped_counts()[
+        squad.ANSWER_IN_NO_WINDOW] == 0
+
+
 def test_span_decoding_picks_the_best_valid_span():
     offsets = [None, None, None, (0, 3), (4, 9), (10, 12), (13, 20), None]  # [CLS] q [SEP] ctx x4 [SEP]
     start = np.array([9.0, 8.0, 0.0, 1.0, 3.0, 0.5, 0.0, 7.0])  # best starts are off-context: skipped
@@ -388,6 +523,8 @@ def test_tiny_qa_run_lowers_the_loss_and_scores_dev(tmp_path, qa_bert, squad_fil
     losses = results["train_loss"]
     assert len(losses) == 24 and np.mean(losses[-4:]) < 0.6 * np.mean(losses[:4]), losses
     assert set(results["dev"]) == {"exact_match", "f1"} and 0.0 <= results["dev"]["f1"] <= 100.0
+    no_skips = dict.fromkeys(squad.SKIP_REASONS, 0)
+    assert results["skipped_questions"] == {"train": no_skips, "dev": no_skips}
     answers = json.loads((tmp_path / "qa" / "predictions.json").read_text())
     assert set(answers) == {"b1", "b2", "c1", "c2", "t1", "t2"}
     contexts = {e.id: e.context for e in squad.read_squad(squad_file)}

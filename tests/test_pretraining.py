@@ -24,6 +24,7 @@ from jaxmt.pretraining.corpus import (
 from jaxmt.pretraining.examples import (
     IS_NEXT,
     RANDOM_NEXT,
+    Pairs,
     Vocabulary,
     build_pairs,
     make_batch,
@@ -229,14 +230,15 @@ def test_bigram_shift_swaps_two_adjacent_units_of_one_segment(wordpiece_tokenize
                         return_tensors="np")
     ids, types, attention = encoded["input_ids"], encoded["token_type_ids"], encoded["attention_mask"]
     maskable = ordinary_tokens(ids, attention, vocab)
-    swapped, labels = shift_bigrams(ids, types, maskable, vocab, rng, unit)
+    swapped, labels, moved = shift_bigrams(ids, types, maskable, vocab, rng, unit)
     swappable = np.arange(len(ids)) % 3 != 2
     assert 0.4 < labels[swappable].mean() < 0.6  # half of the examples that have two different words
     for row in range(len(ids)):
         changed = np.flatnonzero(swapped[row] != ids[row])
         if labels[row] == 0:
-            assert len(changed) == 0
+            assert len(changed) == 0 and not moved[row].any()
             continue
+        assert moved[row, changed].all() and np.all(np.diff(np.flatnonzero(moved[row])) == 1)  # one span
         assert len(changed) >= 2 and maskable[row, changed].all() and len(set(types[row, changed])) == 1
         start, end = changed[0], changed[-1] + 1
         np.testing.assert_array_equal(np.sort(swapped[row, start:end]), np.sort(ids[row, start:end]))
@@ -250,6 +252,32 @@ def test_bigram_shift_swaps_two_adjacent_units_of_one_segment(wordpiece_tokenize
             assert sorted(text.split()) == sorted(new_text.split()) and len(text.split()) == 2
     # The single-word segments ("cake", "bread") have nothing to swap: never labelled as swapped.
     assert labels[2::3].sum() == 0
+
+
+@pytest.mark.parametrize("unit", ["token", "word"])
+def test_masked_lm_targets_are_the_original_text_never_a_swapped_position(wordpiece_tokenizer, unit):
+    tokenizer = wordpiece_tokenizer
+    vocab = Vocabulary.from_tokenizer(tokenizer)
+    texts = [("the big river sees the fish", "the old king holds the crown"),
+             ("unbelievably glorpish orbit", "flour sugar cake")] * 100
+    encoded = tokenizer([a for a, _ in texts], [b for _, b in texts], padding="max_length", max_length=24,
+                        return_tensors="np")
+    pairs = Pairs(encoded["input_ids"].astype(np.int32), encoded["token_type_ids"].astype(np.int32),
+                  encoded["attention_mask"].astype(np.int32), np.zeros(len(texts), np.int32))
+    batch = make_batch(pairs, vocab, np.random.default_rng(7), 0.3, 6, True, unit)
+    # The swap is drawn first from the generator, so the same seed gives the swapped positions.
+    maskable = ordinary_tokens(pairs.input_ids, pairs.attention_mask, vocab)
+    _, labels, moved = shift_bigrams(pairs.input_ids, pairs.token_type_ids, maskable, vocab,
+                                     np.random.default_rng(7), unit)
+    np.testing.assert_array_equal(batch["bigram_labels"], labels)
+    assert labels.mean() > 0.3
+    chosen = batch["mlm_weights"] > 0
+    rows = np.broadcast_to(np.arange(len(texts))[:, None], chosen.shape)[chosen]
+    positions = batch["mlm_positions"][chosen]
+    assert not moved[rows, positions].any(), "an MLM target sits on a swapped token"
+    np.testing.assert_array_equal(batch["mlm_ids"][chosen], pairs.input_ids[rows, positions])
+    swapped_rows = labels == 1
+    assert (chosen[swapped_rows].sum(1) >= 1).all()  # the swapped examples still have MLM targets
 
 
 def test_make_batch_is_deterministic_given_the_seed(vocab):
@@ -365,6 +393,7 @@ def tiny_pretrain_config(bert_dir, corpus_file, cache_dir, **overrides):
     ({"transfer": "sideways"}, r"config.transfer = 'sideways'"),
     ({"tasks.nsp.layer": 3}, r"config.tasks.nsp.layer \(3\) must be below config.tasks.mlm.layer \(3\)"),
     ({"task_names": ("mlm", "bigram_shift")}, r"must include both 'nsp' and 'mlm'"),
+    ({"tasks.mlm.layer": 2, "transfer": "concat"}, r"encoder layer 3 of 3 would get no loss"),
 ])
 def test_bad_config_fails_before_compiling(tmp_path, bert_dir, override, message):
     from jaxmt.pretraining.trainer import pretrain
@@ -382,6 +411,19 @@ def test_missing_corpus_file_is_named(tmp_path, bert_dir):
     config = tiny_pretrain_config(bert_dir, tmp_path / "absent.txt", tmp_path / "cache")
     with pytest.raises(DataError, match="absent.txt: corpus file not found"):
         pretrain(config, str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("layers, num_layers, untrained", [
+    ({"mlm": 4, "nsp": 4}, 6, "layers 5-6 of 6"),
+    ({"bigram_shift": 1, "nsp": 2, "mlm": 3}, 4, "layer 4 of 4"),
+])
+def test_a_config_leaving_upper_layers_without_a_loss_is_refused(layers, num_layers, untrained):
+    from jaxmt.pretraining.layer_coverage import check_every_layer_trained
+
+    top = max(layers.values())
+    with pytest.raises(ConfigError, match=rf"encoder {untrained} would get no loss \(the highest task layer is {top}"):
+        check_every_layer_trained(layers, num_layers)
+    check_every_layer_trained(layers, top)  # the same tasks on an encoder that ends at the top task: accepted
 
 
 def test_shipped_configs_are_consistent():

@@ -95,7 +95,7 @@ def evaluate_qa(config: ConfigDict, predictor: QAPredictor, params: dict, exampl
                                version_2=config.data.version_2_with_negative,
                                null_threshold=config.decode.null_threshold)
     answers = {qid: span.text for qid, span in spans.items()}
-    return squad_scores(examples, answers), answers
+    return squad_scores(examples, answers, config.data.version_2_with_negative), answers
 
 
 def _cap(value: int) -> int | None:
@@ -125,8 +125,9 @@ def load_features(config: ConfigDict, tokenizer) -> tuple[list[QAExample], QAFea
     except ValueError as err:
         raise ConfigError(f"config.data: {err}") from None
     no_answer = int(np.sum(train_feats.start_positions == 0))
-    log.info("squad train: %d questions -> %d windows (%d without the answer); dev: %d questions -> %d windows",
-             len(train), len(train_feats), no_answer, len(dev), len(dev_feats))
+    log.info("squad train: %d questions -> %d windows (%d without the answer), questions skipped: %s; dev: %d "
+             "questions -> %d windows, questions no window answers (still scored): %s", len(train), len(train_feats),
+             no_answer, train_feats.skipped_counts(), len(dev), len(dev_feats), dev_feats.skipped_counts())
     return train, train_feats, dev, dev_feats
 
 
@@ -191,6 +192,7 @@ def train_and_evaluate_qa(config: ConfigDict, workdir: str) -> dict:
         "dev_file": config.data.dev_file,
         "train_windows": len(train_feats),
         "dev_questions": len(dev),
+        "skipped_questions": {"train": train_feats.skipped_counts(), "dev": dev_feats.skipped_counts()},
         **{k: common[k] for k in ("steps", "resumed_from_step", "train_seconds", "seconds_per_step",
                                   "skipped_nonfinite_steps", "dev", "best_dev")},
         "train_loss": outcome.values("loss", logged_only=True),

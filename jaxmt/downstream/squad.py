@@ -3,12 +3,15 @@
 Contexts longer than the encoder's window are cut into overlapping windows (the fast tokenizer's
 `return_overflowing_tokens` with `stride` tokens of overlap); each window is one training row whose
 gold span is the answer's tokens when the answer lies wholly inside it and [CLS] (position 0)
-otherwise. Predictions take the best-scoring valid span over all windows of a question and map it
-back to the context's characters through the tokenizer's offsets, so the answer text is an exact
-substring of the context (never a detokenized approximation).
+otherwise. The gold answer trained on is the first of a question's answers that some window holds;
+a question with none is skipped from training and counted by reason (`SKIP_REASONS`). Predictions
+take the best-scoring valid span over all windows of a question and map it back to the context's
+characters through the tokenizer's offsets, so the answer text is an exact substring of the context
+(never a detokenized approximation).
 
-`exact_match` and `f1` follow the official SQuAD v1.1 evaluation script: lowercase, drop
-punctuation and the articles a / an / the, collapse whitespace, then the maximum over gold answers.
+`exact_match` and `f1` follow the official SQuAD evaluation scripts: lowercase, drop punctuation and
+the articles a / an / the, collapse whitespace, then the maximum over gold answers. The two scripts
+differ in one case, an F1 where prediction and gold both normalise to nothing: 0 in v1.1, 1 in v2.0.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from jaxmt.data.errors import DataError
 from jaxmt.paths import expand_path
 
 IGNORE = -1  # gold position of a window with no labels (evaluation rows)
+# Why a question has no gold token span: its answer's characters are not covered by the context's tokens
+# (the tokenizer dropped them), or the answer is longer than any window holds whole (no stride window has it).
+ANSWER_NOT_IN_TOKENS, ANSWER_IN_NO_WINDOW = "answer_not_found_after_tokenization", "answer_in_no_window"
+SKIP_REASONS = (ANSWER_NOT_IN_TOKENS, ANSWER_IN_NO_WINDOW)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,9 +142,16 @@ class QAFeatures:
     end_positions: np.ndarray  # [W]
     example_index: np.ndarray  # [W] which example each window belongs to
     offsets: list[list[tuple[int, int] | None]]  # per window, per token: its context characters (None off-context)
+    # reason -> ids of the questions no window gives a gold span: left out of labeled features; kept in
+    # unlabeled ones (the official metric scores every question), where they are an upper bound's loss
+    skipped: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.example_index)
+
+    def skipped_counts(self) -> dict[str, int]:
+        """Questions without a gold span, by reason (every reason present, zeros included)."""
+        return {reason: len(self.skipped.get(reason, ())) for reason in SKIP_REASONS}
 
     def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The model's batch for windows `rows`."""
@@ -145,13 +159,34 @@ class QAFeatures:
                                                     "start_positions", "end_positions")}
 
 
+_OUTSIDE, _NOT_IN_TOKENS = "outside", "not_in_tokens"
+
+
+def _answer_tokens(starts: np.ndarray, ends: np.ndarray, positions: np.ndarray, context: str,
+                   answer: Answer) -> tuple[int, int] | str:
+    """The first and last window position of `answer`'s tokens, given the window's context tokens
+    (their character `starts`, `ends` and window `positions`); `_OUTSIDE` when the answer is not wholly in the
+    window; `_NOT_IN_TOKENS` when it is, but the tokens over it do not hold its text (characters dropped)."""
+    a_start, a_end = answer.start, answer.start + len(answer.text)
+    if not len(starts) or starts[0] > a_start or ends[-1] < a_end:
+        return _OUTSIDE
+    inside = np.flatnonzero((ends > a_start) & (starts < a_end))
+    if not len(inside):
+        return _NOT_IN_TOKENS
+    covered = context[starts[inside[0]]:ends[inside[-1]]]
+    if " ".join(answer.text.split()) not in " ".join(covered.split()):
+        return _NOT_IN_TOKENS
+    return int(positions[inside[0]]), int(positions[inside[-1]])
+
+
 def make_features(examples: Sequence[QAExample], tokenizer, max_length: int, stride: int,
                   max_query_length: int = 64, labeled: bool = True) -> QAFeatures:
     """Question + context windows of `max_length` tokens overlapping by `stride` tokens.
 
     Questions are cut to `max_query_length` tokens first, so every window has room for context.
-    With `labeled`, each window's gold span is the first gold answer's tokens, or [CLS] when the
-    answer is not wholly inside the window (and for unanswerable questions).
+    Each question's gold answer is its first answer that some window holds whole; with `labeled`, a
+    window's gold span is that answer's tokens, or [CLS] when it is not wholly inside the window (and for
+    unanswerable questions), and questions with no such answer are left out (`QAFeatures.skipped`).
     """
     if stride >= max_length:
         raise ValueError(f"stride ({stride}) must be smaller than max_length ({max_length})")
@@ -172,38 +207,51 @@ def make_features(examples: Sequence[QAExample], tokenizer, max_length: int, str
                     padding="max_length")
     n = len(enc["input_ids"])
     context_mask = np.zeros((n, max_length), np.int32)
-    starts = np.full(n, IGNORE, np.int32)
-    ends = np.full(n, IGNORE, np.int32)
     example_index = np.asarray(enc["overflow_to_sample_mapping"], np.int32)
     offsets: list[list[tuple[int, int] | None]] = []
+    # spans[w][k]: answer k of window w's question in window w (a token span, _OUTSIDE or _NOT_IN_TOKENS)
+    spans: list[list[tuple[int, int] | str]] = []
     for w in range(n):
-        seq_ids = enc.sequence_ids(w)
-        window_offsets = [tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][w], seq_ids)]
+        window_offsets = [tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][w], enc.sequence_ids(w))]
         offsets.append(window_offsets)
         context_mask[w] = [o is not None for o in window_offsets]
-        if not labeled:
-            continue
+        positions = np.flatnonzero(context_mask[w])
+        starts, ends = (np.asarray([window_offsets[i][j] for i in positions]) for j in (0, 1))
         ex = examples[example_index[w]]
-        starts[w] = ends[w] = 0
-        if not ex.answers:
-            continue
-        a_start = ex.answers[0].start
-        a_end = a_start + len(ex.answers[0].text)  # exclusive
-        tokens = [i for i, o in enumerate(window_offsets) if o is not None]
-        if window_offsets[tokens[0]][0] > a_start or window_offsets[tokens[-1]][1] < a_end:
-            continue  # the answer is not wholly inside this window
-        starts[w] = next(i for i in tokens if window_offsets[i][1] > a_start)
-        ends[w] = next(i for i in reversed(tokens) if window_offsets[i][0] < a_end)
+        spans.append([_answer_tokens(starts, ends, positions, ex.context, a) for a in ex.answers])
+    windows = collections.defaultdict(list)
+    for w, i in enumerate(example_index):
+        windows[int(i)].append(w)
+    gold: dict[int, int] = {}  # example -> the answer trained on
+    skipped: dict[str, list[str]] = {reason: [] for reason in SKIP_REASONS}
+    for i, ex in enumerate(examples):
+        held = [k for k in range(len(ex.answers)) if any(isinstance(spans[w][k], tuple) for w in windows[i])]
+        if held:
+            gold[i] = held[0]
+        elif ex.answers:
+            lost = any(_NOT_IN_TOKENS in spans[w] for w in windows[i])
+            skipped[ANSWER_NOT_IN_TOKENS if lost else ANSWER_IN_NO_WINDOW].append(ex.id)
+    starts = np.full(n, IGNORE, np.int32)
+    ends = np.full(n, IGNORE, np.int32)
+    if labeled:
+        for w, i in enumerate(example_index):
+            span = spans[w][gold[i]] if i in gold else _OUTSIDE
+            starts[w], ends[w] = span if isinstance(span, tuple) else (0, 0)
     token_type_ids = enc.get("token_type_ids") or [[0] * max_length for _ in range(n)]
+    keep = np.arange(n)
+    if labeled:  # a skipped question's windows would all teach "no answer here": left out
+        dropped = {i for i, ex in enumerate(examples) if ex.answers and i not in gold}
+        keep = np.asarray([w for w, i in enumerate(example_index) if int(i) not in dropped], np.int64)
     return QAFeatures(
-        input_ids=np.asarray(enc["input_ids"], np.int32),
-        token_type_ids=np.asarray(token_type_ids, np.int32),
-        attention_mask=np.asarray(enc["attention_mask"], np.int32),
-        context_mask=context_mask,
-        start_positions=starts,
-        end_positions=ends,
-        example_index=example_index,
-        offsets=offsets,
+        input_ids=np.asarray(enc["input_ids"], np.int32)[keep],
+        token_type_ids=np.asarray(token_type_ids, np.int32)[keep],
+        attention_mask=np.asarray(enc["attention_mask"], np.int32)[keep],
+        context_mask=context_mask[keep],
+        start_positions=starts[keep],
+        end_positions=ends[keep],
+        example_index=example_index[keep],
+        offsets=[offsets[w] for w in keep],
+        skipped={reason: tuple(ids) for reason, ids in skipped.items()},
     )
 
 
@@ -278,10 +326,11 @@ def exact_match(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
-def f1(prediction: str, gold: str) -> float:
-    """Token-level F1 of the normalised answers (bag of words, counts clipped); both empty scores 1."""
+def f1(prediction: str, gold: str, version_2: bool = False) -> float:
+    """Token-level F1 of the normalised answers (bag of words, counts clipped). When both normalise to
+    nothing: 0 as the v1.1 script, 1 with `version_2` (the v2.0 script, where "" is the unanswerable gold)."""
     pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not pred_tokens or not gold_tokens:
+    if version_2 and (not pred_tokens or not gold_tokens):
         return float(pred_tokens == gold_tokens)
     common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
     same = sum(common.values())
@@ -296,14 +345,16 @@ def max_over_gold(metric, prediction: str, golds: Sequence[str]) -> float:
     return max(metric(prediction, g) for g in (golds or [""]))
 
 
-def squad_scores(examples: Sequence[QAExample], predictions: dict[str, str]) -> dict[str, float]:
-    """Exact match and F1 in percent over `examples` (a missing prediction scores 0), as the official script."""
+def squad_scores(examples: Sequence[QAExample], predictions: dict[str, str],
+                 version_2: bool = False) -> dict[str, float]:
+    """Exact match and F1 in percent over `examples` (a missing prediction scores 0), as the official
+    v1.1 script (v2.0 with `version_2`)."""
     em = f1_sum = 0.0
     for ex in examples:
         if ex.id not in predictions:
             continue
         golds = [a.text for a in ex.answers]
         em += max_over_gold(exact_match, predictions[ex.id], golds)
-        f1_sum += max_over_gold(f1, predictions[ex.id], golds)
+        f1_sum += max_over_gold(lambda p, g: f1(p, g, version_2), predictions[ex.id], golds)
     n = max(len(examples), 1)
     return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1_sum / n}

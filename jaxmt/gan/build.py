@@ -58,7 +58,7 @@ def check_gan_config(config: ConfigDict) -> None:
     for field in ("g_dropout", "d_dropout"):
         if not 0.0 <= gan[field] < 1.0:
             raise ConfigError(f"config.gan.{field} = {gan[field]}: must be in [0, 1)")
-    negative = [k for k, v in gan.weights.items() if v < 0]
+    negative = [k for k, v in gan.weights.items() if v is not None and v < 0]
     if negative:
         raise ConfigError(f"config.gan.weights: {negative} negative; loss weights must be >= 0")
 
@@ -121,7 +121,7 @@ def build_gan(config: ConfigDict, bert_config, spec: TaskSpec) -> GanModel:
                                   slope=g.leaky_slope)
     batch_size = config.tasks[spec.name].batch_size
     return GanModel(encoder=encoder, generator=generator, discriminator=discriminator,
-                    weights=LossWeights.from_config(g.weights), fake_batch_size=g.fake_batch_size or batch_size)
+                    weights=LossWeights.from_config(g.weights, g.form), fake_batch_size=g.fake_batch_size or batch_size)
 
 
 def generator_optimizer(config: ConfigDict) -> optax.GradientTransformation:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
-from jaxmt.gan.networks import ACGAN, Discriminator
+from jaxmt.gan.networks import ACGAN, FORMS, Discriminator
 
 
 @flax.struct.dataclass
@@ -30,8 +30,15 @@ class LossWeights:
     g_class: float = 1.0  # G: fakes classified as their conditioning label
 
     @classmethod
-    def from_config(cls, weights: ConfigDict) -> LossWeights:
-        return cls(**{f.name: float(weights[f.name]) for f in dataclasses.fields(cls)})
+    def from_config(cls, weights: ConfigDict, form: str) -> LossWeights:
+        """The weights of `config.gan.weights`; an unset (None) `g_class` is 1 for the acgan form and 0 for
+        ganbert, which is then pure GAN-BERT (its G has no class loss)."""
+        if form not in FORMS:
+            raise ValueError(f"discriminator form must be one of {FORMS}, got {form!r}")
+        values = {f.name: weights[f.name] for f in dataclasses.fields(cls)}
+        if values["g_class"] is None:
+            values["g_class"] = 1.0 if form == ACGAN else 0.0
+        return cls(**{name: float(value) for name, value in values.items()})
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

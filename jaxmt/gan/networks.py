@@ -105,11 +105,14 @@ class Discriminator:
         return {"hidden": layers, "source": init_dense(rngs[-2], dims[-1], 1),
                 "classes": init_dense(rngs[-1], dims[-1], self.num_classes)}
 
+    def input_dropout(self, x: jax.Array, rng: jax.Array | None, deterministic: bool) -> jax.Array:
+        """GAN-BERT's dropout on D's input: the one transformation real and fake rows share before D's layers."""
+        in_rng = None if rng is None else jax.random.fold_in(rng, 1_000)
+        return dropout(in_rng, x.astype(jnp.float32), self.dropout_rate, deterministic)
+
     def __call__(self, params: dict, x: jax.Array, rng: jax.Array | None = None,
                  deterministic: bool = True) -> tuple[dict, jax.Array]:
-        x = x.astype(jnp.float32)
-        in_rng = None if rng is None else jax.random.fold_in(rng, 1_000)
-        x = dropout(in_rng, x, self.dropout_rate, deterministic)  # GAN-BERT: dropout on D's input too
+        x = self.input_dropout(x, rng, deterministic)
         feats = _hidden(params["hidden"], x, rng, self.dropout_rate, self.slope, deterministic)
         if self.form == GANBERT:
             return {"logits": dense(params["logits"], feats)}, feats

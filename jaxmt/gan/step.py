@@ -54,8 +54,15 @@ class GanModel:
                 self.generator.init(g_rng))
 
     def real_embeddings(self, d_params: dict, batch: dict, rng: jax.Array | None, deterministic: bool) -> jax.Array:
-        """The encoder's pooled sentence embeddings [B, D] of the batch's real sentences."""
-        feats = self.encoder.features({"backbone": d_params["backbone"]}, batch, rng=rng, deterministic=deterministic)
+        """The encoder's pooled sentence embeddings [B, D] of the batch's real sentences.
+
+        Without the backbone's final dropout: D's input dropout is then the only one between an
+        embedding and D, for real and fake rows alike (a second dropout on real rows alone would zero
+        about twice as many of their features, a cue that tells real from fake), and a real row reaches
+        D in training as the embedding evaluation reads, up to the encoder's internal dropout.
+        """
+        feats = self.encoder.features({"backbone": d_params["backbone"]}, batch, rng=rng, deterministic=deterministic,
+                                      output_dropout=False)
         return feats[:, 0].astype(jnp.float32)
 
     def fake_inputs(self, rng: jax.Array) -> tuple[jax.Array, jax.Array]:

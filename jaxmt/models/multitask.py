@@ -18,7 +18,9 @@ class SharedBackbone(nn.Module):
     """Encoder -> pooled sentence embedding -> shared dense layers -> dropout.
 
     Inputs are [B, S, L]: S sequences an example (2 for siamese pairs), folded into the
-    batch so both sentences go through the encoder in one call.
+    batch so both sentences go through the encoder in one call. `output_dropout=False` leaves out
+    the final dropout, for a consumer that applies its own (the GAN's discriminator, which must
+    treat real and generated embeddings alike).
     """
 
     bert_config: Any
@@ -30,7 +32,8 @@ class SharedBackbone(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True):
+    def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True,
+                 output_dropout: bool = True):
         b, s, length = input_ids.shape
         flat = lambda x: x.reshape(b * s, length)  # noqa: E731
         hidden = BertEncoder(self.bert_config, dtype=self.dtype, remat=self.remat, name="encoder")(
@@ -41,7 +44,7 @@ class SharedBackbone(nn.Module):
         for i in range(self.shared_layers):
             x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
             x = nn.gelu(nn.Dense(width, dtype=self.dtype, name=f"shared_{i}")(x))
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic or not output_dropout)
         return x.reshape(b, s, -1)
 
     @property
@@ -74,12 +77,14 @@ class MultitaskModel:
         }
         return {"backbone": backbone, "heads": heads}
 
-    def features(self, params: dict, batch: dict, *, rng: jax.Array | None, deterministic: bool) -> jax.Array:
+    def features(self, params: dict, batch: dict, *, rng: jax.Array | None, deterministic: bool,
+                 output_dropout: bool = True) -> jax.Array:
+        """The backbone's features [B, S, F]; `output_dropout=False`: without its final dropout."""
         rngs = None if deterministic else {"dropout": rng}
         return self.backbone.apply(
             {"params": params["backbone"]},
             batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-            deterministic=deterministic, rngs=rngs,
+            deterministic=deterministic, output_dropout=output_dropout, rngs=rngs,
         )
 
     def outputs(self, params: dict, task: str, batch: dict, *, rng: jax.Array | None = None,

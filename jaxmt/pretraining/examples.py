@@ -210,17 +210,19 @@ def _units(ids: np.ndarray, start: int, end: int, continuation: np.ndarray, unit
 
 
 def shift_bigrams(input_ids: np.ndarray, token_type_ids: np.ndarray, maskable: np.ndarray, vocab: Vocabulary,
-                  rng: np.random.Generator, unit: str = "word") -> tuple[np.ndarray, np.ndarray]:
+                  rng: np.random.Generator, unit: str = "word") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """In a random half of the examples, swaps two adjacent words (or tokens) of one segment.
 
-    Returns the new input ids and the labels (1 = swapped). A swap is drawn uniformly among the adjacent
-    pairs of either segment whose contents differ (swapping equal ones would change nothing); an example
-    with no such pair keeps label 0. Special tokens and padding are never moved.
+    Returns the new input ids, the labels (1 = swapped) and `moved` (bool [N, L]: the positions of the two
+    swapped units, so masking can leave them out). A swap is drawn uniformly among the adjacent pairs of
+    either segment whose contents differ (swapping equal ones would change nothing); an example with no
+    such pair keeps label 0. Special tokens and padding are never moved.
     """
     if unit not in SWAP_UNITS:
         raise ValueError(f"bigram shift unit must be one of {SWAP_UNITS}, got {unit!r}")
     input_ids = input_ids.copy()
     labels = np.zeros(len(input_ids), np.int32)
+    moved = np.zeros(input_ids.shape, bool)
     wanted = rng.random(len(input_ids)) < 0.5
     for row in np.flatnonzero(wanted):
         ids = input_ids[row]
@@ -235,7 +237,8 @@ def shift_bigrams(input_ids: np.ndarray, token_type_ids: np.ndarray, maskable: n
         (s1, e1), (s2, e2) = candidates[int(rng.integers(len(candidates)))]
         ids[s1:e2] = np.concatenate([ids[s2:e2], ids[s1:e1]])
         labels[row] = 1
-    return input_ids, labels
+        moved[row, s1:e2] = True
+    return input_ids, labels, moved
 
 
 def mask_tokens(input_ids: np.ndarray, maskable: np.ndarray, vocab: Vocabulary, rng: np.random.Generator,
@@ -274,12 +277,19 @@ def ordinary_tokens(input_ids: np.ndarray, attention_mask: np.ndarray, vocab: Vo
 
 def make_batch(pairs: Pairs, vocab: Vocabulary, rng: np.random.Generator, mask_rate: float, max_predictions: int,
                bigram_shift: bool, swap_unit: str = "word") -> dict[str, np.ndarray]:
-    """The model's inputs and every task's targets for a batch of pairs: bigram shift (if on), then masking."""
+    """The model's inputs and every task's targets for a batch of pairs: bigram shift (if on), then masking.
+
+    Masking never picks a swapped token: MLM's targets are then the original text's tokens, so MLM does not
+    learn to reproduce the shuffled order that the bigram-shift task asks the model to detect.
+    """
     maskable = ordinary_tokens(pairs.input_ids, pairs.attention_mask, vocab)
     input_ids, bigram_labels = pairs.input_ids, np.zeros(len(pairs), np.int32)
+    mlm_maskable = maskable
     if bigram_shift:
-        input_ids, bigram_labels = shift_bigrams(input_ids, pairs.token_type_ids, maskable, vocab, rng, swap_unit)
-    masked = mask_tokens(input_ids, maskable, vocab, rng, mask_rate, max_predictions)
+        input_ids, bigram_labels, moved = shift_bigrams(input_ids, pairs.token_type_ids, maskable, vocab, rng,
+                                                        swap_unit)
+        mlm_maskable = maskable & ~moved
+    masked = mask_tokens(input_ids, mlm_maskable, vocab, rng, mask_rate, max_predictions)
     return {**masked, "token_type_ids": pairs.token_type_ids, "attention_mask": pairs.attention_mask,
             "nsp_labels": pairs.next_sentence_label, "bigram_labels": bigram_labels,
             "example_weights": np.ones(len(pairs), np.float32)}

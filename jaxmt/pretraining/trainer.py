@@ -26,6 +26,7 @@ from jaxmt.parallel.state_sharding import state_shardings
 from jaxmt.parallel.step_runner import make_step_runner
 from jaxmt.pretraining.corpus import CorpusSpec, check_corpus_spec, load_corpus, split_heldout
 from jaxmt.pretraining.examples import SWAP_UNITS, Pairs, PairStream, Vocabulary, build_pairs, make_batch
+from jaxmt.pretraining.layer_coverage import check_every_layer_trained
 from jaxmt.pretraining.model import TASKS, TRANSFER_MODES, HierarchicalBert, encoder_params
 from jaxmt.pretraining.step import init_train_state, make_eval_step, make_train_step
 from jaxmt.training import loop
@@ -80,6 +81,7 @@ def task_layers(config: ConfigDict, num_layers: int) -> tuple[tuple[str, int], .
     if config.transfer == "concat" and layers["nsp"] > layers["mlm"]:
         raise ConfigError(f"config.transfer = 'concat' passes NSP's representation upward: config.tasks.nsp.layer "
                           f"({layers['nsp']}) must not be above config.tasks.mlm.layer ({layers['mlm']})")
+    check_every_layer_trained(layers, num_layers)
     return tuple(sorted(layers.items()))
 
 
