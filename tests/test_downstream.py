@@ -426,7 +426,7 @@ def oracle_answers(examples, feats, max_length: int) -> dict[str, str]:
 
 def test_questions_without_a_gold_span_are_counted_by_reason_and_left_out_of_training(qa_bert, tmp_path):
     filler = " ".join(ARTICLE_WORDS * 3)
-    context = f"{filler} The bridge was built in 1879 . \u200b"
+    context = f"{filler} The bridge \u200b was built in 1879 ."
     too_long = " ".join(ARTICLE_WORDS * 2)  # 34 tokens: more than a 32-token window's context holds
     qas = [
         {"id": "lost", "question": "What is hidden?",  # a zero-width space: the tokenizer drops it
