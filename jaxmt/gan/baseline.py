@@ -15,12 +15,11 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from jaxmt.core.rngs import stream_key
-from jaxmt.data.demo import DEMO_BANNER
 from jaxmt.data.sampling import TaskSampler
 from jaxmt.errors import ConfigError
-from jaxmt.gan.build import GanData, check_gan_config, load_gan_data, make_mesh_for
+from jaxmt.gan.build import GanData, prepare_gan_run
 from jaxmt.gan.semi_supervised import subset_split
-from jaxmt.gan.trainer import GAN_FAULT_HINT, check_jit_only
+from jaxmt.gan.trainer import GAN_FAULT_HINT
 from jaxmt.training import loop, setup
 from jaxmt.training.evaluation import Predictor
 from jaxmt.training.optimizer import make_optimizer
@@ -31,14 +30,8 @@ log = logging.getLogger(__name__)
 
 def train_baseline(config: ConfigDict, workdir: str, data: GanData | None = None) -> dict:
     """Fine-tunes encoder + linear head on the labeled subset of `config.gan.labeled_fraction`; returns results."""
-    check_gan_config(config)
-    if config.optim.gradient_surgery != "none":
-        raise ConfigError("the baseline trains one task: set --config.optim.gradient_surgery=none")
-    check_jit_only(config)
-    mesh = make_mesh_for(config)
-    loop.prepare_workdir(config, workdir)
-    data = data or load_gan_data(config)
-    name, tag = data.spec.name, f"[{DEMO_BANNER}] " if data.is_demo else ""
+    mesh, data, tag = prepare_gan_run(config, workdir, data, "the baseline")
+    name = data.spec.name
     batch_size = config.tasks[name].batch_size
     if len(data.labeled) < batch_size:
         raise ConfigError(f"the labeled subset has {len(data.labeled)} examples, fewer than the batch size "

@@ -14,6 +14,7 @@ import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
+from jaxmt.data.demo import DEMO_BANNER
 from jaxmt.data.schema import CLASSIFICATION, TaskSpec
 from jaxmt.data.sources import load_splits, task_specs
 from jaxmt.data.tokenization import EncodedSplit
@@ -24,7 +25,7 @@ from jaxmt.gan.semi_supervised import stratified_labeled_subset
 from jaxmt.gan.step import UPDATES, GanModel
 from jaxmt.models.pretrained import PretrainedBert, load_pretrained
 from jaxmt.parallel.mesh import make_mesh
-from jaxmt.training import setup
+from jaxmt.training import loop, setup
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +129,18 @@ def generator_optimizer(config: ConfigDict) -> optax.GradientTransformation:
     """G's own optimizer: clipped AdamW at a constant `gan.g_learning_rate`, no weight decay."""
     chain = [optax.clip_by_global_norm(config.optim.clip_norm)] if config.optim.clip_norm > 0 else []
     return optax.chain(*chain, optax.adamw(config.gan.g_learning_rate, weight_decay=0.0))
+
+
+def prepare_gan_run(config: ConfigDict, workdir: str, data: GanData | None, method: str) -> tuple[Mesh, GanData, str]:
+    """What a GAN run and its baseline check and build first: the config, the mesh, the workdir, the data;
+    returns (mesh, data, the demo-data tag for printed lines)."""
+    check_gan_config(config)
+    if config.optim.gradient_surgery != "none":
+        raise ConfigError(f"{method} trains one task: set --config.optim.gradient_surgery=none")
+    if config.parallel.mode != "jit":
+        raise ConfigError(f"config.parallel.mode = {config.parallel.mode!r}: AC-GAN-BERT and its baseline run on "
+                          "the jit path only (it covers data parallelism too); set --config.parallel.mode=jit")
+    mesh = make_mesh_for(config)
+    loop.prepare_workdir(config, workdir)
+    data = data or load_gan_data(config)
+    return mesh, data, f"[{DEMO_BANNER}] " if data.is_demo else ""

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -15,11 +16,10 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxmt.core.rngs import stream_key
-from jaxmt.data.demo import DEMO_BANNER
 from jaxmt.data.sampling import eval_batches
 from jaxmt.data.tokenization import EncodedSplit
 from jaxmt.errors import ConfigError
-from jaxmt.gan.build import GanData, build_gan, check_gan_config, generator_optimizer, load_gan_data, make_mesh_for
+from jaxmt.gan.build import GanData, build_gan, generator_optimizer, prepare_gan_run
 from jaxmt.gan.collapse import collapse_report
 from jaxmt.gan.semi_supervised import SemiSupervisedSampler, semi_supervised_batch
 from jaxmt.gan.step import GanModel, gan_state_shardings, init_gan_state, jit_gan_step, make_eval_fns
@@ -61,26 +61,13 @@ def split_outputs(fn: Callable, params: Any, split: EncodedSplit, batch_size: in
     return out
 
 
-def check_jit_only(config: ConfigDict) -> None:
-    """The GAN runs take the jit path only (docs/scaling.md says why)."""
-    if config.parallel.mode != "jit":
-        raise ConfigError(f"config.parallel.mode = {config.parallel.mode!r}: AC-GAN-BERT and its baseline run on "
-                          "the jit path only (it covers data parallelism too); set --config.parallel.mode=jit")
-
-
 def train_gan(config: ConfigDict, workdir: str, data: GanData | None = None) -> dict:
     """Trains AC-GAN-BERT per `config` in `workdir` (resuming from its checkpoint if any); returns the results."""
-    check_gan_config(config)
-    if config.gan.method != "acgan":
+    if config.get("gan", {}).get("method", "acgan") != "acgan":
         raise ConfigError(f"config.gan.method = {config.gan.method!r}: train_gan runs 'acgan'; use "
                           "jaxmt.gan.baseline.train_baseline (or python -m jaxmt.acgan) for the baseline")
-    if config.optim.gradient_surgery != "none":
-        raise ConfigError("AC-GAN-BERT trains one task: set --config.optim.gradient_surgery=none")
-    check_jit_only(config)
-    mesh = make_mesh_for(config)
-    loop.prepare_workdir(config, workdir)
-    data = data or load_gan_data(config)
-    name, tag = data.spec.name, f"[{DEMO_BANNER}] " if data.is_demo else ""
+    mesh, data, tag = prepare_gan_run(config, workdir, data, "AC-GAN-BERT")
+    name = data.spec.name
     gan = build_gan(config, data.pretrained.config, data.spec)
     d_tx, g_tx = make_optimizer(config, config.num_steps, 1), generator_optimizer(config)
     init_rng, dropout_rng = stream_key(config.seed, "init"), stream_key(config.seed, "dropout")
@@ -128,7 +115,8 @@ def train_gan(config: ConfigDict, workdir: str, data: GanData | None = None) -> 
     history = {k: outcome.values(k) for k in (outcome.history[0][1] if outcome.history else {})}
     common = outcome.common_results(config)
     results = {
-        "method": "acgan", "form": config.gan.form, "task": name, "demo_data": data.is_demo,
+        "method": "acgan", "form": config.gan.form, "loss_weights": dataclasses.asdict(gan.weights), "task": name,
+        "demo_data": data.is_demo,
         "labeled_fraction": config.gan.labeled_fraction, "labeled_examples": int(len(data.labeled)),
         "train_examples": len(data.train.data), "labeled_per_class": data.class_counts(data.labeled),
         **{k: common[k] for k in ("steps", "resumed_from_step", "train_seconds", "seconds_per_step",

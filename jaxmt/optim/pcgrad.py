@@ -27,15 +27,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = [
-    "PCGradState",
-    "find_pcgrad_state",
-    "pcgrad",
-    "pcgrad_diagnostics",
-    "projection_coefficients",
-    "task_orders",
-]
-
 _REDUCTIONS = ("sum", "mean")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
