@@ -115,11 +115,12 @@ class BertSelfAttention(nn.Module):
         heads = self.config.num_attention_heads
         split = lambda x: x.reshape(x.shape[:2] + (heads, -1))  # noqa: E731  [B, L, heads, head_dim]
         query, key, value = split(self.query(hidden)), split(self.key(hidden)), split(self.value(hidden))
+        query = query / jnp.asarray(math.sqrt(query.shape[-1]), query.dtype)  # scaled first, as FlaxBert does
         if deterministic or self.config.attention_probs_dropout_prob == 0.0:
-            out = jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=self.implementation)
+            out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=1.0,
+                                               implementation=self.implementation)
         else:
             logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-            logits = logits / math.sqrt(query.shape[-1])
             if mask is not None:
                 logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
             weights = self.dropout(jax.nn.softmax(logits, axis=-1), deterministic=False).astype(value.dtype)
