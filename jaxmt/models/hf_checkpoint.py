@@ -166,7 +166,7 @@ def load_hf_params(path: str | os.PathLike, config: Any) -> dict:
         try:
             flat = read(file)
         except Exception as err:  # safetensors / msgpack raise several kinds; all mean "unreadable"
-            raise ModelError(f"{file}: unreadable ({type(err).__name__}: {err})") from None
+            raise ModelError(f"{file}: the weights could not be loaded ({type(err).__name__}: {err})") from None
         return _checked(flat, config, file)
     raise ModelError(f"{path}: no weights ({SAFETENSORS_FILE} or {MSGPACK_FILE})")
 
