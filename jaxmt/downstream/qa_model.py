@@ -1,8 +1,8 @@
 """Extractive QA over a fine-tuned encoder: start / end span heads as pure functions of (params, hidden states).
 
-Params are `{'encoder': {'bert': FlaxBert tree}, 'span': {'kernel': [H, 2], 'bias': [2]}}`: the
-pretrained weights sit under the same `bert` scope as in the multitask model, so the project's
-sharding rules (matched on parameter paths) apply unchanged.
+Params are `{'encoder': {'bert': BERT tree}, 'span': {'kernel': [H, 2], 'bias': [2]}}`: the
+pretrained weights (under FlaxBertModule's names) sit under the same `bert` scope as in the multitask
+model, so the project's sharding rules (matched on parameter paths) apply unchanged.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class SpanModel:
         return cls(BertEncoder(bert_config, dtype=dtype))
 
     def init(self, rng: jax.Array, encoder_params: dict | None = None) -> dict:
-        """Fresh params; `encoder_params` (a FlaxBertModule tree) replaces the random encoder."""
+        """Fresh params; `encoder_params` (a BERT tree under FlaxBertModule's names) replaces the random encoder."""
         enc_rng, head_rng = jax.random.split(rng)
         dummy = jnp.ones((1, 8), jnp.int32)
         encoder = self.encoder.init(enc_rng, dummy, dummy, jnp.zeros_like(dummy))["params"]

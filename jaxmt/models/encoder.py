@@ -1,46 +1,38 @@
-"""The encoder: Hugging Face's FlaxBert linen module, wrapped as a plain Flax module."""
+"""The encoder: jaxmt's BERT (jaxmt.models.bert) under the `bert` scope, returning the last hidden states."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+from jaxmt.models.bert import BertModel
 
 
 class BertEncoder(nn.Module):
-    """Token ids -> contextual hidden states [B, L, H], with FlaxBert's own layers and weights.
+    """Token ids -> contextual hidden states [B, L, H].
 
-    The pretrained parameters slot in under this module's `bert` scope unchanged, so any
-    `FlaxBertModel` checkpoint (and its param names, which sharding rules match on) carries over.
+    The pretrained parameters slot in under this module's `bert` scope with FlaxBertModule's names,
+    so Hugging Face checkpoints, older jaxmt checkpoints and the sharding rules (matched on those
+    names) carry over. For packed rows pass `segment_ids` instead of `attention_mask`, and
+    `position_ids` that restart at 0 in every segment.
     """
 
     config: Any  # transformers.BertConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    attention_implementation: str | None = None  # jax.nn.dot_product_attention's: None, 'xla' or 'cudnn'
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True):
-        from transformers.models.bert.modeling_flax_bert import FlaxBertModule
-
-        bert = FlaxBertModule(
-            config=self.config,
-            dtype=self.dtype,
-            add_pooling_layer=False,
-            gradient_checkpointing=self.remat,
-            name="bert",
-        )
-        position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
-        out = bert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            head_mask=None,
-            deterministic=deterministic,
-            return_dict=True,
-        )
-        return out.last_hidden_state
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None, token_type_ids: jax.Array | None,
+                 deterministic: bool = True, *, position_ids: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        bert = BertModel(self.config, dtype=self.dtype, add_pooling_layer=False, remat=self.remat,
+                         attention_implementation=self.attention_implementation, name="bert")
+        return bert(input_ids, attention_mask, token_type_ids, position_ids, segment_ids=segment_ids,
+                    deterministic=deterministic).last_hidden_state
 
 
 def pool(hidden, attention_mask, mode: str):

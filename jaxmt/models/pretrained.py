@@ -37,7 +37,7 @@ class PretrainedBert:
 
     path: Path
     config: Any  # transformers.BertConfig
-    params: dict  # the FlaxBertModule parameter tree (embeddings, encoder, pooler)
+    params: dict  # FlaxBertModule's parameter tree (embeddings, encoder, pooler if saved), float32 numpy
     tokenizer: Any  # transformers.PreTrainedTokenizerFast
 
 
@@ -70,7 +70,7 @@ def check_bert_dir(path: Path) -> dict:
         raise ModelError(f"{config_file}: unreadable ({err}). " + INSTALL_HINT) from None
     if config.get("model_type") != "bert":
         raise ModelError(f"{config_file}: model_type is {config.get('model_type')!r}, not 'bert'; jaxmt's encoder "
-                         "wraps FlaxBertModel and needs a BERT checkpoint. " + INSTALL_HINT)
+                         "is a BERT and needs a BERT checkpoint. " + INSTALL_HINT)
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise ModelError(f"{path}: no weights ({' or '.join(WEIGHT_FILES)}). " + INSTALL_HINT)
     return config
@@ -80,18 +80,18 @@ def load_pretrained(name: str) -> PretrainedBert:
     """Loads config, Flax params and fast tokenizer of the BERT at `name` (alias or directory)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers import AutoTokenizer, BertConfig, FlaxBertModel
+    from transformers import AutoTokenizer, BertConfig
+
+    from jaxmt.models.hf_checkpoint import load_hf_params
 
     path = resolve_model_dir(name)
     check_bert_dir(path)
     try:
         config = BertConfig.from_pretrained(path, local_files_only=True)
-        # _do_init=False would skip a random init, but transformers 4.57 cannot convert
-        # PyTorch-format safetensors without one.
-        params = FlaxBertModel.from_pretrained(path, local_files_only=True).params
-    except Exception as err:  # transformers raises many kinds; all mean "unreadable weights"
-        raise ModelError(f"{path}: the weights could not be loaded ({type(err).__name__}: {err}). "
+    except Exception as err:  # transformers raises many kinds; all mean "unreadable config"
+        raise ModelError(f"{path}/config.json: not a usable BERT config ({type(err).__name__}: {err}). "
                          + INSTALL_HINT) from None
+    params = load_hf_params(path, config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
     except Exception as err:
@@ -102,23 +102,23 @@ def load_pretrained(name: str) -> PretrainedBert:
 
 
 def write_random_bert(path: str | os.PathLike, words: list[str], seed: int = 0, **config_kwargs: Any) -> Path:
-    """Writes a randomly initialised BERT directory (config, flax weights, WordPiece tokenizer).
+    """Writes a randomly initialised BERT directory (config, safetensors weights, WordPiece tokenizer).
 
     For tests and from-scratch runs: the result loads through `load_pretrained` like any
     pretrained model. `words` are added to the special tokens to make the vocabulary.
     """
-    import jax
-    from transformers import BertConfig, BertTokenizerFast, FlaxBertModel
+    from transformers import BertConfig, BertTokenizerFast
+
+    from jaxmt.models.bert import init_bert_params
+    from jaxmt.models.hf_checkpoint import save_hf_model
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(words) - {"[PAD]", "[UNK]"})
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
     settings = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                     max_position_embeddings=256)
     settings.update(config_kwargs)
     config = BertConfig(vocab_size=len(vocab), **settings)
-    model = FlaxBertModel(config, seed=seed, _do_init=True)
-    model.save_pretrained(path, params=jax.device_get(model.params))
-    return path
+    return save_hf_model(path, init_bert_params(config, seed), config, tokenizer)

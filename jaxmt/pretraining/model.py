@@ -1,6 +1,6 @@
 """The hierarchical pre-training model: BERT run layer by layer, each task's head on its own layer.
 
-The encoder is FlaxBert's own embedding and layer modules under FlaxBertModel's parameter names
+The encoder is jaxmt's BERT pieces (jaxmt.models.bert) under FlaxBertModel's parameter names
 (`embeddings/...`, `encoder/layer/<i>/...`, `pooler/...`), so a Hugging Face checkpoint loads into
 it and the trained encoder exports back as one. Running the layers one at a time lets a head read
 any layer's hidden states, and lets the NSP representation be injected between layers:
@@ -20,12 +20,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from transformers.models.bert.modeling_flax_bert import (
-    FlaxBertEmbeddings,
-    FlaxBertEncoder,
-    FlaxBertLMPredictionHead,
-    FlaxBertPooler,
-)
+
+from jaxmt.models.bert import BertEmbeddings, BertLayerStack, BertLMHead, BertPooler, attention_mask_for
 
 TASKS = ("mlm", "nsp", "bigram_shift")
 TRANSFER_MODES = ("none", "add_cls", "add_all", "concat")
@@ -55,15 +51,15 @@ class HierarchicalBert(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
-        self.embeddings = FlaxBertEmbeddings(self.config, dtype=self.dtype)
-        self.encoder = FlaxBertEncoder(self.config, dtype=self.dtype)
+        self.embeddings = BertEmbeddings(self.config, dtype=self.dtype)
+        self.encoder = BertLayerStack(self.config, dtype=self.dtype)
         init = nn.initializers.normal(self.config.initializer_range)
         layers = dict(self.task_layers)
         if "nsp" in layers:
-            self.pooler = FlaxBertPooler(self.config, dtype=self.dtype)
+            self.pooler = BertPooler(self.config, dtype=self.dtype)
             self.nsp = nn.Dense(2, kernel_init=init, dtype=self.dtype)
         if "mlm" in layers:
-            self.mlm = FlaxBertLMPredictionHead(self.config, dtype=self.dtype)
+            self.mlm = BertLMHead(self.config, dtype=self.dtype)
         if "bigram_shift" in layers:
             self.bigram_shift = ClsClassifier(self.config.hidden_size, self.config.initializer_range, self.dtype)
         if self.transfer != "none":
@@ -72,13 +68,14 @@ class HierarchicalBert(nn.Module):
     def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> dict[str, jax.Array]:
         """`batch` holds input_ids, token_type_ids, attention_mask and mlm_positions [B, P]; returns
         {'mlm': [B, P, vocab], 'nsp': [B, 2], 'bigram_shift': [B, 2]} for the tasks trained."""
-        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        input_ids = batch["input_ids"]
         position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
-        hidden = self.embeddings(input_ids, batch["token_type_ids"], position_ids, mask, deterministic=deterministic)
+        hidden = self.embeddings(input_ids, batch["token_type_ids"], position_ids, deterministic=deterministic)
+        mask = attention_mask_for(batch["attention_mask"])
         layers = dict(self.task_layers)
         outputs, nsp_repr = {}, None
-        for number, layer in enumerate(self.encoder.layer.layers, start=1):
-            hidden = layer(hidden, mask, None, deterministic=deterministic)[0]
+        for number in range(1, self.encoder.num_layers + 1):
+            hidden = self.encoder.run_layer(number - 1, hidden, mask, deterministic)
             if layers.get("bigram_shift") == number:
                 outputs["bigram_shift"] = self.bigram_shift(hidden)
             if layers.get("nsp") == number:
@@ -96,7 +93,7 @@ class HierarchicalBert(nn.Module):
                     extra = self.transfer_projection(nsp_repr)[:, None, :]
                     masked = jnp.concatenate([masked, jnp.broadcast_to(extra, masked.shape)], axis=-1)
                 embedding = self.embeddings.variables["params"]["word_embeddings"]["embedding"]
-                outputs["mlm"] = self.mlm(masked, shared_embedding=embedding)
+                outputs["mlm"] = self.mlm(masked, embedding)
         return outputs
 
 

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
 from jaxmt.config_checks import DTYPES, one_of
 from jaxmt.core.rngs import stream_key
 from jaxmt.errors import ConfigError
+from jaxmt.models.hf_checkpoint import save_hf_model
 from jaxmt.models.pretrained import ModelError, load_pretrained, resolve_model_dir
 from jaxmt.parallel import distributed
 from jaxmt.parallel.host_data import put_global, put_host_batch
@@ -152,23 +151,6 @@ def evaluate(eval_step, params: dict, batches: list[dict[str, jax.Array]]) -> di
     return out
 
 
-def export_hf_model(params: dict, bert_config: Any, tokenizer: Any, path: str | os.PathLike, seed: int = 0) -> Path:
-    """Writes the encoder as a Hugging Face BERT directory (config.json, flax_model.msgpack, tokenizer files),
-    loadable by `jaxmt.models.pretrained.load_pretrained` and so by every fine-tuning config."""
-    from transformers import FlaxBertModel
-    from transformers.models.bert.modeling_flax_bert import FlaxBertPooler
-
-    encoder = jax.device_get(encoder_params(params))
-    if "pooler" not in encoder:  # no NSP head trained one: a fresh pooler keeps the checkpoint complete
-        hidden = jnp.zeros((1, 1, bert_config.hidden_size))
-        encoder["pooler"] = jax.device_get(FlaxBertPooler(bert_config).init(jax.random.PRNGKey(seed), hidden)["params"])
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    FlaxBertModel(bert_config, _do_init=False).save_pretrained(path, params=encoder)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def pretrain(config: ConfigDict, workdir: str) -> dict:
     """Pre-trains per `config` in `workdir` (resuming from its latest checkpoint), evaluates on held-out
     documents, writes results.json and the encoder to `workdir/hf_model/`; returns the results."""
@@ -232,7 +214,8 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
     heldout = outcome.dev or evaluate(eval_step, outcome.state.params, eval_batches)  # resumed at the last step
     export_dir = os.path.join(workdir, HF_MODEL_DIR)
     if jax.process_index() == 0:
-        export_hf_model(outcome.state.params, bert_config, tokenizer, export_dir, config.seed)
+        save_hf_model(export_dir, jax.device_get(encoder_params(outcome.state.params)), bert_config, tokenizer,
+                      seed=config.seed)
     common = outcome.common_results(config)
     results = {
         "tasks": {task: {"layer": layer, "weight": weights[task]} for task, layer in layers},

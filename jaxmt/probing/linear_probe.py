@@ -1,6 +1,6 @@
 """Linear probes on frozen per-layer sentence representations.
 
-Each sentence goes through the frozen encoder once (`FlaxBertModel`, `output_hidden_states=True`);
+Each sentence goes through the frozen encoder once (jaxmt's `BertModel`, `output_hidden_states=True`);
 the hidden states of the embedding layer and of every encoder layer are mean-pooled over its real
 tokens, giving [layers + 1, N, H]. One multinomial logistic-regression probe per layer is trained
 on standardised features (full-batch Adam, L2 penalty) — all layers at once with `jax.vmap` — and
@@ -17,15 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmt.data.tokenization import bucket_length
+from jaxmt.models.bert import BertModel
 from jaxmt.probing.classifier import fit_logistic_probe
 from jaxmt.probing.tasks import ProbingTask
 
 
-def _pooled_layers(model, params: dict, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+def _pooled_layers(model: BertModel, params: dict, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
     """[layers + 1, B, H]: every hidden state (embeddings first) mean-pooled over the real tokens."""
-    out = model.module.apply({"params": params}, input_ids, attention_mask, jnp.zeros_like(input_ids),
-                             jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape), None,
-                             deterministic=True, output_hidden_states=True, return_dict=True)
+    out = model.apply({"params": params}, input_ids, attention_mask, output_hidden_states=True)
     hidden = jnp.stack(out.hidden_states).astype(jnp.float32)  # [layers + 1, B, L, H]
     mask = attention_mask[None, :, :, None].astype(jnp.float32)
     return (hidden * mask).sum(axis=2) / jnp.maximum(mask.sum(axis=2), 1.0)
@@ -36,10 +35,9 @@ class LayerFeatures:
 
     def __init__(self, pretrained, max_length: int = 64, batch_size: int = 64,
                  buckets: Sequence[int] = (16, 32, 64, 128)) -> None:
-        from transformers import FlaxBertModel
-
-        self.tokenizer, self.params = pretrained.tokenizer, pretrained.params
-        self.model = FlaxBertModel(pretrained.config, _do_init=False)
+        self.tokenizer = pretrained.tokenizer
+        self.params = jax.device_put(pretrained.params)  # once, not with every batch
+        self.model = BertModel(pretrained.config, add_pooling_layer=False)
         self.max_length, self.batch_size = max_length, batch_size
         self.buckets = tuple(b for b in buckets if b < max_length) + (max_length,)
         self._pooled = jax.jit(lambda p, ids, mask: _pooled_layers(self.model, p, ids, mask))
