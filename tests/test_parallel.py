@@ -140,7 +140,7 @@ STEPS = 5
 def run_strategies(model_dir: str) -> dict:
     """Trains STEPS steps per strategy and surgery mode; losses, and the param shardings the step produced."""
     from jaxmt.data.demo import demo_split
-    from jaxmt.data.sampling import TaskSampler
+    from jaxmt.data.sampling import TaskSampler, train_batches
     from jaxmt.data.schema import DEFAULT_TASKS
     from jaxmt.models.pretrained import load_pretrained
     from jaxmt.parallel.host_data import put_global
@@ -179,7 +179,8 @@ def run_strategies(model_dir: str) -> dict:
         sampler = TaskSampler({t: 64 for t in specs}, {t: 16 for t in specs}, "all", 0, STEPS)
         losses = []
         for step in range(STEPS):
-            batches = runner.batches(splits, sampler, step, config.data.buckets, pretrained.tokenizer.pad_token_id)
+            batches = runner.put_host(train_batches(splits, sampler, step, config.data.buckets,
+                                                    pretrained.tokenizer.pad_token_id))
             state, metrics = runner.step(state, batches, jax.random.PRNGKey(1))
             losses.append({k: float(v) for k, v in metrics.items() if k.startswith("loss/")})
         flat = jax.tree_util.tree_flatten_with_path(state.params)[0]

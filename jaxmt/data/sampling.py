@@ -65,16 +65,23 @@ class TaskSampler:
     def _permutation(self, task_index: int, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, 2, task_index, epoch]).permutation(self.sizes[self.tasks[task_index]])
 
-    def indices(self, task: str, step: int) -> np.ndarray:
-        """The training example indices `task` uses at `step` (its k-th draw)."""
-        n, b = self.sizes[task], self.batch_sizes[task]
-        positions = self._draw_count(step) * b + np.arange(b)
-        task_index = self.tasks.index(task)
-        out = np.empty(b, dtype=np.int64)
+    def _positions(self, task: str, draw: int) -> np.ndarray:
+        """Positions in the task's stream of shuffled epochs that its `draw`-th batch takes."""
+        b = self.batch_sizes[task]
+        return draw * b + np.arange(b)
+
+    def _at(self, task_index: int, positions: np.ndarray) -> np.ndarray:
+        """The example indices at stream `positions` (epoch = position // size, then that epoch's order)."""
+        n = self.sizes[self.tasks[task_index]]
+        out = np.empty(len(positions), dtype=np.int64)
         for epoch in np.unique(positions // n):
             sel = positions // n == epoch
             out[sel] = self._permutation(task_index, int(epoch))[positions[sel] % n]
         return out
+
+    def indices(self, task: str, step: int) -> np.ndarray:
+        """The training example indices `task` uses at `step` (its k-th draw)."""
+        return self._at(self.tasks.index(task), self._positions(task, self._draw_count(step)))
 
 
 def train_batches(

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxmt.models.encoder import BertEncoder
-from jaxmt.models.multitask import _matching_encoder_params
+from jaxmt.models.multitask import matching_encoder_params
 
 NEG_INF = -1e9  # logit of a position no span may start or end at
 
@@ -65,7 +65,7 @@ class SpanModel:
         dummy = jnp.ones((1, 8), jnp.int32)
         encoder = self.encoder.init(enc_rng, dummy, dummy, jnp.zeros_like(dummy))["params"]
         if encoder_params is not None:
-            encoder = {"bert": _matching_encoder_params(encoder["bert"], encoder_params)}
+            encoder = {"bert": matching_encoder_params(encoder["bert"], encoder_params)}
         return {"encoder": encoder, "span": init_span_head(head_rng, self.encoder.config.hidden_size)}
 
     def logits(self, params: dict, batch: dict, *, rng: jax.Array | None = None,

@@ -169,16 +169,12 @@ def train_and_evaluate_qa(config: ConfigDict, workdir: str) -> dict:
         answers.update(found)
         return metrics
 
-    def batch(step: int) -> dict:
-        rows = sampler.indices("qa", step)
-        return runner.put(train_feats.take(rows[runner.rows(len(rows))]), len(rows))
-
     program = loop.Program(
         name="squad",
         abstract_state=abstract_state,
         state_sharding=state_sharding,
         init=lambda: init(put_global(encoder, param_shardings(encoder, mesh, prefix=ENCODER_PREFIX))),
-        batch=batch,
+        batch=lambda step: runner.put_host(train_feats.take(sampler.indices("qa", step))),
         step=lambda state, b: runner.step(state, b, dropout_rng),
         evaluate=evaluate,
         best_metric="f1",

@@ -15,7 +15,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from jaxmt.core.rngs import stream_key
-from jaxmt.data.sampling import TaskSampler
+from jaxmt.data.sampling import TaskSampler, train_batches
 from jaxmt.errors import ConfigError
 from jaxmt.gan.build import GanData, prepare_gan_run
 from jaxmt.gan.semi_supervised import subset_split
@@ -49,7 +49,7 @@ def train_baseline(config: ConfigDict, workdir: str, data: GanData | None = None
     program = loop.Program(
         name="baseline", abstract_state=abstract, state_sharding=shardings,
         init=lambda: jax.jit(init, out_shardings=shardings)(data.pretrained.params),
-        batch=lambda step: runner.batches(labeled, sampler, step, config.data.buckets, data.pad_id),
+        batch=lambda step: runner.put_host(train_batches(labeled, sampler, step, config.data.buckets, data.pad_id)),
         step=lambda state, b: runner.step(state, b, dropout_rng),
         evaluate=lambda state: {"accuracy": predictor.evaluate(state.params, {name: data.dev})[0][name]},
         best_metric="accuracy", fault_hint=GAN_FAULT_HINT, tag=tag,

@@ -43,3 +43,20 @@ def pool(hidden, attention_mask, mode: str):
         mask = attention_mask[..., None].astype(hidden.dtype)
         return (hidden * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
     raise ValueError(f"pooling must be 'mean' or 'cls', got {mode!r}")
+
+
+def pool_segments(hidden: jax.Array, segment_ids: jax.Array, position_ids: jax.Array, mode: str) -> jax.Array:
+    """Per-segment embeddings of packed rows: [R, L, H] -> [R * L, H], the segment k of row r at r * L + k
+    (segment 0, the padding, is never read). 'mean' averages a segment's own tokens; 'cls' takes its first."""
+    rows, length, width = hidden.shape
+    index = (jnp.arange(rows)[:, None] * length + segment_ids).reshape(-1)
+    if mode == "cls":
+        weights = (position_ids == 0) & (segment_ids > 0)
+    elif mode == "mean":
+        weights = segment_ids > 0
+    else:
+        raise ValueError(f"pooling must be 'mean' or 'cls', got {mode!r}")
+    weights = weights.reshape(-1, 1).astype(hidden.dtype)
+    sums = jax.ops.segment_sum(hidden.reshape(-1, width) * weights, index, num_segments=rows * length)
+    counts = jax.ops.segment_sum(weights, index, num_segments=rows * length)
+    return sums / jnp.maximum(counts, 1.0)

@@ -10,17 +10,20 @@ import jax
 import jax.numpy as jnp
 
 from jaxmt.data.schema import TaskSpec
-from jaxmt.models.encoder import BertEncoder, pool
+from jaxmt.models.encoder import BertEncoder, pool, pool_segments
 from jaxmt.models.heads import apply_head, head_input_dim, init_head
 
 
 class SharedBackbone(nn.Module):
     """Encoder -> pooled sentence embedding -> shared dense layers -> dropout.
 
-    Inputs are [B, S, L]: S sequences an example (2 for siamese pairs), folded into the
-    batch so both sentences go through the encoder in one call. `output_dropout=False` leaves out
-    the final dropout, for a consumer that applies its own (the GAN's discriminator, which must
-    treat real and generated embeddings alike).
+    Padded inputs are [B, S, L]: S sequences an example (2 for siamese pairs), folded into the
+    batch so both sentences go through the encoder in one call. Packed inputs (`jaxmt.data.packing`)
+    are rows [R, L] with `segment_ids` and `position_ids`, and `example_segments` [E, S] says which
+    segment holds each example's sequences; every sequence is pooled over its own tokens only.
+    Either way the output is [B or E, S, F]. `output_dropout=False` leaves out the final dropout, for
+    a consumer that applies its own (the GAN's discriminator, which must treat real and generated
+    embeddings alike).
     """
 
     bert_config: Any
@@ -33,13 +36,18 @@ class SharedBackbone(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True,
-                 output_dropout: bool = True):
-        b, s, length = input_ids.shape
-        flat = lambda x: x.reshape(b * s, length)  # noqa: E731
-        hidden = BertEncoder(self.bert_config, dtype=self.dtype, remat=self.remat, name="encoder")(
-            flat(input_ids), flat(attention_mask), flat(token_type_ids), deterministic=deterministic
-        )
-        x = pool(hidden, flat(attention_mask), self.pooling)
+                 output_dropout: bool = True, *, position_ids=None, segment_ids=None, example_segments=None):
+        encoder = BertEncoder(self.bert_config, dtype=self.dtype, remat=self.remat, name="encoder")
+        if example_segments is None:
+            b, s, length = input_ids.shape
+            flat = lambda x: x.reshape(b * s, length)  # noqa: E731
+            hidden = encoder(flat(input_ids), flat(attention_mask), flat(token_type_ids), deterministic=deterministic)
+            x = pool(hidden, flat(attention_mask), self.pooling)
+        else:
+            b, s = example_segments.shape
+            hidden = encoder(input_ids, None, token_type_ids, deterministic=deterministic,
+                             position_ids=position_ids, segment_ids=segment_ids)
+            x = pool_segments(hidden, segment_ids, position_ids, self.pooling)[example_segments.reshape(-1)]
         width = self.shared_dim or self.bert_config.hidden_size
         for i in range(self.shared_layers):
             x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
@@ -67,7 +75,7 @@ class MultitaskModel:
         backbone = self.backbone.init(backbone_rng, dummy, dummy, jnp.zeros_like(dummy))["params"]
         if encoder_params is not None:
             backbone = dict(backbone)
-            backbone["encoder"] = {"bert": _matching_encoder_params(backbone["encoder"]["bert"], encoder_params)}
+            backbone["encoder"] = {"bert": matching_encoder_params(backbone["encoder"]["bert"], encoder_params)}
         heads = {
             task: init_head(
                 jax.random.fold_in(head_rng, i), spec,
@@ -79,12 +87,14 @@ class MultitaskModel:
 
     def features(self, params: dict, batch: dict, *, rng: jax.Array | None, deterministic: bool,
                  output_dropout: bool = True) -> jax.Array:
-        """The backbone's features [B, S, F]; `output_dropout=False`: without its final dropout."""
+        """The backbone's features [B, S, F] of a padded or packed batch; `output_dropout=False`: without its
+        final dropout."""
         rngs = None if deterministic else {"dropout": rng}
+        packed = {k: batch[k] for k in ("position_ids", "segment_ids", "example_segments") if k in batch}
         return self.backbone.apply(
             {"params": params["backbone"]},
-            batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-            deterministic=deterministic, output_dropout=output_dropout, rngs=rngs,
+            batch["input_ids"], batch.get("attention_mask"), batch["token_type_ids"],
+            deterministic=deterministic, output_dropout=output_dropout, rngs=rngs, **packed,
         )
 
     def outputs(self, params: dict, task: str, batch: dict, *, rng: jax.Array | None = None,
@@ -94,7 +104,7 @@ class MultitaskModel:
         return apply_head(params["heads"][task], self.specs[task], feats)
 
 
-def _matching_encoder_params(initial: dict, pretrained: dict) -> dict:
+def matching_encoder_params(initial: dict, pretrained: dict) -> dict:
     """Pretrained FlaxBert params, checked against the module's own tree (pooler dropped)."""
     pretrained = {k: v for k, v in pretrained.items() if k != "pooler"}
     want = jax.tree_util.tree_map(jnp.shape, initial)

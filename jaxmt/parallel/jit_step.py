@@ -12,13 +12,12 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from jaxmt.data.sampling import TaskSampler
-from jaxmt.parallel.host_data import global_train_batches, process_rows
+from jaxmt.parallel.host_data import put_host_batch
 from jaxmt.parallel.mesh import batch_sharding, replicated
 
 
 class JitStep:
-    """`batches(...)` builds a step's global batch; `step(state, batches, rng)` runs it.
+    """`put_host(batch)` makes a host batch (the same on every process) global; `step(state, batch, rng)` runs it.
 
     `make_step(axis_name)` builds the pure step `(state, batch, rng) -> (state, metrics)`; the jit path
     passes no axis name (GSPMD averages the gradients of a batch split over devices by itself).
@@ -34,18 +33,10 @@ class JitStep:
             donate_argnums=(0,),
         )
 
-    def batches(self, splits: dict, sampler: TaskSampler, step: int, buckets, pad_id: int) -> dict:
-        return global_train_batches(splits, sampler, step, buckets, pad_id, self.data_sharding)
-
-    def rows(self, batch_size: int) -> slice:
-        """The rows of a global batch this process builds."""
-        return process_rows(batch_size, self.data_sharding)
-
-    def put(self, local: Any, global_rows: int) -> Any:
-        """This process's rows of a batch (a tree of [rows, ...] numpy arrays) as global arrays."""
-        return jax.tree_util.tree_map(
-            lambda v: jax.make_array_from_process_local_data(self.data_sharding, v, (global_rows,) + v.shape[1:]),
-            local)
+    def put_host(self, batch: Any) -> Any:
+        """A host batch (a tree of [rows, ...] numpy arrays, the same on every process) as global arrays split
+        over the data axes; each process hands over only the rows its devices hold."""
+        return put_host_batch(batch, self.data_sharding)
 
     def step(self, state: Any, batches: Any, rng: jax.Array) -> tuple[Any, dict]:
         return self._step(state, batches, rng)

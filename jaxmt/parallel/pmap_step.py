@@ -17,9 +17,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxmt.data.sampling import TaskSampler
 from jaxmt.errors import ConfigError
-from jaxmt.parallel.host_data import local_train_batches, process_rows
+from jaxmt.parallel.host_data import process_rows
 
 AXIS = "batch"
 
@@ -33,7 +32,7 @@ def check_pmap_mesh(mesh: Mesh) -> None:
 
 
 class PmapStep:
-    """`batches(...)` builds this process's rows as [local devices, rows per device, ...]; `step` runs them."""
+    """`put_host(batch)` gives this process's rows as [local devices, rows per device, ...]; `step` runs them."""
 
     def __init__(self, make_step: Callable[[str | None], Callable]) -> None:
         train_step = make_step(AXIS)
@@ -49,20 +48,16 @@ class PmapStep:
         self._row_sharding = NamedSharding(pmap_mesh, P(AXIS))
         self._replicated = NamedSharding(pmap_mesh, P())
 
-    def batches(self, splits: dict, sampler: TaskSampler, step: int, buckets, pad_id: int) -> dict:
-        local, _ = local_train_batches(splits, sampler, step, buckets, pad_id,
-                                       lambda size: process_rows(size, self._row_sharding))
-        return self.put(local, 0)
-
-    def put(self, local: Any, global_rows: int) -> Any:
-        """This process's rows of a batch as [local devices, rows per device, ...] (`global_rows` is unused:
-        pmap takes each process's part as it is)."""
+    def put_host(self, batch: Any) -> Any:
+        """This process's rows of a host batch (the same on every process) as [local devices, rows per device,
+        ...]: pmap takes each process's part as it is."""
         n = self.local_devices
-        return jax.tree_util.tree_map(lambda v: v.reshape((n, v.shape[0] // n) + v.shape[1:]), local)
 
-    def rows(self, batch_size: int) -> slice:
-        """The rows of a global batch this process feeds."""
-        return process_rows(batch_size, self._row_sharding)
+        def local(v):
+            v = v[process_rows(len(v), self._row_sharding)]
+            return v.reshape((n, v.shape[0] // n) + v.shape[1:])
+
+        return jax.tree_util.tree_map(local, batch)
 
     def step(self, state: Any, batches: Any, rng: jax.Array) -> tuple[Any, dict]:
         if jax.tree_util.tree_leaves(state)[0].sharding != self._replicated:

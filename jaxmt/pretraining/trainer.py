@@ -193,17 +193,13 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
     eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding.params, data_sharding),
                         out_shardings=replicated(mesh))
 
-    def batch(step: int) -> dict:
-        host = host_batch(step)
-        return runner.put({k: v[runner.rows(config.batch_size)] for k, v in host.items()}, config.batch_size)
-
     program = loop.Program(
         name="pretrain",
         abstract_state=abstract_state,
         state_sharding=state_sharding,
         init=lambda params=pretrained: jax.jit(init, out_shardings=state_sharding)(
             None if params is None else put_global(params, param_shardings(params, mesh))),
-        batch=batch,
+        batch=lambda step: runner.put_host(host_batch(step)),
         step=lambda state, b: runner.step(state, b, dropout_rng),
         evaluate=lambda state: evaluate(eval_step, state.params, eval_batches),
         eval_prefix="heldout",

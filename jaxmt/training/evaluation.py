@@ -6,20 +6,25 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxmt.data.packing import PackLayout, packed_eval_batches
 from jaxmt.data.sampling import eval_batches
 from jaxmt.data.tokenization import EncodedSplit
 from jaxmt.models.multitask import MultitaskModel
+from jaxmt.parallel.host_data import put_host_batch
 from jaxmt.parallel.mesh import batch_sharding, replicated
 from jaxmt.training.metrics import task_metric
 from jaxmt.training.step import make_predict_step
 
 
 class Predictor:
-    """Jitted predict steps, one per task, compiled once per bucket length."""
+    """Jitted predict steps, one per task: compiled once per bucket length, or once per task with packed
+    batches (`layouts`: the task's eval `PackLayout`, from `jaxmt.data.packing.layout_for`)."""
 
-    def __init__(self, model: MultitaskModel, mesh: Mesh, batch_size: int, buckets, pad_id: int) -> None:
+    def __init__(self, model: MultitaskModel, mesh: Mesh, batch_size: int, buckets, pad_id: int,
+                 layouts: dict[str, PackLayout] | None = None) -> None:
         self.model, self.mesh = model, mesh
         self.batch_size, self.buckets, self.pad_id = batch_size, tuple(buckets), pad_id
+        self.layouts = layouts
         self._steps = {
             # params as they come (replicated, FSDP- or tensor-sharded); batches split over the data axes
             task: jax.jit(make_predict_step(model, task), in_shardings=(None, batch_sharding(mesh)),
@@ -31,8 +36,10 @@ class Predictor:
         """Predictions for every example of `split`, in the split's order."""
         out = np.zeros(len(split.data), dtype=split.data.spec.label_dtype)
         sharding = batch_sharding(self.mesh)
-        for idx, batch in eval_batches(split, self.batch_size, self.buckets, self.pad_id):
-            preds = self._steps[task](params, jax.device_put(batch, sharding))
+        batches = (packed_eval_batches(split, self.layouts[task], self.pad_id) if self.layouts else
+                   eval_batches(split, self.batch_size, self.buckets, self.pad_id))
+        for idx, batch in batches:
+            preds = self._steps[task](params, put_host_batch(batch, sharding))
             out[idx] = np.asarray(jax.device_get(preds))[: len(idx)]
         return out
 

@@ -4,24 +4,30 @@
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import numpy as np
 from ml_collections import ConfigDict
 
 from jaxmt.core.rngs import stream_key
 from jaxmt.data.demo import DEMO_BANNER
+from jaxmt.data.packing import PackedTaskSampler, PackLayout, layout_for, train_step_batches
 from jaxmt.data.sampling import TaskSampler
 from jaxmt.data.sources import first_skipped_rows, load_splits, task_specs
+from jaxmt.data.tokenization import EncodedSplit
 from jaxmt.models.pretrained import load_pretrained
 from jaxmt.parallel import distributed
 from jaxmt.parallel.host_data import put_global
-from jaxmt.parallel.mesh import make_mesh
+from jaxmt.parallel.mesh import data_parallel_size, make_mesh
 from jaxmt.parallel.sharding_rules import check_heads
 from jaxmt.parallel.state_sharding import encoder_shardings
 from jaxmt.training import loop, setup
 from jaxmt.training.evaluation import Predictor
 from jaxmt.training.optimizer import make_optimizer
 from jaxmt.training.step import init_state, multitask_step_runner
+
+log = logging.getLogger(__name__)
 
 
 def _surgery_metrics(opt_state, task_names: list[str]) -> dict[str, float]:
@@ -42,6 +48,23 @@ def _surgery_metrics(opt_state, task_names: list[str]) -> dict[str, float]:
 def _nonfinite_tasks(flags: dict) -> str:
     tasks = [k.split("/", 1)[1] for k, v in flags.items() if "/" in k and v]
     return f"non-finite loss in task {', '.join(tasks)}" if tasks else "non-finite gradient (all losses finite)"
+
+
+def make_sampler(config: ConfigDict, train: dict[str, EncodedSplit], dev: dict[str, EncodedSplit],
+                 multiple: int) -> tuple[TaskSampler, dict[str, PackLayout] | None]:
+    """The training sampler and the dev sets' packed layouts: token budgets of `data.pack_length`-token rows
+    sized for each task's batch size (rows and examples a multiple of the data-parallel devices), or
+    fixed-size padded batches (layouts None) when `data.packing` is off."""
+    batch_sizes = {t: config.tasks[t].batch_size for t in train}
+    if not config.data.packing:
+        return TaskSampler({t: len(s.data) for t, s in train.items()}, batch_sizes, config.sampling, config.seed,
+                           config.num_steps), None
+    length = config.data.pack_length
+    layouts = {t: layout_for(s, batch_sizes[t], length, multiple) for t, s in train.items()}
+    sampler = PackedTaskSampler(train, layouts, config.sampling, config.seed, config.num_steps)
+    log.info("packed batches: %s; examples a step %s", {t: f"{v.rows}x{v.length}" for t, v in layouts.items()},
+             {t: round(v, 1) for t, v in sampler.examples_per_step().items()})
+    return sampler, {t: layout_for(s, config.eval_batch_size, length, multiple) for t, s in dev.items()}
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
@@ -73,17 +96,17 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     encoder = pretrained.params
     del pretrained
 
-    predictor = Predictor(model, mesh, config.eval_batch_size, config.data.buckets, tokenizer.pad_token_id)
-    sampler = TaskSampler({t: len(s.data) for t, s in train_split.items()},
-                          {t: config.tasks[t].batch_size for t in train_split},
-                          config.sampling, config.seed, config.num_steps)
+    sampler, eval_layouts = make_sampler(config, train_split, dev_split, data_parallel_size(mesh))
+    predictor = Predictor(model, mesh, config.eval_batch_size, config.data.buckets, tokenizer.pad_token_id,
+                          eval_layouts)
     task_names = sorted(specs)
     program = loop.Program(
         name="train",
         abstract_state=abstract_state,
         state_sharding=state_sharding,
         init=lambda: init(put_global(encoder, encoder_shardings(encoder, mesh))),
-        batch=lambda step: runner.batches(train_split, sampler, step, config.data.buckets, tokenizer.pad_token_id),
+        batch=lambda step: runner.put_host(
+            train_step_batches(train_split, sampler, step, config.data.buckets, tokenizer.pad_token_id)),
         step=lambda state, batch: runner.step(state, batch, dropout_rng),
         evaluate=lambda state: predictor.evaluate(state.params, dev_split)[0],
         best_metric="mean",
