@@ -56,7 +56,9 @@ def get_config() -> ConfigDict:
     config.model = ConfigDict()
     config.model.name = "minilm"  # model alias (minilm) or a local Hugging Face BERT directory
     config.model.pooling = "mean"  # sentence embedding: mean (sentence-transformers) | cls
-    config.model.pair_mode = "cross"  # cross: [CLS] a [SEP] b [SEP] jointly | siamese: [u; v; |u-v|; u*v]
+    # Pairs: cross: [CLS] a [SEP] b [SEP] jointly | siamese: each alone, [u; v; |u-v|; u*v] | triplet: both alone and
+    # jointly (paper A's triplet architecture, a reading), [u; v; |u-v|; u*v; c]
+    config.model.pair_mode = "cross"
     config.model.shared_layers = 0  # dense+GELU layers shared by all tasks between encoder and heads
     config.model.shared_dim = 0  # width of the shared layers (0 = the encoder's hidden size)
     config.model.dropout = 0.1  # dropout before the shared layers and the heads

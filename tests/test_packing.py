@@ -23,7 +23,7 @@ from jaxmt.training import setup
 from jaxmt.training.losses import task_loss
 
 
-@pytest.fixture(scope="module", params=["cross", "siamese"])
+@pytest.fixture(scope="module", params=["cross", "siamese", "triplet"])
 def packed_setup(request, tiny_bert, tiny_bert_dir):
     config = tiny_config(tiny_bert_dir, **{"model.pair_mode": request.param, "model.dropout": 0.0})
     specs = task_specs(config)

@@ -74,3 +74,16 @@ def test_buckets_and_batches(tiny_bert):
     np.testing.assert_array_equal(batch["example_mask"], [1, 1, 0, 0])
     assert batch["attention_mask"][0, 0].sum() == len(enc.input_ids[2][0])
     assert batch["input_ids"][2:].sum() == 0
+
+
+def test_triplet_pairs_are_each_sentence_alone_then_both_jointly(tiny_bert):
+    tok = tiny_bert.tokenizer
+    data = TaskData(spec=DEFAULT_TASKS["sts"], split="train", source="test", ids=["p0"], text_a=["the cat"], text_b=["a dog runs"],
+                    labels=np.asarray([3.0], np.float32))
+    triplet = encode_split(data, tok, 16, "triplet")
+    siamese = encode_split(data, tok, 16, "siamese")
+    cross = encode_split(data, tok, 16, "cross")
+    assert triplet.num_sequences == 3
+    for got, want in zip(triplet.input_ids[0], siamese.input_ids[0] + cross.input_ids[0]):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(triplet.token_type_ids[0][2], cross.token_type_ids[0][0])

@@ -17,12 +17,13 @@ import numpy as np
 
 from jaxmt.data.schema import TaskData
 
-PAIR_MODES = ("cross", "siamese")
+PAIR_MODES = ("cross", "siamese", "triplet")
+SEQUENCES_PER_PAIR = {"cross": 1, "siamese": 2, "triplet": 3}  # sequences a pair example is encoded as
 
 
 @dataclasses.dataclass
 class EncodedSplit:
-    """A tokenized split: per example, S sequences (S=1 single/cross, S=2 siamese)."""
+    """A tokenized split: per example, S sequences (S=1 single/cross, 2 siamese: a, b; 3 triplet: a, b, a+b)."""
 
     data: TaskData
     input_ids: list[tuple[np.ndarray, ...]]  # [N] of S int32 arrays, special tokens included
@@ -73,16 +74,23 @@ def encode_split(data: TaskData, tokenizer, max_length: int, pair_mode: str = "c
         ids = np.asarray([cls, *tokens[: max_length - 2], sep], dtype=np.int32)
         return ids, np.zeros_like(ids)
 
+    def joint(a: list[int], b: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        ta, tb = _truncate_pair(a, b, max_length - 3)
+        ids = np.asarray([cls, *ta, sep, *tb, sep], dtype=np.int32)
+        return ids, np.concatenate([np.zeros(len(ta) + 2, np.int32), np.ones(len(tb) + 1, np.int32)])
+
     for i, a in enumerate(a_tokens):
-        if b_tokens is None or pair_mode == "siamese":
-            seqs = [single(a)] + ([single(b_tokens[i])] if b_tokens is not None else [])
-            truncated += any(len(t) > max_length - 2 for t in ([a] if b_tokens is None else [a, b_tokens[i]]))
+        if b_tokens is None:
+            seqs = [single(a)]
+            truncated += len(a) > max_length - 2
         else:
-            ta, tb = _truncate_pair(a, b_tokens[i], max_length - 3)
-            truncated += (len(ta), len(tb)) != (len(a), len(b_tokens[i]))
-            ids = np.asarray([cls, *ta, sep, *tb, sep], dtype=np.int32)
-            types = np.concatenate([np.zeros(len(ta) + 2, np.int32), np.ones(len(tb) + 1, np.int32)])
-            seqs = [(ids, types)]
+            b = b_tokens[i]
+            alone = [single(a), single(b)] if pair_mode != "cross" else []
+            together = [joint(a, b)] if pair_mode != "siamese" else []
+            seqs = alone + together
+            cut_alone = bool(alone) and (len(a) > max_length - 2 or len(b) > max_length - 2)
+            cut_together = bool(together) and len(a) + len(b) > max_length - 3
+            truncated += cut_alone or cut_together
         input_ids.append(tuple(s[0] for s in seqs))
         token_types.append(tuple(s[1] for s in seqs))
     return EncodedSplit(data=data, input_ids=input_ids, token_type_ids=token_types, num_truncated=truncated)

@@ -1,8 +1,9 @@
 """Task heads: pure functions of (params, features), with their own init.
 
-A head sees the shared features of one or two sentences ([B, S, D], S=2 for siamese pairs,
-combined as [u; v; |u-v|; u*v]) and returns what the task's loss reads: class logits [B, K],
-one paraphrase logit [B], or a similarity score [B] inside the task's range.
+A head sees the shared features of an example's sequences ([B, S, D]: S=1 a sentence or a jointly
+encoded pair; S=2 siamese pairs u, v, combined as [u; v; |u-v|; u*v]; S=3 triplet pairs u, v and the
+joint encoding c, combined as [u; v; |u-v|; u*v; c]) and returns what the task's loss reads: class
+logits [B, K], one paraphrase logit [B], or a similarity score [B] inside the task's range.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from jaxmt.data.schema import BINARY, CLASSIFICATION, TaskSpec
 
 
 def combine_pair(features: jax.Array) -> jax.Array:
-    """[B, 1, D] -> [B, D]; [B, 2, D] -> [B, 4D] as [u; v; |u - v|; u * v] (Sentence-BERT)."""
+    """[B, 1, D] -> [B, D]; [B, 2, D] -> [B, 4D] as [u; v; |u - v|; u * v] (Sentence-BERT);
+    [B, 3, D] -> [B, 5D] as [u; v; |u - v|; u * v; c] (the triplet: both sentences alone and jointly)."""
     if features.shape[1] == 1:
         return features[:, 0]
     u, v = features[:, 0], features[:, 1]
-    return jnp.concatenate([u, v, jnp.abs(u - v), u * v], axis=-1)
+    return jnp.concatenate([u, v, jnp.abs(u - v), u * v, *([features[:, 2]] if features.shape[1] == 3 else [])],
+                           axis=-1)
 
 
 def head_input_dim(feature_dim: int, num_sequences: int) -> int:
-    return feature_dim if num_sequences == 1 else 4 * feature_dim
+    return {1: 1, 2: 4, 3: 5}[num_sequences] * feature_dim
 
 
 def init_head(rng: jax.Array, spec: TaskSpec, input_dim: int, stddev: float = 0.02) -> dict:

@@ -17,7 +17,7 @@ from jaxmt.models.heads import apply_head, head_input_dim, init_head
 class SharedBackbone(nn.Module):
     """Encoder -> pooled sentence embedding -> shared dense layers -> dropout.
 
-    Padded inputs are [B, S, L]: S sequences an example (2 for siamese pairs), folded into the
+    Padded inputs are [B, S, L]: S sequences an example (2 siamese, 3 triplet pairs), folded into the
     batch so both sentences go through the encoder in one call. Packed inputs (`jaxmt.data.packing`)
     are rows [R, L] with `segment_ids` and `position_ids`, and `example_segments` [E, S] says which
     segment holds each example's sequences; every sequence is pooled over its own tokens only.
@@ -66,7 +66,7 @@ class MultitaskModel:
 
     backbone: SharedBackbone
     specs: dict[str, TaskSpec]
-    num_sequences: dict[str, int]  # per task: 1, or 2 for siamese pairs
+    num_sequences: dict[str, int]  # per task: 1, or 2 (siamese) / 3 (triplet) for pairs
 
     def init(self, rng: jax.Array, encoder_params: dict | None = None) -> dict:
         """Fresh params; `encoder_params` (a FlaxBertModule tree) replaces the random encoder."""

@@ -14,7 +14,7 @@ from ml_collections import ConfigDict
 from jaxmt.config_checks import DTYPES, one_of
 from jaxmt.data.sampling import SAMPLING_MODES
 from jaxmt.data.schema import TaskData, TaskSpec
-from jaxmt.data.tokenization import PAIR_MODES, EncodedSplit, encode_split
+from jaxmt.data.tokenization import PAIR_MODES, SEQUENCES_PER_PAIR, EncodedSplit, encode_split
 from jaxmt.errors import ConfigError
 from jaxmt.models.multitask import MultitaskModel, SharedBackbone
 from jaxmt.parallel.mesh import check_divisible
@@ -78,9 +78,9 @@ def build_model(config: ConfigDict, bert_config, specs: dict[str, TaskSpec]) -> 
         dtype=DTYPES[config.model.dtype],
         remat=config.model.remat,
     )
-    siamese = config.model.pair_mode == "siamese"
+    per_pair = SEQUENCES_PER_PAIR[config.model.pair_mode]
     return MultitaskModel(backbone=backbone, specs=specs,
-                          num_sequences={t: 2 if (s.is_pair and siamese) else 1 for t, s in specs.items()})
+                          num_sequences={t: per_pair if s.is_pair else 1 for t, s in specs.items()})
 
 
 def encode_splits(config: ConfigDict, data: dict[str, TaskData], tokenizer) -> dict[str, EncodedSplit]:
