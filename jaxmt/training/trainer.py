@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 import jax
 import numpy as np
 from ml_collections import ConfigDict
@@ -23,9 +26,24 @@ from jaxmt.training.evaluation import Predictor
 from jaxmt.training.optimizer import make_optimizer
 from jaxmt.training.step import init_state, multitask_step_runner
 
+log = logging.getLogger(__name__)
+
+
+def epoch_eval_every(config: ConfigDict, train_sizes: dict[str, int]) -> int:
+    """`config.eval_every_epochs` as a step interval: epochs of the largest task, whose epoch is
+    ceil(train size / batch size) steps (what sampling='all' takes to see it once)."""
+    largest = max(sorted(train_sizes), key=lambda t: train_sizes[t])
+    steps_per_epoch = math.ceil(train_sizes[largest] / config.tasks[largest].batch_size)
+    every = max(1, round(config.eval_every_epochs * steps_per_epoch))
+    log.info("eval_every_epochs=%g: evaluating every %d steps (an epoch of %s, the largest task, is %d steps)",
+             config.eval_every_epochs, every, largest, steps_per_epoch)
+    return every
+
 
 def _surgery_metrics(opt_state, task_names: list[str]) -> dict[str, float]:
-    """PCGrad's conflict count and pairwise gradient cosines of the last step, if it is in the chain."""
+    """PCGrad's conflict count and pairwise gradient cosines of the last step, if it is in the chain.
+
+    `task_names` name the stacked gradients: tasks, or surgery groups ('para+sts')."""
     from jaxmt.optim.pcgrad import find_pcgrad_state
 
     state = find_pcgrad_state(opt_state)
@@ -64,7 +82,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     dev_split = setup.encode_splits(config, dev_data, tokenizer)
 
     model = setup.build_model(config, pretrained.config, specs)
-    tx = make_optimizer(config, config.num_steps, len(specs))
+    groups = setup.surgery_groups(config, specs)
+    tx = make_optimizer(config, config.num_steps, len(groups))
     init_rng, dropout_rng = stream_key(config.seed, "init"), stream_key(config.seed, "dropout")
     abstract_state = jax.eval_shape(lambda p: init_state(model, tx, init_rng, p), pretrained.params)
     state_sharding = setup.state_shardings(abstract_state, mesh)
@@ -77,7 +96,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     sampler = TaskSampler({t: len(s.data) for t, s in train_split.items()},
                           {t: config.tasks[t].batch_size for t in train_split},
                           config.sampling, config.seed, config.num_steps)
-    task_names = sorted(specs)
+    gradient_names = [setup.group_label(g) for g in groups]
     program = loop.Program(
         name="train",
         abstract_state=abstract_state,
@@ -87,12 +106,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         step=lambda state, batch: runner.step(state, batch, dropout_rng),
         evaluate=lambda state: predictor.evaluate(state.params, dev_split)[0],
         best_metric="mean",
-        extra_scalars=lambda state: _surgery_metrics(state.opt_state, task_names),
+        extra_scalars=lambda state: _surgery_metrics(state.opt_state, gradient_names),
         describe_fault=_nonfinite_tasks,
         shape_key=lambda batches: tuple((t, b["input_ids"].shape) for t, b in sorted(batches.items())),
         tag=f"[{DEMO_BANNER}] " if is_demo else "",
     )
-    outcome = loop.run(program, config, workdir)
+    loop_config = config
+    if config.get("eval_every_epochs", 0.0) > 0:  # the loop reads eval_every: a copy with the interval in steps
+        loop_config = config.copy_and_resolve_references()
+        loop_config.eval_every = epoch_eval_every(config, {t: len(s.data) for t, s in train_split.items()})
+    outcome = loop.run(program, loop_config, workdir)
     results = {
         "demo_data": is_demo,
         "data": {"source": config.data.source, "train_sizes": {t: len(d) for t, d in train_data.items()},
@@ -100,6 +123,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
                  "first_skipped_row": first_skipped_rows(train_data)},
         "model": config.model.name,
         **outcome.common_results(config),
+        "eval_every": loop_config.eval_every,
         "devices": mesh.size,
     }
     loop.write_results(workdir, results)
