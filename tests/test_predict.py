@@ -19,12 +19,14 @@ from jaxmt.training.evaluation import Predictor
 
 @pytest.fixture(scope="module")
 def paper_a_run(tmp_path_factory, tiny_bert_dir):
-    """Paper A's config with the tiny BERT for BERT-base, the demo data and a few steps; sts on the cosine head."""
+    """Paper A's config with the tiny BERT for BERT-base, the demo data and a few steps; with the other switches
+    on (the cosine STS head, sst against para+sts for PCGrad, a head learning rate) to run them in the trainer."""
     from configs import paper_a_bert_base
     from jaxmt.training.trainer import train_and_evaluate
 
     config = with_overrides(paper_a_bert_base.get_config(), **{
         "model.name": str(tiny_bert_dir), "data.source": "demo", "tasks.sts.head": "cosine",
+        "optim.surgery_groups": (("sst",), ("para", "sts")), "optim.head_learning_rate": 1e-3,
         "num_steps": 4, "log_every": 2, "checkpoint_every": 4, "eval_every_epochs": 0.25,
         "data.max_train_examples": 64, "data.max_eval_examples": 32, "eval_batch_size": 32,
         "data.buckets": (16, 32, 64), "data.max_length": 64})
@@ -48,9 +50,19 @@ def test_paper_a_config_trains_evaluating_every_quarter_epoch(paper_a_run):
     assert results["eval_every"] == 2  # a quarter of ceil(64 / 8) = 8 steps
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in rows if "dev/mean" in r] == [2, 4]
-    assert all("train/pcgrad/cos/para-sst" in r for r in rows if "train/loss/total" in r)
+    train_rows = [r for r in rows if "train/loss/total" in r]
+    assert train_rows and all("train/pcgrad/cos/para+sts-sst" in r and "train/grad_norm/para+sts" in r
+                              for r in train_rows)
     recorded = json.load(open(os.path.join(workdir, "config.json")))
     assert recorded["eval_every_epochs"] == 0.25 and recorded["tasks"]["sts"]["head"] == "cosine"
+
+
+def test_paper_a_run_restores_its_split_optimizer_state(paper_a_run):
+    """The checkpoint holds PCGrad's state over 2 groups and AdamW split by encoder_or_head; a rerun restores it."""
+    from jaxmt.training.trainer import train_and_evaluate
+
+    workdir, config, _ = paper_a_run
+    assert train_and_evaluate(config, workdir)["resumed_from_step"] == 4
 
 
 @pytest.fixture(scope="module")
