@@ -16,6 +16,10 @@ def task(kind: str, pair: bool, num_classes: int = 1, files: tuple[str, str, str
         num_classes=num_classes,  # classification only: number of classes
         label_min=0.0,  # regression only: lowest score
         label_max=5.0,  # regression only: highest score
+        # linear: a linear layer over the features (siamese pairs as [u; v; |u-v|; u*v]) | cosine: regression pairs
+        # under model.pair_mode='siamese' only, score = label_min + range * cos(u, v), no parameters, MSE on the
+        # label scale (Sentence-BERT's cos-vs-label/5 objective, times range^2); predictions clipped to the range
+        head="linear",
         weight=1.0,  # this task's loss weight (loss.combination='weighted')
         batch_size=batch_size,  # examples of this task per training step (global, over all devices)
         files=dict(train=files[0], dev=files[1], test=files[2]),  # data.source='csv': file names in data.csv_dir
@@ -73,6 +77,13 @@ def get_config() -> ConfigDict:
     config.optim.gradient_surgery = "none"  # none | pcgrad (per-task gradients, projected, then combined)
     config.optim.surgery_scope = "shared"  # pcgrad on: all params | shared (heads pass through)
     config.optim.surgery_reduction = "sum"  # pcgrad: combine projected gradients by sum | mean
+    # pcgrad: loss pairing, e.g. (("sst",), ("para", "sts")): a group's (weighted) losses are summed into one
+    # gradient before the surgery, which then projects between groups; every task in exactly one group.
+    # () = each task its own group. Metrics name a group by its tasks joined with '+' (pcgrad/cos/para+sts-sst).
+    config.optim.surgery_groups = ()
+    # peak LR of everything outside the encoder (shared layers and heads), same warm-up/decay shape as
+    # learning_rate, which then drives the encoder alone (0 = learning_rate for all params)
+    config.optim.head_learning_rate = 0.0
 
     config.loss = ConfigDict()
     config.loss.combination = "sum"  # sum | weighted (each task's loss times tasks.<name>.weight)
@@ -81,6 +92,9 @@ def get_config() -> ConfigDict:
     config.num_steps = 200  # training steps
     config.log_every = 10  # steps between training-metric logs
     config.eval_every = 100  # steps between dev evaluations (and best-checkpoint updates); 0 = at the end only
+    # > 0: evaluate every this many epochs of the largest training task instead of eval_every (an epoch =
+    # ceil(train size / batch size) steps, as sampling='all' sees it; results.json holds the step interval)
+    config.eval_every_epochs = 0.0
     config.eval_batch_size = 64  # evaluation batch (global)
     config.checkpoint_every = 100  # steps between checkpoints for resumption
     config.keep_checkpoints = 2  # latest checkpoints kept (the best one is kept apart)

@@ -13,20 +13,15 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import numpy as np
 from absl import app, flags
 
-from jaxmt.checkpointing.manager import Checkpoints, abstract_like
-from jaxmt.checkpointing.workdir import read_run_config
 from jaxmt.cli import check_output_dir, parse_flags, setup_logging
-from jaxmt.config_checks import check_ranges
 from jaxmt.data.demo import DEMO_BANNER
 from jaxmt.data.errors import DataError
 from jaxmt.data.schema import BINARY, CLASSIFICATION
-from jaxmt.data.sources import load_splits, task_specs
-from jaxmt.models.pretrained import load_pretrained
-from jaxmt.parallel.mesh import make_mesh
+from jaxmt.data.sources import load_splits
+from jaxmt.inference import read_run, restore_run
 from jaxmt.paths import expand_path
 from jaxmt.training import setup
 from jaxmt.training.evaluation import Predictor
@@ -63,38 +58,28 @@ def evaluate_workdir(workdir: str, split: str = "dev", checkpoint: str = "best",
     The model and data come from WORKDIR/config.json; `data_dir` swaps the data for the
     CS224N-format files (the run's `tasks.<name>.files` names) in that folder.
     """
-    config = read_run_config(workdir)
-    check_ranges(config)
+    config, specs = read_run(workdir)
     if data_dir:
         data_dir = expand_path(data_dir, "--data_dir")
         if not os.path.isdir(data_dir):
             raise DataError(f"{data_dir}: --data_dir is not a folder")
         config.data.source, config.data.csv_dir = "csv", data_dir
-    setup.check_config(config)
-    specs = task_specs(config)
     data = load_splits(config, specs, split)
     if not data:
         raise DataError(f"no task of {sorted(specs)} has a {split} split in {config.data.source} data"
                         + (f" under {config.data.csv_dir}" if config.data.source == "csv" else ""))
-    mesh = make_mesh(config.mesh.axes, config.mesh.shape)
-    pretrained = load_pretrained(config.model.name)
-    encoded = setup.encode_splits(config, data, pretrained.tokenizer)
-    model = setup.build_model(config, pretrained.config, specs)
-    abstract = jax.eval_shape(lambda p: model.init(jax.random.PRNGKey(0), p), pretrained.params)
-    shardings = setup.state_shardings(abstract, mesh)
-    checkpoints = Checkpoints(workdir, read_only=True)
-    params, step = checkpoints.restore_params(checkpoint, abstract_like(abstract, shardings))
-    checkpoints.close()
-
-    predictor = Predictor(model, mesh, config.eval_batch_size, config.data.buckets, pretrained.tokenizer.pad_token_id)
-    metrics, predictions = predictor.evaluate(params, encoded)
+    run = restore_run(config, workdir, checkpoint, specs)
+    encoded = setup.encode_splits(config, data, run.tokenizer)
+    predictor = Predictor(run.model, run.mesh, config.eval_batch_size, config.data.buckets,
+                          run.tokenizer.pad_token_id)
+    metrics, predictions = predictor.evaluate(run.params, encoded)
     output_dir = output_dir or os.path.join(workdir, "predictions")
     os.makedirs(output_dir, exist_ok=True)
     files = {}
     for task, preds in predictions.items():
         files[task] = os.path.join(output_dir, f"{task}-{split}-output.csv")
         write_predictions(files[task], task, encoded[task].data.ids, preds.tolist(), specs[task].kind)
-    return {"split": split, "checkpoint": checkpoint, "step": int(step), "metrics": metrics,
+    return {"split": split, "checkpoint": checkpoint, "step": run.step, "metrics": metrics,
             "prediction_files": files, "tasks_without_data": sorted(set(specs) - set(files)),
             "demo_data": any(d.is_demo for d in data.values())}
 

@@ -21,6 +21,7 @@ CASES = {
     "sweep": (["--config=configs/acgan.py", "--fractions=abc"], "--fractions=abc: give labeled fractions in (0, 1]"),
     "probe": (["--models=a=minilm,a=minilm"], "the name 'a' is used twice"),
     "plot": ([], "metrics.jsonl: not found"),
+    "predict": (["--task=sst", "a sentence"], "config.json: not found"),
 }
 
 
@@ -28,7 +29,7 @@ CASES = {
 def test_bad_input_exits_2_with_one_line_and_no_traceback(verb, tmp_path):
     args, message = CASES[verb]
     where = [f"--out={tmp_path / 'out'}"] if verb == "probe" else [f"--workdir={tmp_path / 'not_a_workdir'}"]
-    if verb in ("evaluate", "plot"):
+    if verb in ("evaluate", "plot", "predict"):
         (tmp_path / "not_a_workdir").mkdir()
     proc = subprocess.run([sys.executable, "-m", f"jaxmt.{verb}", *where, *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)

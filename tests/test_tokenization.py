@@ -78,8 +78,8 @@ def test_buckets_and_batches(tiny_bert):
 
 def test_triplet_pairs_are_each_sentence_alone_then_both_jointly(tiny_bert):
     tok = tiny_bert.tokenizer
-    data = TaskData(spec=DEFAULT_TASKS["sts"], split="train", source="test", ids=["p0"], text_a=["the cat"], text_b=["a dog runs"],
-                    labels=np.asarray([3.0], np.float32))
+    data = TaskData(spec=DEFAULT_TASKS["sts"], split="train", source="test", ids=["p0"], text_a=["the cat"],
+                    text_b=["a dog runs"], labels=np.asarray([3.0], np.float32))
     triplet = encode_split(data, tok, 16, "triplet")
     siamese = encode_split(data, tok, 16, "siamese")
     cross = encode_split(data, tok, 16, "cross")

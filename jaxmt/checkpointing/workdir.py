@@ -34,6 +34,7 @@ RESUMABLE_FIELDS = (
     "allow_config_change",
     "log_every",
     "eval_every",
+    "eval_every_epochs",
     "eval_batch_size",
     "checkpoint_every",
     "keep_checkpoints",

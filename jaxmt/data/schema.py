@@ -15,6 +15,9 @@ CLASSIFICATION = "classification"  # K-way softmax, metric accuracy
 BINARY = "binary"  # one logit with a sigmoid, metric accuracy
 REGRESSION = "regression"  # a bounded score, metric Pearson r
 TASK_KINDS = (CLASSIFICATION, BINARY, REGRESSION)
+LINEAR = "linear"  # a linear layer over the (pair's combined) features
+COSINE = "cosine"  # the cosine of the two sentences' features, scaled to the score range
+HEADS = (LINEAR, COSINE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,12 +30,18 @@ class TaskSpec:
     num_classes: int = 1
     label_min: float = 0.0  # regression only: the score range
     label_max: float = 5.0
+    head: str = LINEAR  # linear | cosine (regression pairs only: the cosine of u and v; jaxmt.models.heads)
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
             raise ValueError(f"task {self.name!r}: kind must be one of {TASK_KINDS}, got {self.kind!r}")
         if self.kind == CLASSIFICATION and self.num_classes < 2:
             raise ValueError(f"task {self.name!r}: a classification task needs num_classes >= 2")
+        if self.head not in HEADS:
+            raise ValueError(f"task {self.name!r}: head must be one of {HEADS}, got {self.head!r}")
+        if self.head == COSINE and not (self.kind == REGRESSION and self.is_pair):
+            raise ValueError(f"task {self.name!r}: head 'cosine' scores sentence pairs; it needs kind "
+                             f"'regression' and pair=True, not kind {self.kind!r} with pair={self.is_pair}")
 
     @property
     def metric_name(self) -> str:

@@ -32,7 +32,8 @@ def task_specs(config: ConfigDict) -> dict[str, TaskSpec]:
         task = config.tasks[name]
         try:
             specs[name] = TaskSpec(name=name, kind=task.kind, is_pair=task.pair, num_classes=task.num_classes,
-                                   label_min=task.label_min, label_max=task.label_max)
+                                   label_min=task.label_min, label_max=task.label_max,
+                                   head=task.get("head", "linear"))  # a config.json from before heads: linear
         except ValueError as err:
             raise ConfigError(f"config.tasks.{name}: {err}") from None
     return specs

@@ -26,9 +26,10 @@ def task_loss(spec: TaskSpec, outputs: jax.Array, labels: jax.Array, example_mas
 
 
 def predict(spec: TaskSpec, outputs: jax.Array) -> jax.Array:
-    """The prediction a metric scores: class id, 0/1 paraphrase decision, or similarity score."""
+    """The prediction a metric scores: class id, 0/1 paraphrase decision, or similarity score in the
+    task's range (a no-op for the sigmoid-bounded linear head; the cosine head's raw score is not bounded)."""
     if spec.kind == CLASSIFICATION:
         return jnp.argmax(outputs, axis=-1).astype(jnp.int32)
     if spec.kind == BINARY:
         return (outputs > 0).astype(jnp.int32)
-    return outputs
+    return jnp.clip(outputs, spec.label_min, spec.label_max)

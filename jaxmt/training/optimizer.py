@@ -8,13 +8,16 @@ from ml_collections import ConfigDict
 
 from jaxmt.core.rngs import stream_key
 
+ENCODER_SCOPE = ("backbone", "encoder")  # where the multitask model keeps the pretrained encoder's params
 
-def learning_rate_schedule(config: ConfigDict, num_steps: int) -> optax.Schedule:
-    """Linear warm-up to `learning_rate`, then linear decay to zero at `num_steps`."""
+
+def learning_rate_schedule(config: ConfigDict, num_steps: int, peak: float | None = None) -> optax.Schedule:
+    """Linear warm-up to `peak` (default `optim.learning_rate`), then linear decay to zero at `num_steps`."""
+    peak = config.optim.learning_rate if peak is None else peak
     warmup = max(int(config.optim.warmup_fraction * num_steps), 1)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, config.optim.learning_rate, warmup),
-         optax.linear_schedule(config.optim.learning_rate, 0.0, max(num_steps - warmup, 1))],
+        [optax.linear_schedule(0.0, peak, warmup),
+         optax.linear_schedule(peak, 0.0, max(num_steps - warmup, 1))],
         boundaries=[warmup],
     )
 
@@ -35,9 +38,28 @@ def surgery_mask(params: dict, scope: str) -> dict:
             for key, sub in params.items()}
 
 
+def encoder_or_head(params: dict) -> dict:
+    """'encoder' for the pretrained encoder's leaves, 'head' for the rest (shared layers and heads)."""
+    def label(path, _) -> str:
+        names = tuple(str(getattr(k, "key", k)) for k in path[: len(ENCODER_SCOPE)])
+        return "encoder" if names == ENCODER_SCOPE else "head"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _adamw(config: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.optim.weight_decay,
+                       mask=_decay_mask)
+
+
 def make_optimizer(config: ConfigDict, num_steps: int, num_tasks: int) -> optax.GradientTransformation:
-    """optax chain: [pcgrad] -> clip by global norm -> AdamW(schedule)."""
+    """optax chain: [pcgrad] -> clip by global norm -> AdamW(schedule).
+
+    `num_tasks` is the number of gradients stacked for PCGrad (tasks, or surgery groups). With
+    `optim.head_learning_rate` > 0 the AdamW is split by `encoder_or_head`: the encoder follows
+    `learning_rate`, everything else the same warm-up/decay shape peaking at `head_learning_rate`.
+    """
     schedule = learning_rate_schedule(config, num_steps)
+    head_lr = config.optim.get("head_learning_rate", 0.0)
     chain = []
     if config.optim.gradient_surgery == "pcgrad":
         from jaxmt.optim.pcgrad import pcgrad
@@ -49,6 +71,11 @@ def make_optimizer(config: ConfigDict, num_steps: int, num_tasks: int) -> optax.
         raise ValueError(f"optim.gradient_surgery must be 'none' or 'pcgrad', got {config.optim.gradient_surgery!r}")
     if config.optim.clip_norm > 0:
         chain.append(optax.clip_by_global_norm(config.optim.clip_norm))
-    chain.append(optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.optim.weight_decay,
-                             mask=_decay_mask))
+    if head_lr > 0:
+        chain.append(optax.multi_transform(
+            {"encoder": _adamw(config, schedule),
+             "head": _adamw(config, learning_rate_schedule(config, num_steps, peak=head_lr))},
+            encoder_or_head))
+    else:
+        chain.append(_adamw(config, schedule))
     return optax.chain(*chain)

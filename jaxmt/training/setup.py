@@ -13,7 +13,7 @@ from ml_collections import ConfigDict
 
 from jaxmt.config_checks import DTYPES, one_of
 from jaxmt.data.sampling import SAMPLING_MODES
-from jaxmt.data.schema import TaskData, TaskSpec
+from jaxmt.data.schema import HEADS, TaskData, TaskSpec
 from jaxmt.data.tokenization import PAIR_MODES, SEQUENCES_PER_PAIR, EncodedSplit, encode_split
 from jaxmt.errors import ConfigError
 from jaxmt.models.multitask import MultitaskModel, SharedBackbone
@@ -21,6 +21,7 @@ from jaxmt.parallel.mesh import check_divisible
 from jaxmt.parallel.state_sharding import state_shardings as rule_shardings
 
 log = logging.getLogger(__name__)
+
 
 def check_config(config: ConfigDict) -> None:
     """Cross-field checks that ml_collections' typed fields cannot express."""
@@ -36,6 +37,10 @@ def check_config(config: ConfigDict) -> None:
     one_of(config.on_nonfinite, ("stop", "skip"), "on_nonfinite")
     if config.optim.gradient_surgery == "pcgrad" and config.sampling != "all":
         raise ConfigError("optim.gradient_surgery='pcgrad' needs every task's gradient each step: set sampling='all'")
+    if config.optim.get("surgery_groups", ()) and config.optim.gradient_surgery != "pcgrad":
+        raise ConfigError("config.optim.surgery_groups pairs losses for PCGrad: set optim.gradient_surgery='pcgrad' "
+                          "or leave surgery_groups empty")
+    surgery_groups(config, config.task_names)
     buckets = tuple(config.data.buckets)
     if not buckets or list(buckets) != sorted(set(buckets)) or min(buckets) < 4:
         raise ConfigError(f"config.data.buckets = {buckets}: need increasing lengths >= 4")
@@ -54,6 +59,49 @@ def check_config(config: ConfigDict) -> None:
     for name in config.task_names:
         if name in config.tasks and config.tasks[name].batch_size < 1:
             raise ConfigError(f"config.tasks.{name}.batch_size must be >= 1")
+        head = config.tasks[name].get("head", "linear") if name in config.tasks else "linear"
+        one_of(head, HEADS, f"tasks.{name}.head")
+        if head == "cosine" and config.model.pair_mode == "cross":
+            raise ConfigError(f"config.tasks.{name}.head='cosine' compares u and v encoded each alone: "
+                              "set config.model.pair_mode='siamese' (or 'triplet')")
+
+
+def surgery_groups(config: ConfigDict, task_names) -> tuple[tuple[str, ...], ...]:
+    """The task groups PCGrad operates on, in the order their gradients are stacked.
+
+    `config.optim.surgery_groups` empty: every task its own group, in sorted order (the stacking the
+    step has always used). Otherwise each group sorted and the groups sorted, so the stacking does
+    not depend on how the config spells them; every task of `task_names` in exactly one group.
+    """
+    tasks = sorted(task_names)
+    spelled = config.optim.get("surgery_groups", ())
+    if not spelled:
+        return tuple((t,) for t in tasks)
+    field = f"config.optim.surgery_groups = {_show_groups(spelled)}"
+    if isinstance(spelled, str) or not all(isinstance(g, (tuple, list)) and g for g in spelled):
+        raise ConfigError(f"{field}: give a tuple of non-empty task tuples, e.g. (('sst',), ('para', 'sts'))")
+    named = [t for group in spelled for t in group]
+    unknown = sorted({str(t) for t in named} - set(tasks))
+    if unknown:
+        raise ConfigError(f"{field}: unknown task {', '.join(unknown)}; the run trains {', '.join(tasks)}")
+    twice = sorted({t for t in named if named.count(t) > 1})
+    missing = [t for t in tasks if t not in named]
+    if twice or missing:
+        raise ConfigError(f"{field}: every task must be in exactly one group"
+                          + (f"; {', '.join(twice)} in several" if twice else "")
+                          + (f"; {', '.join(missing)} in none" if missing else ""))
+    return tuple(sorted(tuple(sorted(group)) for group in spelled))
+
+
+def _show_groups(groups) -> str:
+    if isinstance(groups, str):
+        return repr(groups)
+    return repr(tuple(tuple(g) if isinstance(g, (tuple, list)) else g for g in groups))
+
+
+def group_label(group: tuple[str, ...]) -> str:
+    """A group's name in metrics: its tasks joined by '+' (a group of one is the task's name)."""
+    return "+".join(group)
 
 
 def check_batches_fit(config: ConfigDict, mesh: Mesh) -> None:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import jax
 import numpy as np
@@ -30,8 +31,24 @@ from jaxmt.training.step import init_state, multitask_step_runner
 log = logging.getLogger(__name__)
 
 
+def epoch_eval_every(config: ConfigDict, train_sizes: dict[str, int],
+                     examples_per_step: dict[str, float] | None = None) -> int:
+    """`config.eval_every_epochs` as a step interval: epochs of the largest task, whose epoch is
+    ceil(train size / examples a step) steps (what sampling='all' takes to see it once; a packed step's
+    examples are its draws' mean, else the batch size)."""
+    largest = max(sorted(train_sizes), key=lambda t: train_sizes[t])
+    per_step = (examples_per_step or {}).get(largest, config.tasks[largest].batch_size)
+    steps_per_epoch = math.ceil(train_sizes[largest] / per_step)
+    every = max(1, round(config.eval_every_epochs * steps_per_epoch))
+    log.info("eval_every_epochs=%g: evaluating every %d steps (an epoch of %s, the largest task, is %d steps)",
+             config.eval_every_epochs, every, largest, steps_per_epoch)
+    return every
+
+
 def _surgery_metrics(opt_state, task_names: list[str]) -> dict[str, float]:
-    """PCGrad's conflict count and pairwise gradient cosines of the last step, if it is in the chain."""
+    """PCGrad's conflict count and pairwise gradient cosines of the last step, if it is in the chain.
+
+    `task_names` name the stacked gradients: tasks, or surgery groups ('para+sts')."""
     from jaxmt.optim.pcgrad import find_pcgrad_state
 
     state = find_pcgrad_state(opt_state)
@@ -87,7 +104,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     dev_split = setup.encode_splits(config, dev_data, tokenizer)
 
     model = setup.build_model(config, pretrained.config, specs)
-    tx = make_optimizer(config, config.num_steps, len(specs))
+    groups = setup.surgery_groups(config, specs)
+    tx = make_optimizer(config, config.num_steps, len(groups))
     init_rng, dropout_rng = stream_key(config.seed, "init"), stream_key(config.seed, "dropout")
     abstract_state = jax.eval_shape(lambda p: init_state(model, tx, init_rng, p), pretrained.params)
     state_sharding = setup.state_shardings(abstract_state, mesh)
@@ -99,7 +117,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     sampler, eval_layouts = make_sampler(config, train_split, dev_split, data_parallel_size(mesh))
     predictor = Predictor(model, mesh, config.eval_batch_size, config.data.buckets, tokenizer.pad_token_id,
                           eval_layouts)
-    task_names = sorted(specs)
+    gradient_names = [setup.group_label(g) for g in groups]
     program = loop.Program(
         name="train",
         abstract_state=abstract_state,
@@ -110,12 +128,17 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         step=lambda state, batch: runner.step(state, batch, dropout_rng),
         evaluate=lambda state: predictor.evaluate(state.params, dev_split)[0],
         best_metric="mean",
-        extra_scalars=lambda state: _surgery_metrics(state.opt_state, task_names),
+        extra_scalars=lambda state: _surgery_metrics(state.opt_state, gradient_names),
         describe_fault=_nonfinite_tasks,
         shape_key=lambda batches: tuple((t, b["input_ids"].shape) for t, b in sorted(batches.items())),
         tag=f"[{DEMO_BANNER}] " if is_demo else "",
     )
-    outcome = loop.run(program, config, workdir)
+    loop_config = config
+    if config.get("eval_every_epochs", 0.0) > 0:  # the loop reads eval_every: a copy with the interval in steps
+        loop_config = config.copy_and_resolve_references()
+        per_step = sampler.examples_per_step() if isinstance(sampler, PackedTaskSampler) else None
+        loop_config.eval_every = epoch_eval_every(config, {t: len(s.data) for t, s in train_split.items()}, per_step)
+    outcome = loop.run(program, loop_config, workdir)
     results = {
         "demo_data": is_demo,
         "data": {"source": config.data.source, "train_sizes": {t: len(d) for t, d in train_data.items()},
@@ -123,6 +146,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
                  "first_skipped_row": first_skipped_rows(train_data)},
         "model": config.model.name,
         **outcome.common_results(config),
+        "eval_every": loop_config.eval_every,
         "devices": mesh.size,
     }
     loop.write_results(workdir, results)

@@ -1,0 +1,31 @@
+"""Paper A's setting (Sun & Satish: multitask BERT on SST-5, Quora and STS) on BERT-base, for accelerators.
+
+BERT-base-uncased from a local Hugging Face directory (nothing is downloaded):
+`--config.model.name=/path/to/bert-base-uncased` (config.json, model.safetensors or flax_model.msgpack,
+vocab.txt / tokenizer.json). The default name is a folder `bert-base-uncased` in the working directory.
+What the paper states: batch size 8, learning rate 1e-5, dropout 0.3, PCGrad, each sentence of a pair
+encoded alone. What is ours: the step count, the per-epoch evaluation and everything not set here
+(configs/default.py); docs/results.md ("Readings of the paper") says how each switch reads the paper.
+"""
+
+from . import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model.name = "bert-base-uncased"  # a local BERT-base-uncased directory (a path; see above)
+    config.model.pair_mode = "siamese"  # each sentence of a pair encoded alone, then [u; v; |u-v|; u*v]
+    config.model.dropout = 0.3  # the paper's dropout before the heads
+    config.optim.learning_rate = 1e-5  # the paper's learning rate
+    config.optim.gradient_surgery = "pcgrad"  # gradient surgery between the tasks
+    config.sampling = "all"  # PCGrad needs every task's gradient at every step
+    for task in config.tasks.values():
+        task.batch_size = 8  # the paper's batch size, per task and step
+    config.data.source = "csv"  # the CS224N files in data.csv_dir
+    # 3 epochs of the shared Quora file (29,721 pairs / 8 = 3,716 steps; 12 epochs of SST) at the paper's
+    # batch size; ours, not the paper's. The course's full Quora file (141k pairs) takes 17,648 steps an epoch.
+    config.num_steps = 11_148
+    config.eval_every_epochs = 1.0  # a dev evaluation (and best checkpoint) per epoch of the largest task
+    config.checkpoint_every = 1000  # steps between checkpoints for resumption
+    config.log_every = 50  # steps between training-metric logs
+    return config

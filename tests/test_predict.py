@@ -1,0 +1,147 @@
+"""configs/paper_a_bert_base.py's code path on a tiny random BERT, and using its trained run:
+`jaxmt.inference.TrainedModel` and `python -m jaxmt.predict`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, with_overrides
+
+from jaxmt.data.demo import demo_split
+from jaxmt.data.errors import DataError
+from jaxmt.errors import ConfigError
+from jaxmt.training import setup
+from jaxmt.training.evaluation import Predictor
+
+
+@pytest.fixture(scope="module")
+def paper_a_run(tmp_path_factory, tiny_bert_dir):
+    """Paper A's config with the tiny BERT for BERT-base, the demo data and a few steps; with the other switches
+    on (the cosine STS head, sst against para+sts for PCGrad, a head learning rate) to run them in the trainer."""
+    from configs import paper_a_bert_base
+    from jaxmt.training.trainer import train_and_evaluate
+
+    config = with_overrides(paper_a_bert_base.get_config(), **{
+        "model.name": str(tiny_bert_dir), "data.source": "demo", "tasks.sts.head": "cosine",
+        "optim.surgery_groups": (("sst",), ("para", "sts")), "optim.head_learning_rate": 1e-3,
+        "num_steps": 4, "log_every": 2, "checkpoint_every": 4, "eval_every_epochs": 0.25,
+        "data.max_train_examples": 64, "data.max_eval_examples": 32, "eval_batch_size": 32,
+        "data.buckets": (16, 32, 64), "data.max_length": 64})
+    workdir = str(tmp_path_factory.mktemp("paper_a") / "run")
+    return workdir, config, train_and_evaluate(config, workdir)
+
+
+def test_paper_a_config_states_the_papers_settings():
+    from configs import paper_a_bert_base
+
+    config = paper_a_bert_base.get_config()
+    assert (config.optim.learning_rate, config.model.dropout, config.model.pair_mode) == (1e-5, 0.3, "siamese")
+    assert config.optim.gradient_surgery == "pcgrad" and config.sampling == "all"
+    assert {config.tasks[t].batch_size for t in config.task_names} == {8}
+    setup.check_config(config)
+
+
+def test_paper_a_config_trains_evaluating_every_quarter_epoch(paper_a_run):
+    workdir, config, results = paper_a_run
+    assert results["steps"] == 4 and results["data"]["train_sizes"] == {"sst": 64, "para": 64, "sts": 64}
+    assert results["eval_every"] == 2  # a quarter of ceil(64 / 8) = 8 steps
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if "dev/mean" in r] == [2, 4]
+    train_rows = [r for r in rows if "train/loss/total" in r]
+    assert train_rows and all("train/pcgrad/cos/para+sts-sst" in r and "train/grad_norm/para+sts" in r
+                              for r in train_rows)
+    recorded = json.load(open(os.path.join(workdir, "config.json")))
+    assert recorded["eval_every_epochs"] == 0.25 and recorded["tasks"]["sts"]["head"] == "cosine"
+
+
+def test_paper_a_run_restores_its_split_optimizer_state(paper_a_run):
+    """The checkpoint holds PCGrad's state over 2 groups and AdamW split by encoder_or_head; a rerun restores it."""
+    from jaxmt.training.trainer import train_and_evaluate
+
+    workdir, config, _ = paper_a_run
+    assert train_and_evaluate(config, workdir)["resumed_from_step"] == 4
+
+
+@pytest.fixture(scope="module")
+def trained_model(paper_a_run):
+    from jaxmt.inference import TrainedModel
+
+    return TrainedModel(paper_a_run[0])
+
+
+def test_trained_model_predicts_what_the_dev_evaluation_scores(trained_model, paper_a_run):
+    _, config, _ = paper_a_run
+    run = trained_model.run
+    evaluation = Predictor(run.model, run.mesh, config.eval_batch_size, config.data.buckets, run.tokenizer.pad_token_id)
+    for task in ("sst", "para", "sts"):
+        data = demo_split(trained_model.specs[task], "dev", 12)
+        expected = evaluation.predict(run.params, task, setup.encode_splits(config, {task: data}, run.tokenizer)[task])
+        scores = trained_model.predict(task, data.text_a, data.text_b)
+        if task == "sst":
+            assert scores.shape == (12, 5)
+            np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
+            np.testing.assert_array_equal(scores.argmax(axis=1), expected)
+        elif task == "para":
+            assert scores.shape == (12,) and ((scores >= 0) & (scores <= 1)).all()
+            np.testing.assert_array_equal(scores > 0.5, expected == 1)
+        else:
+            assert ((scores >= 0) & (scores <= 5)).all()
+            np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    assert trained_model.predict("sst", []).shape == (0, 5)
+
+
+def test_trained_model_refuses_inputs_that_do_not_fit_the_task(trained_model):
+    with pytest.raises(ConfigError, match="task 'nli': this run trained para, sst, sts"):
+        trained_model.predict("nli", ["a"])
+    with pytest.raises(DataError, match="task 'sts' scores sentence pairs: give the second sentences too"):
+        trained_model.predict("sts", ["a"])
+    with pytest.raises(DataError, match="task 'sst' takes single sentences, not pairs"):
+        trained_model.predict("sst", ["a"], ["b"])
+    with pytest.raises(DataError, match="task 'para': second sentence 2 is empty"):
+        trained_model.predict("para", ["a", "b"], ["c", "  "])
+
+
+def predict_command(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "jaxmt.predict", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_predict_command_prints_a_line_per_sentence(paper_a_run):
+    out = predict_command(f"--workdir={paper_a_run[0]}", "--task=sst", "the movie was good", "what an awful film")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().split("\n")
+    assert len(lines) == 2
+    for line in lines:
+        label, *probabilities = line.split("\t")
+        assert label in "01234" and len(probabilities) == 5
+        assert int(label) == int(np.argmax([float(p) for p in probabilities]))
+        assert sum(map(float, probabilities)) == pytest.approx(1.0, abs=1e-3)
+    assert "DEMO DATA" in out.stderr
+
+
+def test_predict_command_reads_pairs_from_a_file(paper_a_run, tmp_path):
+    (tmp_path / "pairs.tsv").write_text("a man plays a guitar\ta man plays music\nthe cat sleeps\tstocks fell today\n")
+    out = predict_command(f"--workdir={paper_a_run[0]}", "--task=sts", f"--input_file={tmp_path / 'pairs.tsv'}",
+                          "--checkpoint=latest")
+    assert out.returncode == 0, out.stderr[-2000:]
+    scores = [float(line) for line in out.stdout.strip().split("\n")]
+    assert len(scores) == 2 and all(0.0 <= s <= 5.0 for s in scores)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task=sts", "only one sentence"], "task 'sts' scores sentence pairs: give the arguments two at a time"),
+    (["--task=sst", "--input_file={tmp}/lines.tsv"], "lines.tsv:2: task 'sst' needs one sentence (no tab) a line"),
+    (["--task=nli", "a"], "task 'nli': this run trained para, sst, sts"),
+    (["--task=sst"], "nothing to score: give the sentences of task 'sst' as arguments or --input_file"),
+])
+def test_predict_command_bad_input_is_one_line_and_exit_2(paper_a_run, tmp_path, args, message):
+    (tmp_path / "lines.tsv").write_text("a fine film\ntwo\tcolumns\n")
+    out = predict_command(f"--workdir={paper_a_run[0]}", *(a.format(tmp=tmp_path) for a in args))
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.strip().splitlines() if line.startswith("jaxmt: error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stdout == ""
