@@ -160,7 +160,8 @@ def cosine_config(tiny_bert_dir, **overrides):
 
 
 def test_cosine_head_needs_siamese_pairs_and_a_regression_pair_task(tiny_bert_dir):
-    with pytest.raises(ConfigError, match=r"^config.tasks.sts.head='cosine' .*set config.model.pair_mode='siamese'$"):
+    with pytest.raises(ConfigError, match=r"^config.tasks.sts.head='cosine' .*set config.model.pair_mode="
+                                          r"'siamese' \(or 'triplet'\)$"):
         setup.check_config(cosine_config(tiny_bert_dir, **{"model.pair_mode": "cross"}))
     with pytest.raises(ConfigError, match=r"config.tasks.sst: task 'sst': head 'cosine' scores sentence pairs"):
         task_specs(cosine_config(tiny_bert_dir, **{"tasks.sst.head": "cosine"}))
