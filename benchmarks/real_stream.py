@@ -105,12 +105,12 @@ def dynamic_batch(split: EncodedSplit, indices: np.ndarray, pad_id: int) -> dict
     return make_batch(split, indices, int(split.lengths[indices].max()), pad_id)
 
 
-def packed_steps_to_cover(sampler: TaskSampler, quota: int, limit: int) -> int:
-    """Packed steps until every task's draws have taken at least `quota` examples of its stream."""
+def packed_steps_to_cover(sampler: TaskSampler, quotas: dict[str, int], limit: int) -> int:
+    """Packed steps until every task's draws have taken at least its quota of examples of its stream."""
     taken, step = dict.fromkeys(sampler.tasks, 0), 0
-    while min(taken.values()) < quota:
+    while any(taken[t] < quotas[t] for t in sampler.tasks):
         if step == limit:
-            raise RuntimeError(f"{limit} packed steps do not cover {quota} examples a task: raise the schedule")
+            raise RuntimeError(f"{limit} packed steps do not cover {quotas} examples: raise the schedule")
         for task in sampler.tasks_at(step):
             taken[task] += len(sampler.indices(task, step))
         step += 1
@@ -127,6 +127,37 @@ def built(make: Callable[[], list]) -> tuple[list, float]:
     start = time.perf_counter()
     out = make()
     return out, time.perf_counter() - start
+
+
+def train_streams(train: dict[str, EncodedSplit], packed_sampler: TaskSampler, padded_sampler: TaskSampler,
+                  steps: int, buckets: Sequence[int], pad_id: int, limit: int) -> tuple[dict, dict]:
+    """The host batches of the packed, padded and torch runners over the start of the same stream: by kind
+    (items, their `batch_counts` [items, 3], seconds to build them); and the facts of the stream for the JSON.
+
+    Padded and torch take `steps` steps of the padded sampler; packed takes as many packed steps as cover the
+    same examples (checked: both streams start with them), `limit` at most.
+    """
+    quotas = {t: steps * padded_sampler.batch_sizes[t] for t in padded_sampler.tasks}
+    packed_steps = packed_steps_to_cover(packed_sampler, quotas, limit)
+    packed_idx, padded_idx = stream_indices(packed_sampler, packed_steps), stream_indices(padded_sampler, steps)
+    if not all(np.array_equal(packed_idx[t][: quotas[t]], padded_idx[t]) for t in quotas):
+        raise RuntimeError("the packed and padded streams do not start with the same examples")
+    streams = {}
+    for kind, make in (
+        ("packed", lambda: [train_step_batches(train, packed_sampler, s, buckets, pad_id)
+                            for s in range(packed_steps)]),
+        ("padded", lambda: [train_step_batches(train, padded_sampler, s, buckets, pad_id) for s in range(steps)]),
+        ("torch", lambda: [{t: dynamic_batch(train[t], padded_sampler.indices(t, s), pad_id)
+                            for t in padded_sampler.tasks_at(s)} for s in range(steps)]),
+    ):
+        items, build_s = built(make)
+        streams[kind] = (items, np.stack([sum(batch_counts(b) for b in step.values()) for step in items]), build_s)
+    facts = {
+        "examples_per_task": quotas, "padded_steps": steps, "packed_steps": packed_steps,
+        "same_examples": True,  # checked above
+        "packed_examples_per_task": {t: len(v) for t, v in packed_idx.items()},
+    }
+    return streams, facts
 
 
 class Timed:
@@ -322,23 +353,9 @@ def main(argv: list[str]) -> None:
     padded_sampler, _ = make_sampler(bench_config("pcgrad", False, schedule_steps, eval_examples), train, dev,
                                      multiple)
 
-    quota = steps * base.tasks[base.task_names[0]].batch_size
-    packed_steps = packed_steps_to_cover(packed_sampler, quota, schedule_steps)
-    packed_idx, padded_idx = stream_indices(packed_sampler, packed_steps), stream_indices(padded_sampler, steps)
-    if not all(np.array_equal(packed_idx[t][:quota], padded_idx[t]) for t in specs):
-        raise RuntimeError("the packed and padded streams do not start with the same examples")
     buckets = base.data.buckets
-    streams = {}
-    for kind, make in (
-        ("packed", lambda: [train_step_batches(train, packed_sampler, s, buckets, pad_id)
-                            for s in range(packed_steps)]),
-        ("padded", lambda: [train_step_batches(train, padded_sampler, s, buckets, pad_id) for s in range(steps)]),
-        ("torch", lambda: [{t: dynamic_batch(train[t], padded_sampler.indices(t, s), pad_id)
-                            for t in padded_sampler.tasks_at(s)} for s in range(steps)]),
-    ):
-        items, build_s = built(make)
-        streams[kind] = (items, np.stack([sum(batch_counts(b) for b in step.values()) for step in items]), build_s)
-    slices = {"packed": np.array_split(np.arange(packed_steps), rounds),
+    streams, facts = train_streams(train, packed_sampler, padded_sampler, steps, buckets, pad_id, schedule_steps)
+    slices = {"packed": np.array_split(np.arange(facts["packed_steps"]), rounds),
               "padded": np.array_split(np.arange(steps), rounds)}
 
     initial = jaxmt_train(base, pretrained, specs, schedule_steps)  # its params, never stepped, are evaluated
@@ -368,9 +385,7 @@ def main(argv: list[str]) -> None:
             "dev_examples": {t: len(s.data) for t, s in dev.items()},
         },
         "stream": {
-            "examples_per_task": quota, "padded_steps": steps, "packed_steps": packed_steps,
-            "same_examples": True,  # checked above: both streams start with the same `quota` examples a task
-            "packed_examples_per_task": {t: len(v) for t, v in packed_idx.items()},
+            **facts,
             "packed_layouts": {t: f"{v.rows}x{v.length}, <= {v.max_examples} examples"
                                for t, v in packed_sampler.layouts.items()},
             "eval_layouts": {t: f"{v.rows}x{v.length}, <= {v.max_examples} examples" for t, v in eval_layouts.items()},
