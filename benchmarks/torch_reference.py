@@ -118,6 +118,15 @@ def make_optimizer(model, learning_rate: float = 5e-5, weight_decay: float = 0.0
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def reference_training(model_dir: Path, specs: dict, heads: dict, num_steps: int, learning_rate: float = 5e-5,
+                       weight_decay: float = 0.01, warmup_fraction: float = 0.1, seed: int = 0):
+    """(model, optimizer, scheduler) of the reference, seeded, starting from jaxmt's initial `heads`."""
+    seed_everything(seed)
+    model = build_torch_model(model_dir, specs, seed=seed)
+    copy_heads(model, heads)
+    opt, scheduler = make_optimizer(model, learning_rate, weight_decay, num_steps, warmup_fraction)
+    return model, opt, scheduler
+
 def _pcgrad_backward(model, losses: list) -> None:
     """Pytorch-PCGrad's `pc_backward`: per-task grads, flattened, projected in random order, merged, set."""
     import torch

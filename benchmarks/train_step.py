@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,18 +33,10 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import torch_reference as ref  # noqa: E402
+from benchmarks.common import environment, jaxmt_train, torch_info  # noqa: E402
 from configs import default  # noqa: E402
 from jaxmt.data.schema import DEFAULT_TASKS  # noqa: E402
 from jaxmt.models.pretrained import load_pretrained  # noqa: E402
-from jaxmt.parallel.host_data import put_global  # noqa: E402
-from jaxmt.parallel.mesh import make_mesh  # noqa: E402
-from jaxmt.parallel.state_sharding import encoder_shardings  # noqa: E402
-from jaxmt.training import setup  # noqa: E402
-from jaxmt.training.optimizer import make_optimizer  # noqa: E402
-from jaxmt.training.step import (
-    init_state,  # noqa: E402
-    multitask_step_runner,  # noqa: E402
-)
 
 _MODEL = flags.DEFINE_string("model", "minilm", "Model alias or directory.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Alternating timing rounds.")
@@ -132,16 +123,8 @@ def jaxmt_runner(name: str, pretrained, tasks: tuple[str, ...], host_batches: di
     config = default.get_config()
     config.task_names = tasks
     config.optim.gradient_surgery = surgery
-    specs = {t: DEFAULT_TASKS[t] for t in tasks}
-    mesh = make_mesh(config.mesh.axes, config.mesh.shape)
-    model = setup.build_model(config, pretrained.config, specs)
-    tx = make_optimizer(config, NUM_STEPS, len(specs))
-    init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    abstract_state = jax.eval_shape(lambda p: init_state(model, tx, init_rng, p), pretrained.params)
-    state_sharding = setup.state_shardings(abstract_state, mesh)
-    runner = multitask_step_runner(config, mesh, model, tx, setup.loss_weights(config, specs), state_sharding)
-    init = jax.jit(lambda p: init_state(model, tx, init_rng, p), out_shardings=state_sharding)
-    state = init(put_global(pretrained.params, encoder_shardings(pretrained.params, mesh)))
+    built = jaxmt_train(config, pretrained, {t: DEFAULT_TASKS[t] for t in tasks}, NUM_STEPS)
+    runner, state, step_rng = built.runner, built.state, built.step_rng
     batches = jax.device_put(host_batches, runner.data_sharding)
     heads = jax.device_get(state.params["heads"])
 
@@ -170,11 +153,7 @@ def jaxmt_runner(name: str, pretrained, tasks: tuple[str, ...], host_batches: di
 def torch_runner(name: str, model_dir, tasks: tuple[str, ...], host_batches: dict, pcgrad: bool,
                  heads: dict) -> Runner:
     """The PyTorch reference step on the same batches, weights and initial heads."""
-    specs = {t: DEFAULT_TASKS[t] for t in tasks}
-    ref.seed_everything(0)
-    model = ref.build_torch_model(model_dir, specs)
-    ref.copy_heads(model, heads)
-    opt, scheduler = ref.make_optimizer(model, num_steps=NUM_STEPS)
+    model, opt, scheduler = ref.reference_training(model_dir, {t: DEFAULT_TASKS[t] for t in tasks}, heads, NUM_STEPS)
     batches = {t: ref.torch_batch(b) for t, b in host_batches.items()}
 
     def run() -> None:
@@ -237,26 +216,12 @@ def main(argv: list[str]) -> None:
     print(json.dumps({
         "benchmark": "train_step",
         "model": _MODEL.value,
-        "backend": jax.default_backend(), "jax": jax.__version__, "devices": jax.device_count(),
-        "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-        "load_average_1m": round(os.getloadavg()[0], 2), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "cpu_affinity": sorted(os.sched_getaffinity(0)),
-        "torch": _torch_info(use_torch, torch_note),
-        "gpu": "not available in this run",
+        **environment(torch_info(use_torch, torch_note, _TORCH_THREADS.value)),
         "method": f"{_REPEATS.value} alternating rounds of {_STEPS.value} steps per runner in one process; "
                   "medians; ratio = jaxmt examples/s / torch examples/s",
         "matmul_peak_gflops_per_s": {**{k: round(v / 1e9, 1) for k, v in peaks.items()}, "used": round(peak / 1e9, 1)},
         "settings": results,
     }, indent=2))
-
-
-def _torch_info(use_torch: bool, note: str | None) -> dict:
-    if not use_torch:
-        return {"skipped": note}
-    import torch
-
-    return {"version": torch.__version__, "threads": torch.get_num_threads(),
-            "set_num_threads": _TORCH_THREADS.value, "attention": "sdpa", "optimizer": "torch.optim.AdamW (foreach)"}
 
 
 if __name__ == "__main__":

@@ -35,13 +35,15 @@ class Predictor:
     def predict(self, params: dict, task: str, split: EncodedSplit) -> np.ndarray:
         """Predictions for every example of `split`, in the split's order."""
         out = np.zeros(len(split.data), dtype=split.data.spec.label_dtype)
-        sharding = batch_sharding(self.mesh)
         batches = (packed_eval_batches(split, self.layouts[task], self.pad_id) if self.layouts else
                    eval_batches(split, self.batch_size, self.buckets, self.pad_id))
         for idx, batch in batches:
-            preds = self._steps[task](params, put_host_batch(batch, sharding))
-            out[idx] = np.asarray(jax.device_get(preds))[: len(idx)]
+            out[idx] = np.asarray(jax.device_get(self.predict_batch(params, task, batch)))[: len(idx)]
         return out
+
+    def predict_batch(self, params: dict, task: str, batch: dict) -> jax.Array:
+        """Predictions for one host batch (padded or packed), not waited for: a caller may queue several."""
+        return self._steps[task](params, put_host_batch(batch, batch_sharding(self.mesh)))
 
     def evaluate(self, params: dict, splits: dict[str, EncodedSplit]) -> tuple[dict[str, float], dict]:
         """Metrics {task: accuracy or pearson, 'mean': their mean} and predictions by task."""

@@ -1,0 +1,418 @@
+"""Throughput on the real CS224N training stream: jaxmt packed vs jaxmt padded vs PyTorch with dynamic padding.
+
+Settings: configs/pcgrad.py on the CS224N files (data.source=csv, --csv_dir), MiniLM (--model), the config's
+defaults (sampling 'all', 16 examples a task a step, AdamW 5e-5, seed 0, eval batch 64) except
+data.max_length=64 and data.pack_length=128; the JSON records them.
+
+Training: the first `--steps` x 16 examples of each task's stream, in the sampler's order, run three ways:
+  (a) jaxmt_packed: token-budget batches as `PackedTaskSampler` draws them (`make_sampler`, the trainer's own),
+      for as many packed steps as it takes to cover every task's share; a task's last draws may run past its
+      share, and the examples actually trained are what is counted (the JSON lists them);
+  (b) jaxmt_padded: 3 x 16 a step, padded to the smallest bucket (32/64/128) that fits the step's longest;
+  (c) torch_dynamic: `benchmarks/torch_reference.py` on the same 3 x 16 a step, each task's 16 padded to their
+      own longest (as HF's DataCollatorWithPadding), the same AdamW settings, PCGrad as Pytorch-PCGrad;
+each for the summed-loss step and for the PCGrad step, every runner with its own state. jaxmt runs its own
+step (`multitask_step_runner`: jit, state donated). Evaluation: one pass over the three dev sets, batch 64
+(packed layouts from `make_sampler`, padded buckets, torch padded to each batch's longest).
+
+Timing: host batches are built before timing (their build time is reported apart); each pass is cut into
+`--rounds` slices (contiguous for training; every `rounds`-th batch for evaluation, whose batches are sorted by
+length, so every slice mixes lengths); the runners alternate slice by slice in one process (round r: every runner
+on slice r), each blocking on its results at the end of its slice; medians over rounds. Per runner: examples/s,
+real tokens/s, padding efficiency (real tokens / tokens of the arrays fed to the encoder), s/step (s/batch for
+evaluation); per setting the ratios packed/torch and packed/padded of examples/s.
+
+    python benchmarks/real_stream.py [--steps=100] [--rounds=5] [--torch_threads=2] [--no_torch] [--out=PATH]
+    python benchmarks/real_stream.py --quick --no_torch   # smoke run: 6 steps, 2 rounds, 128 dev examples a task
+
+A relative --out is taken from the repository root; --quick writes benchmarks/results/real_stream_quick.json
+unless --out is given, so a smoke run never replaces the full result.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import ConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import torch_reference as ref  # noqa: E402
+from benchmarks.common import JaxmtTrain, environment, jaxmt_train, torch_info  # noqa: E402
+from configs import pcgrad  # noqa: E402
+from jaxmt.data.packing import packed_eval_batches, train_step_batches  # noqa: E402
+from jaxmt.data.sampling import TaskSampler, eval_batches  # noqa: E402
+from jaxmt.data.sources import load_splits, task_specs  # noqa: E402
+from jaxmt.data.tokenization import EncodedSplit, make_batch  # noqa: E402
+from jaxmt.models.pretrained import load_pretrained  # noqa: E402
+from jaxmt.parallel.mesh import data_parallel_size, make_mesh  # noqa: E402
+from jaxmt.training import setup  # noqa: E402
+from jaxmt.training.evaluation import Predictor  # noqa: E402
+from jaxmt.training.faults import user_facing_errors  # noqa: E402
+from jaxmt.training.trainer import make_sampler  # noqa: E402
+
+_MODEL = flags.DEFINE_string("model", "minilm", "Model alias or directory.")
+_CSV_DIR = flags.DEFINE_string("csv_dir", str(ROOT.parent / "shared" / "data" / "cs224n"), "CS224N data folder.")
+_STEPS = flags.DEFINE_integer("steps", 100, "Padded steps' worth of training examples (16 a task a step).")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating timing rounds (slices of each pass).")
+_EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", -1, "Keep the first N dev examples of each task (-1: all).")
+_NO_TORCH = flags.DEFINE_bool("no_torch", False, "Skip the PyTorch reference.")
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the reference.")
+_OUT = flags.DEFINE_string("out", "benchmarks/results/real_stream_cpu_2core.json", "Where the JSON is written.")
+_QUICK = flags.DEFINE_bool("quick", False, "Smoke run: 6 steps, 2 rounds, 128 dev examples a task.")
+
+QUICK = {"steps": 6, "rounds": 2, "eval_examples": 128, "out": "benchmarks/results/real_stream_quick.json"}
+MAX_LENGTH, PACK_LENGTH = 64, 128
+
+
+def flag_value(name: str):
+    """The flag's value, or its --quick setting when --quick is on and the flag was not given."""
+    flag = flags.FLAGS[name]
+    return QUICK[name] if _QUICK.value and not flag.present else flag.value
+
+
+def bench_config(surgery: str, packing: bool, schedule_steps: int, eval_examples: int) -> ConfigDict:
+    """configs/pcgrad.py on the CSV files with max_length 64 and pack_length 128; `surgery` none or pcgrad."""
+    config = pcgrad.get_config()
+    config.model.name = _MODEL.value
+    config.data.source, config.data.csv_dir = "csv", _CSV_DIR.value
+    config.data.max_length, config.data.pack_length = MAX_LENGTH, PACK_LENGTH
+    config.data.max_eval_examples = eval_examples
+    config.data.packing = packing
+    config.optim.gradient_surgery = surgery
+    config.num_steps = schedule_steps
+    setup.check_config(config)
+    return config
+
+
+def batch_counts(batch: dict) -> np.ndarray:
+    """[examples, real tokens, tokens fed to the encoder] of one padded or packed host batch."""
+    real = batch["attention_mask"].sum() if "attention_mask" in batch else np.count_nonzero(batch["segment_ids"])
+    return np.asarray([batch["example_mask"].sum(), real, batch["input_ids"].size], np.int64)
+
+
+def dynamic_batch(split: EncodedSplit, indices: np.ndarray, pad_id: int) -> dict:
+    """The examples at `indices` padded to their own longest (DataCollatorWithPadding), no filler rows."""
+    return make_batch(split, indices, int(split.lengths[indices].max()), pad_id)
+
+
+def packed_steps_to_cover(sampler: TaskSampler, quotas: dict[str, int], limit: int) -> int:
+    """Packed steps until every task's draws have taken at least its quota of examples of its stream."""
+    taken, step = dict.fromkeys(sampler.tasks, 0), 0
+    while any(taken[t] < quotas[t] for t in sampler.tasks):
+        if step == limit:
+            raise RuntimeError(f"{limit} packed steps do not cover {quotas} examples: raise the schedule")
+        for task in sampler.tasks_at(step):
+            taken[task] += len(sampler.indices(task, step))
+        step += 1
+    return step
+
+
+def stream_indices(sampler: TaskSampler, steps: int) -> dict[str, np.ndarray]:
+    """Each task's example indices over `steps` steps, in order."""
+    return {t: np.concatenate([sampler.indices(t, s) for s in range(steps)]) for t in sampler.tasks}
+
+
+def built(make: Callable[[], list]) -> tuple[list, float]:
+    """`make()` and the seconds it took."""
+    start = time.perf_counter()
+    out = make()
+    return out, time.perf_counter() - start
+
+
+def train_streams(train: dict[str, EncodedSplit], packed_sampler: TaskSampler, padded_sampler: TaskSampler,
+                  steps: int, buckets: Sequence[int], pad_id: int, limit: int) -> tuple[dict, dict]:
+    """The host batches of the packed, padded and torch runners over the start of the same stream: by kind
+    (items, their `batch_counts` [items, 3], seconds to build them); and the facts of the stream for the JSON.
+
+    Padded and torch take `steps` steps of the padded sampler; packed takes as many packed steps as cover the
+    same examples (checked: both streams start with them), `limit` at most.
+    """
+    quotas = {t: steps * padded_sampler.batch_sizes[t] for t in padded_sampler.tasks}
+    packed_steps = packed_steps_to_cover(packed_sampler, quotas, limit)
+    packed_idx, padded_idx = stream_indices(packed_sampler, packed_steps), stream_indices(padded_sampler, steps)
+    if not all(np.array_equal(packed_idx[t][: quotas[t]], padded_idx[t]) for t in quotas):
+        raise RuntimeError("the packed and padded streams do not start with the same examples")
+    streams = {}
+    for kind, make in (
+        ("packed", lambda: [train_step_batches(train, packed_sampler, s, buckets, pad_id)
+                            for s in range(packed_steps)]),
+        ("padded", lambda: [train_step_batches(train, padded_sampler, s, buckets, pad_id) for s in range(steps)]),
+        ("torch", lambda: [{t: dynamic_batch(train[t], padded_sampler.indices(t, s), pad_id)
+                            for t in padded_sampler.tasks_at(s)} for s in range(steps)]),
+    ):
+        items, build_s = built(make)
+        streams[kind] = (items, np.stack([sum(batch_counts(b) for b in step.values()) for step in items]), build_s)
+    facts = {
+        "examples_per_task": quotas, "padded_steps": steps, "packed_steps": packed_steps,
+        "same_examples": True,  # checked above
+        "packed_examples_per_task": {t: len(v) for t, v in packed_idx.items()},
+    }
+    return streams, facts
+
+
+class Timed:
+    """One runner over a pass of items (train steps or eval batches), timed one round's slice at a time.
+
+    `counts` [items, 3]: examples, real tokens and tokens fed to the encoder of each item; `run(items)` runs
+    them and waits for their results.
+    """
+
+    def __init__(self, name: str, items: Sequence, counts: np.ndarray, run: Callable[[Sequence], None],
+                 slices: list[np.ndarray]) -> None:
+        self.name, self.items, self.counts, self.run, self.slices = name, items, counts, run, slices
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.info: dict = {}
+
+    def warm_up(self, items: Sequence) -> None:
+        """Runs `items` untimed (compiles, allocator, kernels) and records how long that took."""
+        start = time.perf_counter()
+        self.run(items)
+        self.info["warmup_s"] = round(time.perf_counter() - start, 1)
+
+    def time_round(self, r: int) -> None:
+        chosen = [self.items[i] for i in self.slices[r]]
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.run(chosen)
+        self.wall.append(time.perf_counter() - wall)
+        self.cpu.append(time.process_time() - cpu)
+
+    def summary(self) -> dict:
+        per_round = np.stack([self.counts[s].sum(0) for s in self.slices])  # [rounds, 3]
+        sizes = [len(s) for s in self.slices]
+        examples, real, computed = (int(v) for v in self.counts.sum(0))
+        median = statistics.median
+        return {
+            "steps": len(self.items), "examples": examples, "real_tokens": real, "computed_tokens": computed,
+            "padding_efficiency": round(real / computed, 4),
+            "examples_per_s": round(median([n / w for n, w in zip(per_round[:, 0], self.wall)]), 2),
+            "real_tokens_per_s": round(median([n / w for n, w in zip(per_round[:, 1], self.wall)]), 1),
+            "s_per_step": round(median([w / n for w, n in zip(self.wall, sizes)]), 4),
+            "cpu_s_per_step": round(median([c / n for c, n in zip(self.cpu, sizes)]), 4),
+            "pass_s": round(sum(self.wall), 2), "round_s": [round(w, 2) for w in self.wall], **self.info,
+        }
+
+
+def jaxmt_train_run(train: JaxmtTrain) -> Callable[[Sequence], None]:
+    """Runs host batches through jaxmt's donated step as the trainer does (put, step), blocking at the end."""
+    holder = {"state": train.state}
+
+    def run(items: Sequence) -> None:
+        metrics = None
+        for batches in items:
+            holder["state"], metrics = train.runner.step(holder["state"], train.runner.put_host(batches),
+                                                         train.step_rng)
+        jax.block_until_ready((holder["state"].params, metrics))
+
+    return run
+
+
+def shape_key(batches: dict) -> tuple:
+    return tuple((t, b["input_ids"].shape) for t, b in sorted(batches.items()))
+
+
+def one_per_shape(items: Sequence, key: Callable) -> list:
+    """The first item of each distinct shape: what a warm-up must run to compile every step."""
+    first: dict = {}
+    for item in items:
+        first.setdefault(key(item), item)
+    return list(first.values())
+
+
+def train_runners(label: str, surgery: str, pretrained, specs: dict, streams: dict, slices: dict,
+                  use_torch: bool, schedule_steps: int, eval_examples: int) -> list[Timed]:
+    """The packed, padded and torch runners of one step kind, each with its own state, warmed up."""
+    runners = []
+    for kind in ("packed", "padded"):
+        config = bench_config(surgery, kind == "packed", schedule_steps, eval_examples)
+        train = jaxmt_train(config, pretrained, specs, schedule_steps)
+        heads = jax.device_get(train.state.params["heads"])  # before the first step donates the state
+        first_leaf = jax.tree_util.tree_leaves(train.state.params)[0]
+        items, counts, build_s = streams[kind]
+        timed = Timed(f"jaxmt_{kind}", items, counts, jaxmt_train_run(train), slices[kind])
+        timed.warm_up(one_per_shape(items, shape_key))
+        timed.info.update(compiles=len(one_per_shape(items, shape_key)), donated_state_freed=first_leaf.is_deleted(),
+                          host_build_s_per_step=round(build_s / len(items), 4))
+        runners.append(timed)
+    if use_torch:
+        optim = config.optim
+        model, opt, scheduler = ref.reference_training(pretrained.path, specs, heads, schedule_steps,
+                                                       optim.learning_rate, optim.weight_decay, optim.warmup_fraction,
+                                                       config.seed)
+        items, counts, build_s = streams["torch"]
+        batches = [{t: ref.torch_batch(b) for t, b in step.items()} for step in items]
+
+        def run(chosen: Sequence) -> None:
+            for step in chosen:
+                ref.train_step(model, opt, scheduler, step, surgery == "pcgrad", optim.clip_norm)
+
+        timed = Timed("torch_dynamic", batches, counts, run, slices["padded"])
+        timed.warm_up(batches[:1])
+        timed.info["host_build_s_per_step"] = round(build_s / len(items), 4)
+        runners.append(timed)
+    print(f"real_stream: {label} runners ready", file=sys.stderr)
+    return runners
+
+
+def eval_runners(train: JaxmtTrain, config: ConfigDict, pretrained, dev: dict, layouts: dict, rounds: int,
+                 use_torch: bool) -> tuple[list[Timed], dict]:
+    """Packed, padded and torch evaluation runners over the dev sets (every `rounds`-th batch a round), warmed
+    up, on `train`'s initial params; and the predictions each fills in (by runner, then task)."""
+    pad_id, batch_size = pretrained.tokenizer.pad_token_id, config.eval_batch_size
+    params = train.state.params
+    heads = jax.device_get(params["heads"])
+    passes = {
+        "jaxmt_packed": lambda t: packed_eval_batches(dev[t], layouts[t], pad_id),
+        "jaxmt_padded": lambda t: eval_batches(dev[t], batch_size, config.data.buckets, pad_id),
+        "torch_dynamic": lambda t: ((i, dynamic_batch(dev[t], i, pad_id))
+                                    for i, _ in eval_batches(dev[t], batch_size, config.data.buckets, pad_id)),
+    }
+    if not use_torch:
+        del passes["torch_dynamic"]
+    predictions = {name: {t: np.zeros(len(s.data), s.data.spec.label_dtype) for t, s in dev.items()}
+                   for name in passes}
+    runners = []
+    for name, batches_of in passes.items():
+        items, build_s = built(lambda b=batches_of: [(t, idx, batch) for t in dev for idx, batch in b(t)])
+        counts = np.stack([batch_counts(batch) for _, _, batch in items])
+        out = predictions[name]
+        if name == "torch_dynamic":
+            model = ref.build_torch_model(pretrained.path, train.model.specs, seed=config.seed)
+            ref.copy_heads(model, heads)
+            items = [(t, idx, ref.torch_batch(batch)) for t, idx, batch in items]
+
+            def run(chosen: Sequence, model=model, out=out) -> None:
+                for t, idx, batch in chosen:
+                    out[t][idx] = ref.predict(model, t, batch).numpy()[: len(idx)]
+        else:
+            predictor = Predictor(train.model, train.mesh, batch_size, config.data.buckets, pad_id,
+                                  layouts if name == "jaxmt_packed" else None)
+
+            def run(chosen: Sequence, predictor=predictor, out=out) -> None:
+                queued = [(t, idx, predictor.predict_batch(params, t, batch)) for t, idx, batch in chosen]
+                jax.block_until_ready([q[-1] for q in queued])
+                for t, idx, preds in queued:
+                    out[t][idx] = np.asarray(preds)[: len(idx)]
+
+        slices = [np.arange(r, len(items), rounds) for r in range(rounds)]
+        timed = Timed(name, items, counts, run, slices)
+        if name == "torch_dynamic":  # nothing to compile: a batch of each task
+            timed.warm_up(one_per_shape(items, lambda item: item[0]))
+        else:  # a batch of each task and shape compiles every predict step
+            warm = one_per_shape(items, lambda item: (item[0], item[2]["input_ids"].shape))
+            timed.warm_up(warm)
+            timed.info["compiles"] = len(warm)
+        timed.info["host_build_s"] = round(build_s, 2)
+        runners.append(timed)
+    return runners, predictions
+
+
+def agreement(predictions: dict, dev: dict, reference: str = "jaxmt_padded") -> dict:
+    """Per runner and task: the fraction of equal classes, or the largest score difference, against `reference`."""
+    out = {}
+    for name, preds in predictions.items():
+        if name == reference:
+            continue
+        out[name] = {t: (float(np.mean(p == predictions[reference][t])) if dev[t].data.spec.kind != "regression"
+                         else float(np.max(np.abs(p - predictions[reference][t])))) for t, p in preds.items()}
+    return out
+
+
+def compare(runners: list[Timed]) -> dict:
+    """Each runner's summary and the examples/s ratios of packed over torch and over padded."""
+    entry = {r.name: r.summary() for r in runners}
+    packed = entry["jaxmt_packed"]["examples_per_s"]
+    for other, short in (("torch_dynamic", "torch"), ("jaxmt_padded", "padded")):
+        if other in entry:
+            entry[f"ratio_packed_over_{short}"] = round(packed / entry[other]["examples_per_s"], 3)
+    return entry
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    steps, rounds, eval_examples = flag_value("steps"), flag_value("rounds"), flag_value("eval_examples")
+    out_path = Path(flag_value("out"))
+    out_path = out_path if out_path.is_absolute() else ROOT / out_path
+    torch_note = ref.setup_torch("real_stream", _NO_TORCH.value, _TORCH_THREADS.value)
+    use_torch = torch_note is None
+    schedule_steps = 2 * steps  # the optimizer's schedule, and the packed sampler's horizon (>= the packed steps)
+    base = bench_config("pcgrad", True, schedule_steps, eval_examples)
+    specs = task_specs(base)
+    pretrained = load_pretrained(base.model.name)
+    tokenizer, pad_id = pretrained.tokenizer, pretrained.tokenizer.pad_token_id
+    train = setup.encode_splits(base, load_splits(base, specs, "train"), tokenizer)
+    dev = setup.encode_splits(base, load_splits(base, specs, "dev"), tokenizer)
+    multiple = data_parallel_size(make_mesh(base.mesh.axes, base.mesh.shape))
+    packed_sampler, eval_layouts = make_sampler(base, train, dev, multiple)
+    padded_sampler, _ = make_sampler(bench_config("pcgrad", False, schedule_steps, eval_examples), train, dev,
+                                     multiple)
+
+    buckets = base.data.buckets
+    streams, facts = train_streams(train, packed_sampler, padded_sampler, steps, buckets, pad_id, schedule_steps)
+    slices = {"packed": np.array_split(np.arange(facts["packed_steps"]), rounds),
+              "padded": np.array_split(np.arange(steps), rounds)}
+
+    initial = jaxmt_train(base, pretrained, specs, schedule_steps)  # its params, never stepped, are evaluated
+    evaluation, predictions = eval_runners(initial, base, pretrained, dev, eval_layouts, rounds, use_torch)
+    groups = {label: train_runners(label, surgery, pretrained, specs, streams, slices, use_torch, schedule_steps,
+                                   eval_examples) for label, surgery in (("sum", "none"), ("pcgrad", "pcgrad"))}
+    for r in range(rounds):
+        for group in groups.values():
+            for runner in group:
+                runner.time_round(r)
+        print(f"real_stream: training round {r + 1}/{rounds} done", file=sys.stderr)
+    for r in range(rounds):
+        for runner in evaluation:
+            runner.time_round(r)
+
+    result = {
+        "benchmark": "real_stream",
+        "model": _MODEL.value,
+        "data": str(Path(_CSV_DIR.value).resolve()),
+        "settings": {
+            "config": "configs/pcgrad.py (sum: optim.gradient_surgery=none)", "data.source": "csv",
+            "data.max_length": MAX_LENGTH, "data.pack_length": PACK_LENGTH, "data.buckets": list(buckets),
+            "tasks.batch_size": {t: base.tasks[t].batch_size for t in specs}, "sampling": base.sampling,
+            "seed": base.seed, "eval_batch_size": base.eval_batch_size, "model.dtype": base.model.dtype,
+            "optim": {k: base.optim[k] for k in ("learning_rate", "weight_decay", "warmup_fraction", "clip_norm")},
+            "schedule_steps": schedule_steps, "steps": steps, "rounds": rounds, "quick": _QUICK.value,
+            "dev_examples": {t: len(s.data) for t, s in dev.items()},
+        },
+        "stream": {
+            **facts,
+            "packed_layouts": {t: f"{v.rows}x{v.length}, <= {v.max_examples} examples"
+                               for t, v in packed_sampler.layouts.items()},
+            "eval_layouts": {t: f"{v.rows}x{v.length}, <= {v.max_examples} examples" for t, v in eval_layouts.items()},
+        },
+        **environment(torch_info(use_torch, torch_note, _TORCH_THREADS.value)),
+        "method": f"host batches built before timing; {rounds} rounds, each runner on one slice of the pass a round "
+                  "(training: contiguous slices of the stream; evaluation: every rounds-th batch), alternating in one "
+                  "process, blocking at the end of each slice; medians over rounds; padding_efficiency = real tokens "
+                  "/ tokens of the arrays fed to the encoder; ratios of examples/s",
+        "train": {label: compare(group) for label, group in groups.items()},
+        "eval": {**compare(evaluation), "prediction_agreement (classes: fraction equal, scores: max abs difference)":
+                 agreement(predictions, dev)},
+    }
+    text = json.dumps(result, indent=2)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(text + "\n")
+    print(text)
+
+
+def run_main(argv: list[str]) -> None:
+    with user_facing_errors():
+        main(argv)
+
+
+if __name__ == "__main__":
+    app.run(run_main)

@@ -1,0 +1,61 @@
+"""benchmarks/real_stream.py's streams and accounting, on the demo data (no step is compiled: a --quick run of
+the whole script compiles four train steps, over a minute of CPU, too slow for the suite)."""
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from benchmarks.real_stream import Timed, compare, train_streams
+from jaxmt.data.sources import load_splits, task_specs
+from jaxmt.training import setup
+from jaxmt.training.trainer import make_sampler
+
+
+@pytest.fixture(scope="module")
+def streams(tiny_bert, tiny_bert_dir):
+    config = tiny_config(tiny_bert_dir)
+    specs = task_specs(config)
+    train = setup.encode_splits(config, load_splits(config, specs, "train"), tiny_bert.tokenizer)
+    packed_sampler, _ = make_sampler(config, train, {}, 1)
+    config.data.packing = False
+    padded_sampler, _ = make_sampler(config, train, {}, 1)
+    pad_id = tiny_bert.tokenizer.pad_token_id
+    steps = 5
+    out, facts = train_streams(train, packed_sampler, padded_sampler, steps, config.data.buckets, pad_id, 4 * steps)
+    return out, facts, train, padded_sampler, steps
+
+
+def test_streams_cover_the_same_examples_and_count_tokens(streams):
+    out, facts, train, padded_sampler, steps = streams
+    (packed, packed_counts, _), (padded, padded_counts, _), (torch, torch_counts, _) = (
+        out[k] for k in ("packed", "padded", "torch"))
+    assert len(padded) == len(torch) == steps and len(packed) == facts["packed_steps"]
+    for task, quota in facts["examples_per_task"].items():
+        assert quota == steps * 8 and facts["packed_examples_per_task"][task] >= quota
+    # Counts: examples, real tokens, tokens fed to the encoder.
+    assert packed_counts[:, 0].sum() == sum(facts["packed_examples_per_task"].values())
+    assert padded_counts[:, 0].sum() == torch_counts[:, 0].sum() == 3 * steps * 8
+    np.testing.assert_array_equal(padded_counts[:, 1], torch_counts[:, 1])  # the same examples, the same tokens
+    assert (torch_counts[:, 2] <= padded_counts[:, 2]).all()  # own longest <= the step's common bucket
+    packed_efficiency = packed_counts[:, 1].sum() / packed_counts[:, 2].sum()
+    assert packed_efficiency > padded_counts[:, 1].sum() / padded_counts[:, 2].sum()
+    for step, batches in enumerate(torch):  # dynamic padding: each task's batch to its own longest
+        for task, batch in batches.items():
+            longest = train[task].lengths[padded_sampler.indices(task, step)].max()
+            assert batch["input_ids"].shape == (8, 1, longest)
+
+
+def test_timed_summary_and_ratios():
+    counts = np.asarray([[4, 30, 40], [4, 20, 40], [2, 10, 20]])
+    calls = []
+    runners = [Timed(name, ["a", "b", "c"], counts * scale, calls.append, [np.arange(2), np.arange(2, 3)])
+               for name, scale in (("jaxmt_packed", 2), ("jaxmt_padded", 1))]
+    for r in range(2):
+        for runner in runners:
+            runner.time_round(r)
+    assert calls == [["a", "b"], ["a", "b"], ["c"], ["c"]]
+    entry = compare(runners)
+    packed = entry["jaxmt_packed"]
+    assert (packed["steps"], packed["examples"], packed["real_tokens"], packed["computed_tokens"]) == (3, 20, 120, 200)
+    assert packed["padding_efficiency"] == 0.6
+    assert entry["ratio_packed_over_padded"] > 0 and "ratio_packed_over_torch" not in entry
