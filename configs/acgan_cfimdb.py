@@ -11,7 +11,7 @@ CS224N-format files (`id`, `sentence`, `sentiment` columns) works the same way:
 
 from ml_collections import ConfigDict
 
-from configs import acgan, default
+from . import acgan, default
 
 
 def get_config() -> ConfigDict:

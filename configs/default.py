@@ -60,9 +60,8 @@ def get_config() -> ConfigDict:
     config.model = ConfigDict()
     config.model.name = "minilm"  # model alias (minilm) or a local Hugging Face BERT directory
     config.model.pooling = "mean"  # sentence embedding: mean (sentence-transformers) | cls
-    # Pairs: cross: [CLS] a [SEP] b [SEP] jointly | siamese: each alone, [u; v; |u-v|; u*v] | triplet: both alone and
-    # jointly (paper A's triplet architecture, a reading), [u; v; |u-v|; u*v; c]
-    config.model.pair_mode = "cross"
+    # cross: [CLS] a [SEP] b [SEP] jointly | siamese: each alone, [u; v; |u-v|; u*v] | triplet: both alone and jointly
+    config.model.pair_mode = "cross"  # how pairs are encoded (triplet: paper A's triplet architecture, a reading)
     config.model.shared_layers = 0  # dense+GELU layers shared by all tasks between encoder and heads
     config.model.shared_dim = 0  # width of the shared layers (0 = the encoder's hidden size)
     config.model.dropout = 0.1  # dropout before the shared layers and the heads
@@ -80,10 +79,10 @@ def get_config() -> ConfigDict:
     # pcgrad: loss pairing, e.g. (("sst",), ("para", "sts")): a group's (weighted) losses are summed into one
     # gradient before the surgery, which then projects between groups; every task in exactly one group.
     # () = each task its own group. Metrics name a group by its tasks joined with '+' (pcgrad/cos/para+sts-sst).
-    config.optim.surgery_groups = ()
-    # peak LR of everything outside the encoder (shared layers and heads), same warm-up/decay shape as
-    # learning_rate, which then drives the encoder alone (0 = learning_rate for all params)
-    config.optim.head_learning_rate = 0.0
+    config.optim.surgery_groups = ()  # loss pairing (paper A, a reading): task groups, see above
+    # Everything outside the encoder (shared layers, heads) may take its own peak LR, with the same warm-up and
+    # decay shape; learning_rate then drives the encoder alone.
+    config.optim.head_learning_rate = 0.0  # peak LR of heads and shared layers (0 = learning_rate for all params)
 
     config.loss = ConfigDict()
     config.loss.combination = "sum"  # sum | weighted (each task's loss times tasks.<name>.weight)
@@ -92,9 +91,9 @@ def get_config() -> ConfigDict:
     config.num_steps = 200  # training steps
     config.log_every = 10  # steps between training-metric logs
     config.eval_every = 100  # steps between dev evaluations (and best-checkpoint updates); 0 = at the end only
-    # > 0: evaluate every this many epochs of the largest training task instead of eval_every (an epoch =
-    # ceil(train size / batch size) steps, as sampling='all' sees it; results.json holds the step interval)
-    config.eval_every_epochs = 0.0
+    # An epoch = ceil(train size / examples a step) steps of the largest task (a packed step's mean draw, else the
+    # batch size), as sampling='all' sees it; results.json holds the step interval.
+    config.eval_every_epochs = 0.0  # > 0: evaluate every this many epochs instead of every eval_every steps
     config.eval_batch_size = 64  # evaluation batch (global)
     config.checkpoint_every = 100  # steps between checkpoints for resumption
     config.keep_checkpoints = 2  # latest checkpoints kept (the best one is kept apart)
@@ -104,7 +103,7 @@ def get_config() -> ConfigDict:
     # in WORKDIR/config_changes.jsonl (e.g. a longer num_steps, knowing that it stretches the LR schedule).
     config.allow_config_change = False  # True: resume with a changed config, recorded
 
-    config.mesh, config.parallel = mesh_config(), parallel_config()
+    config.mesh, config.parallel = mesh_config(), parallel_config()  # device mesh and parallel path (below)
     config.lock()  # a misspelt field is an error, not a silently ignored new one
     return config
 

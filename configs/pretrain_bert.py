@@ -9,7 +9,7 @@ layers for its 6 layers). Run:
 
 from ml_collections import ConfigDict
 
-from configs import default
+from . import default
 
 
 def get_config() -> ConfigDict:
@@ -81,6 +81,6 @@ def get_config() -> ConfigDict:
     # in WORKDIR/config_changes.jsonl (e.g. a longer num_steps, knowing that it stretches the LR schedule).
     config.allow_config_change = False  # True: resume with a changed config, recorded
 
-    config.mesh, config.parallel = default.mesh_config(), default.parallel_config()
+    config.mesh, config.parallel = default.mesh_config(), default.parallel_config()  # as the fine-tuning configs
     config.lock()  # a misspelt field is an error, not a silently ignored new one
     return config

@@ -15,10 +15,8 @@ VAR = "JAXMT_TEST_PATHS"
 
 
 def load_config(relative: str):
-    spec = importlib.util.spec_from_file_location(relative, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    """configs/NAME.py's get_config(), imported as a module of the configs package (its relative imports)."""
+    return importlib.import_module(relative.removesuffix(".py").replace("/", ".")).get_config()
 
 
 def test_expand_path_home_variables_and_unset_variables(monkeypatch, tmp_path):

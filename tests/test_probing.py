@@ -130,7 +130,7 @@ def test_probe_learns_a_linearly_encoded_label_and_not_noise():
     labels = np.repeat(np.arange(3), n // 3).astype(np.int32)
     noise = rng.normal(size=(n, h)).astype(np.float32)
     signal = noise.copy()
-    signal[:, :3] += 3.0 * np.eye(3, dtype=np.float32)[labels]  # the class is readable from 3 dimensions
+    signal[:, :3] += 4.0 * np.eye(3, dtype=np.float32)[labels]  # the class is readable from 3 dimensions
     perm = rng.permutation(n)
     task = T.ProbingTask("toy", [""] * n, labels, ("a", "b", "c"), train=perm[:180], test=perm[180:])
     accs = probe_layers(np.stack([noise, signal]), task, ProbeConfig(steps=200))

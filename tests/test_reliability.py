@@ -164,26 +164,23 @@ def test_kill_9_during_a_save_leaves_the_previous_checkpoint_restorable(tmp_path
 
 
 def poisoned_batches(bad_step):
-    """`local_train_batches` with NaN similarity labels for sts at `bad_step`."""
-    from jaxmt.parallel import host_data
+    """The trainer's `train_step_batches` with NaN similarity labels for sts at `bad_step`."""
+    from jaxmt.data.packing import train_step_batches as clean
 
-    clean = host_data.local_train_batches
-
-    def batches(splits, sampler, step, buckets, pad_id, rows_of):
-        local, sizes = clean(splits, sampler, step, buckets, pad_id, rows_of)
+    def batches(splits, sampler, step, buckets, pad_id):
+        host = clean(splits, sampler, step, buckets, pad_id)
         if step + 1 == bad_step:
-            local["sts"]["labels"] = np.full_like(local["sts"]["labels"], np.nan)
-        return local, sizes
+            host["sts"]["labels"] = np.full_like(host["sts"]["labels"], np.nan)
+        return host
 
     return batches
 
 
 def test_nan_loss_stops_naming_step_and_task_and_keeps_the_last_good_checkpoint(tiny_bert_dir, tmp_path,
                                                                                   monkeypatch):
-    from jaxmt.parallel import host_data
     from jaxmt.training import trainer
 
-    monkeypatch.setattr(host_data, "local_train_batches", poisoned_batches(bad_step=5))
+    monkeypatch.setattr(trainer, "train_step_batches", poisoned_batches(bad_step=5))
     config = tiny_config(tiny_bert_dir, **{"num_steps": 8, "checkpoint_every": 2, "eval_every": 0})
     with pytest.raises(NonFiniteError, match=r"step 5: non-finite loss in task sts; the update was not applied"):
         trainer.train_and_evaluate(config, str(tmp_path))
@@ -193,10 +190,9 @@ def test_nan_loss_stops_naming_step_and_task_and_keeps_the_last_good_checkpoint(
 
 
 def test_nan_loss_with_skip_leaves_the_params_untouched_and_reports_the_step(tiny_bert_dir, tmp_path, monkeypatch):
-    from jaxmt.parallel import host_data
     from jaxmt.training import trainer
 
-    monkeypatch.setattr(host_data, "local_train_batches", poisoned_batches(bad_step=3))
+    monkeypatch.setattr(trainer, "train_step_batches", poisoned_batches(bad_step=3))
     config = tiny_config(tiny_bert_dir, **{"num_steps": 4, "checkpoint_every": 1, "eval_every": 0,
                                            "keep_checkpoints": 5, "on_nonfinite": "skip",
                                            "optim.gradient_surgery": "pcgrad"})

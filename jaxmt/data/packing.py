@@ -32,11 +32,25 @@ from jaxmt.data.tokenization import EncodedSplit
 
 @dataclasses.dataclass(frozen=True)
 class PackLayout:
-    """The static shape of one task's packed batches."""
+    """The static shape of one task's packed batches.
 
-    rows: int  # rows of `length` tokens
+    Examples are placed in `rows` rows and at most `max_examples` a batch; the arrays are then padded with
+    empty rows and masked examples to a multiple of `multiple` (the data-parallel devices), so which
+    examples a batch holds, and so the losses, do not depend on the number of devices.
+    """
+
+    rows: int  # rows of `length` tokens that examples are placed in
     length: int  # tokens a row
-    max_examples: int  # examples a batch holds at most (the size of the per-example arrays)
+    max_examples: int  # examples a batch holds at most
+    multiple: int = 1  # array rows and examples are rounded up to this
+
+    @property
+    def array_rows(self) -> int:
+        return -(-self.rows // self.multiple) * self.multiple
+
+    @property
+    def array_examples(self) -> int:
+        return -(-self.max_examples // self.multiple) * self.multiple
 
 
 def example_tokens(split: EncodedSplit) -> np.ndarray:
@@ -45,14 +59,13 @@ def example_tokens(split: EncodedSplit) -> np.ndarray:
 
 
 def layout_for(split: EncodedSplit, batch_size: int, length: int, multiple: int = 1) -> PackLayout:
-    """Rows for `batch_size` examples of this split's mean size, at least one example's worth; rows and
-    `max_examples` (twice `batch_size`) are rounded up to `multiple` (the data-parallel devices)."""
+    """Rows for `batch_size` examples of this split's mean size (at least one example's worth), at most twice
+    `batch_size` examples; arrays padded to `multiple` (the data-parallel devices)."""
     longest = int(split.lengths.max())
     if longest > length:
         raise ValueError(f"a sequence of {longest} tokens does not fit a packed row of {length}")
     rows = max(math.ceil(batch_size * float(example_tokens(split).mean()) / length), split.num_sequences)
-    up = lambda n: -(-n // multiple) * multiple  # noqa: E731
-    return PackLayout(rows=up(rows), length=length, max_examples=up(2 * batch_size))
+    return PackLayout(rows=rows, length=length, max_examples=2 * batch_size, multiple=multiple)
 
 
 def place(split: EncodedSplit, indices: np.ndarray, layout: PackLayout) -> tuple[list[tuple[int, int]], int]:
@@ -82,13 +95,13 @@ def pack_batch(split: EncodedSplit, indices: np.ndarray, layout: PackLayout, pad
     placed, count = place(split, indices, layout)
     if count != len(indices):
         raise ValueError(f"{len(indices)} examples do not fit {layout}")
-    r, n, s = layout.rows, layout.length, split.num_sequences
+    r, n, s = layout.array_rows, layout.length, split.num_sequences
     ids = np.full((r, n), pad_id, np.int32)
     types = np.zeros((r, n), np.int32)
     positions = np.zeros((r, n), np.int32)
     segments = np.zeros((r, n), np.int32)
     used = np.zeros(r, np.int32)  # segments so far in each row
-    example_segments = np.zeros((layout.max_examples, s), np.int32)
+    example_segments = np.zeros((layout.array_examples, s), np.int32)
     k = 0
     for e, index in enumerate(indices):
         for j, (seq, seq_types) in enumerate(zip(split.input_ids[index], split.token_type_ids[index])):
@@ -100,10 +113,10 @@ def pack_batch(split: EncodedSplit, indices: np.ndarray, layout: PackLayout, pad
             positions[row, start:stop] = np.arange(len(seq))
             segments[row, start:stop] = used[row]
             example_segments[e, j] = row * n + used[row]
-    labels = np.zeros(layout.max_examples, split.data.spec.label_dtype)
+    labels = np.zeros(layout.array_examples, split.data.spec.label_dtype)
     if split.data.labels is not None:
         labels[: len(indices)] = split.data.labels[indices]
-    example_mask = np.zeros(layout.max_examples, np.float32)
+    example_mask = np.zeros(layout.array_examples, np.float32)
     example_mask[: len(indices)] = 1.0
     return {"input_ids": ids, "token_type_ids": types, "position_ids": positions, "segment_ids": segments,
             "example_segments": example_segments, "labels": labels, "example_mask": example_mask}
