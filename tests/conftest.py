@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,8 +84,15 @@ def read_params(workdir, step: int):
     """The params of a run's Orbax checkpoint at `step`, read straight from disk."""
     import orbax.checkpoint as ocp
 
-    restored = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "default"))
-    return restored["params"]
+    path = os.path.join(workdir, "checkpoints", str(step), "default")
+    checkpointer = ocp.StandardCheckpointer()
+    # Onto this process's first device, whatever mesh or processes wrote it (a sharded multi-process checkpoint
+    # restores only into an explicit target).
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    metadata = checkpointer.metadata(path)
+    tree = getattr(metadata, "item_metadata", metadata)
+    target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+    return checkpointer.restore(path, target)["params"]
 
 
 def sigterm_after_logging(module, monkeypatch, step: int) -> None:
