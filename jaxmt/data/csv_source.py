@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from jaxmt.data.errors import DataError, location
-from jaxmt.data.schema import SkippedRow, TaskData, TaskSpec
+from jaxmt.data.schema import SkippedRow, TaskData, TaskSpec, first_empty
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +115,12 @@ def read_csv_split(
             if not raw_label:
                 bad(line, label_name, "empty label")
                 continue
-            try:
-                value = float(raw_label)
-            except ValueError:
-                bad(line, label_name, f"label {raw_label!r} is not a number")
-                continue
-            reason = spec.check_label(value)
+            value, reason = spec.parse_label(raw_label)
             if reason:
                 bad(line, label_name, reason)
                 continue
         row_texts = [cells[columns[name]].strip() for name in text_names]
-        empty = next((name for name, t in zip(text_names, row_texts) if not t), None)
+        empty = first_empty(text_names, row_texts)
         if empty is not None:
             bad(line, empty, "empty sentence")
             continue

@@ -70,6 +70,15 @@ class TaskSpec:
             return f"class label {int(value)} is outside 0..{upper - 1}"
         return None
 
+    def parse_label(self, raw: str, what: str = "label") -> tuple[float | None, str | None]:
+        """(value, None) for a valid label written as `raw`, else (None, why not): not a number, or out of range."""
+        try:
+            value = float(raw)
+        except ValueError:
+            return None, f"{what} {raw!r} is not a number"
+        reason = self.check_label(value)
+        return (None, reason) if reason else (value, None)
+
 
 # The three tasks of the CS224N multitask project; other tasks are declared in the config.
 DEFAULT_TASKS = {
@@ -123,3 +132,8 @@ class TaskData:
             text_b=None if self.text_b is None else [self.text_b[i] for i in idx],
             labels=None if self.labels is None else self.labels[np.asarray(idx, dtype=np.int64)],
         )
+
+
+def first_empty(names: Sequence[str], texts: Sequence[str]) -> str | None:
+    """The name of the first empty text of a row, or None."""
+    return next((name for name, text in zip(names, texts) if not text), None)

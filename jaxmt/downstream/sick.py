@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxmt.data.csv_source import read_tsv_rows
 from jaxmt.data.errors import DataError, location
-from jaxmt.data.schema import CLASSIFICATION, REGRESSION, SkippedRow, TaskData, TaskSpec
+from jaxmt.data.schema import CLASSIFICATION, REGRESSION, SkippedRow, TaskData, TaskSpec, first_empty
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +135,12 @@ def read_sick_split(
                 continue
             value = float(NLI_LABELS.index(raw_label.lower()))
         else:
-            try:
-                value = float(raw_label)
-            except ValueError:
-                bad(line, label_name, f"score {raw_label!r} is not a number")
-                continue
-            reason = spec.check_label(value)
+            value, reason = spec.parse_label(raw_label, what="score")
             if reason:
                 bad(line, label_name, reason)
                 continue
         texts = [cells[col[name]].strip() for name in TEXT_COLUMNS]
-        empty = next((name for name, t in zip(TEXT_COLUMNS, texts) if not t), None)
+        empty = first_empty(TEXT_COLUMNS, texts)
         if empty is not None:
             bad(line, empty, "empty sentence")
             continue
