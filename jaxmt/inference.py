@@ -27,6 +27,7 @@ from jaxmt.data.schema import BINARY, CLASSIFICATION, TaskData, TaskSpec
 from jaxmt.data.sources import task_specs
 from jaxmt.data.tokenization import encode_split
 from jaxmt.errors import ConfigError
+from jaxmt.models.hf_checkpoint import save_hf_model
 from jaxmt.models.multitask import MultitaskModel
 from jaxmt.models.pretrained import load_pretrained
 from jaxmt.parallel.mesh import batch_sharding, make_mesh, replicated
@@ -43,6 +44,7 @@ class RestoredRun:
     step: int
     tokenizer: Any
     mesh: Mesh
+    bert_config: Any  # transformers.BertConfig of the encoder
 
 
 def restore_run(config: ConfigDict, workdir: str, checkpoint: str, specs: dict[str, TaskSpec]) -> RestoredRun:
@@ -58,7 +60,8 @@ def restore_run(config: ConfigDict, workdir: str, checkpoint: str, specs: dict[s
         params, step = checkpoints.restore_params(checkpoint, abstract_like(abstract, shardings))
     finally:
         checkpoints.close()
-    return RestoredRun(model=model, params=params, step=int(step), tokenizer=pretrained.tokenizer, mesh=mesh)
+    return RestoredRun(model=model, params=params, step=int(step), tokenizer=pretrained.tokenizer, mesh=mesh,
+                       bert_config=pretrained.config)
 
 
 def readable_scores(spec: TaskSpec, outputs: jax.Array) -> jax.Array:
@@ -89,6 +92,7 @@ class TrainedModel:
     """A trained multitask run, loaded once, predicting on lists of sentences (or sentence pairs)."""
 
     def __init__(self, workdir: str, checkpoint: str = "best") -> None:
+        self.workdir = workdir
         self.config, self.specs = read_run(workdir)
         self.run = restore_run(self.config, workdir, checkpoint, self.specs)
         self.step = self.run.step
@@ -124,6 +128,13 @@ class TrainedModel:
 
     def task_spec(self, task: str) -> TaskSpec:
         return run_task_spec(self.specs, task)
+
+    def export_encoder(self, path: str) -> str:
+        """Writes the fine-tuned encoder as a Hugging Face BERT directory (config.json, model.safetensors,
+        tokenizer): `FlaxBertModel` / `BertModel` load it, and mean pooling over its last hidden states gives the
+        sentence embedding this run's heads read when it has no shared layers (`model.shared_layers=0`)."""
+        encoder = jax.device_get(self.run.params["backbone"]["encoder"]["bert"])
+        return str(save_hf_model(path, encoder, self.run.bert_config, self.run.tokenizer, seed=self.config.seed))
 
 
 def run_task_spec(specs: dict[str, TaskSpec], task: str) -> TaskSpec:

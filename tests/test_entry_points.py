@@ -22,6 +22,7 @@ CASES = {
     "probe": (["--models=a=minilm,a=minilm"], "the name 'a' is used twice"),
     "plot": ([], "metrics.jsonl: not found"),
     "predict": (["--task=sst", "a sentence"], "config.json: not found"),
+    "export": (["--out=/tmp/jaxmt-export-never-written"], "config.json: not found"),
 }
 
 
@@ -29,7 +30,7 @@ CASES = {
 def test_bad_input_exits_2_with_one_line_and_no_traceback(verb, tmp_path):
     args, message = CASES[verb]
     where = [f"--out={tmp_path / 'out'}"] if verb == "probe" else [f"--workdir={tmp_path / 'not_a_workdir'}"]
-    if verb in ("evaluate", "plot", "predict"):
+    if verb in ("evaluate", "plot", "predict", "export"):
         (tmp_path / "not_a_workdir").mkdir()
     proc = subprocess.run([sys.executable, "-m", f"jaxmt.{verb}", *where, *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)

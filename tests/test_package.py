@@ -13,7 +13,7 @@ from conftest import ROOT
 
 import jaxmt
 
-COMMANDS = ("train", "evaluate", "pretrain", "qa", "acgan", "sweep", "probe", "plot", "predict")
+COMMANDS = ("train", "evaluate", "pretrain", "qa", "acgan", "sweep", "probe", "plot", "predict", "export")
 BUILD_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "README.md")
 
 

@@ -145,3 +145,25 @@ def test_predict_command_bad_input_is_one_line_and_exit_2(paper_a_run, tmp_path,
     errors = [line for line in out.stderr.strip().splitlines() if line.startswith("jaxmt: error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert out.stdout == ""
+
+
+def test_exported_encoder_loads_in_flax_bert_and_mean_pools_to_the_runs_embeddings(trained_model, tmp_path):
+    """`jaxmt.export`: a Hugging Face directory whose mean-pooled last hidden states are the run's sentence
+    embeddings (paper A's config has no shared layers), as sentence-transformers would pool them."""
+    import jax.numpy as jnp
+    from transformers import FlaxBertModel
+
+    path = tmp_path / "hf"
+    proc = subprocess.run([sys.executable, "-m", "jaxmt.export", f"--workdir={trained_model.workdir}",
+                           f"--out={path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(path))
+    hf = FlaxBertModel.from_pretrained(str(path))
+    tokens = trained_model.run.tokenizer(["a gripping film", "the plot drags"], padding=True, return_tensors="np")
+    hidden = hf(**tokens).last_hidden_state
+    mask = tokens["attention_mask"][..., None]
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    batch = {"input_ids": tokens["input_ids"][:, None], "attention_mask": tokens["attention_mask"][:, None],
+             "token_type_ids": tokens["token_type_ids"][:, None]}
+    ours = trained_model.run.model.features(trained_model.run.params, batch, rng=None, deterministic=True)[:, 0]
+    np.testing.assert_allclose(pooled, jnp.asarray(ours), atol=1e-5)

@@ -1,0 +1,41 @@
+"""Command line: python -m jaxmt.export --workdir=DIR --out=HF_DIR [--checkpoint=best|latest] (or jaxmt-export).
+
+Writes a trained run's fine-tuned encoder as a Hugging Face BERT directory (config.json, model.safetensors,
+tokenizer files), for `transformers.BertModel` / `FlaxBertModel`, sentence-transformers-style mean pooling,
+or another jaxmt run (`--config.model.name=HF_DIR`). The Python API is
+`jaxmt.inference.TrainedModel(workdir).export_encoder(path)`.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from jaxmt.cli import check_output_dir, parse_flags, setup_logging
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "A training workdir (holds config.json and checkpoints).", required=True)
+    flags.DEFINE_string("out", None, "The Hugging Face directory to write.", required=True)
+    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint's encoder to export.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    setup_logging()
+    from jaxmt.inference import TrainedModel
+    from jaxmt.training.faults import user_facing_errors
+
+    with user_facing_errors():
+        check_output_dir(flags.FLAGS.out, "--out")
+        path = TrainedModel(flags.FLAGS.workdir, flags.FLAGS.checkpoint).export_encoder(flags.FLAGS.out)
+    print(path)
+
+
+def run() -> None:
+    """The `jaxmt-export` console script (and `python -m jaxmt.export`)."""
+    define_flags()
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()
