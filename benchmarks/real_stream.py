@@ -1,8 +1,9 @@
 """Throughput on the real CS224N training stream: jaxmt packed vs jaxmt padded vs PyTorch with dynamic padding.
 
 Settings: configs/pcgrad.py on the CS224N files (data.source=csv, --csv_dir), MiniLM (--model), the config's
-defaults (sampling 'all', 16 examples a task a step, AdamW 5e-5, seed 0, eval batch 64) except
-data.max_length=64 and data.pack_length=128; the JSON records them.
+defaults (sampling 'all', 16 examples a task a step, AdamW 5e-5, seed 0, eval batch 64, max_length 128,
+pack_length 128: what `python -m jaxmt.train --config=configs/pcgrad.py --config.data.source=csv` trains);
+--max_length changes the truncation length; the JSON records the settings.
 
 Training: the first `--steps` x 16 examples of each task's stream, in the sampler's order, run three ways:
   (a) jaxmt_packed: token-budget batches as `PackedTaskSampler` draws them (`make_sampler`, the trainer's own),
@@ -67,11 +68,12 @@ _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating timing rounds (slices o
 _EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", -1, "Keep the first N dev examples of each task (-1: all).")
 _NO_TORCH = flags.DEFINE_bool("no_torch", False, "Skip the PyTorch reference.")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the reference.")
+_MAX_LENGTH = flags.DEFINE_integer("max_length", 128, "data.max_length (truncation; pack_length is 128).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/real_stream_cpu_2core.json", "Where the JSON is written.")
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: 6 steps, 2 rounds, 128 dev examples a task.")
 
 QUICK = {"steps": 6, "rounds": 2, "eval_examples": 128, "out": "benchmarks/results/real_stream_quick.json"}
-MAX_LENGTH, PACK_LENGTH = 64, 128
+PACK_LENGTH = 128  # tokens a packed row
 
 
 def flag_value(name: str):
@@ -81,11 +83,11 @@ def flag_value(name: str):
 
 
 def bench_config(surgery: str, packing: bool, schedule_steps: int, eval_examples: int) -> ConfigDict:
-    """configs/pcgrad.py on the CSV files with max_length 64 and pack_length 128; `surgery` none or pcgrad."""
+    """configs/pcgrad.py on the CSV files with --max_length and pack_length 128; `surgery` none or pcgrad."""
     config = pcgrad.get_config()
     config.model.name = _MODEL.value
     config.data.source, config.data.csv_dir = "csv", _CSV_DIR.value
-    config.data.max_length, config.data.pack_length = MAX_LENGTH, PACK_LENGTH
+    config.data.max_length, config.data.pack_length = _MAX_LENGTH.value, PACK_LENGTH
     config.data.max_eval_examples = eval_examples
     config.data.packing = packing
     config.optim.gradient_surgery = surgery
@@ -381,7 +383,7 @@ def main(argv: list[str]) -> None:
         "data": str(Path(_CSV_DIR.value).resolve()),
         "settings": {
             "config": "configs/pcgrad.py (sum: optim.gradient_surgery=none)", "data.source": "csv",
-            "data.max_length": MAX_LENGTH, "data.pack_length": PACK_LENGTH, "data.buckets": list(buckets),
+            "data.max_length": _MAX_LENGTH.value, "data.pack_length": PACK_LENGTH, "data.buckets": list(buckets),
             "tasks.batch_size": {t: base.tasks[t].batch_size for t in specs}, "sampling": base.sampling,
             "seed": base.seed, "eval_batch_size": base.eval_batch_size, "model.dtype": base.model.dtype,
             "optim": {k: base.optim[k] for k in ("learning_rate", "weight_decay", "warmup_fraction", "clip_norm")},
