@@ -250,8 +250,9 @@ def test_head_learning_rate_zero_is_one_adamw_for_all(tiny_bert_dir):
 def test_epoch_eval_every_counts_epochs_of_the_largest_task(tiny_bert_dir):
     config = tiny_config(tiny_bert_dir, **{"eval_every_epochs": 0.5})
     sizes = {"sst": 100, "para": 250, "sts": 50}  # batch size 8 each: para's epoch is ceil(250 / 8) = 32 steps
-    assert epoch_eval_every(config, sizes) == 16
+    per_step = {t: float(config.tasks[t].batch_size) for t in sizes}  # what a padded TaskSampler reports
+    assert epoch_eval_every(config, sizes, per_step) == 16
     config.eval_every_epochs = 2.0
-    assert epoch_eval_every(config, sizes) == 64
+    assert epoch_eval_every(config, sizes, per_step) == 64
     config.eval_every_epochs = 0.001
-    assert epoch_eval_every(config, sizes) == 1
+    assert epoch_eval_every(config, sizes, per_step) == 1

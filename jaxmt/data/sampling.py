@@ -79,6 +79,10 @@ class TaskSampler:
             out[sel] = self._permutation(task_index, int(epoch))[positions[sel] % n]
         return out
 
+    def examples_per_step(self) -> dict[str, float]:
+        """Mean examples a draw of each task holds: its batch size."""
+        return {t: float(b) for t, b in self.batch_sizes.items()}
+
     def indices(self, task: str, step: int) -> np.ndarray:
         """The training example indices `task` uses at `step` (its k-th draw)."""
         return self._at(self.tasks.index(task), self._positions(task, self._draw_count(step)))

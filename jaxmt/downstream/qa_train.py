@@ -27,7 +27,7 @@ from jaxmt.downstream.squad import QAExample, QAFeatures, decode_predictions, ma
 from jaxmt.errors import ConfigError
 from jaxmt.models.pretrained import load_pretrained
 from jaxmt.parallel import distributed
-from jaxmt.parallel.host_data import process_rows, put_global
+from jaxmt.parallel.host_data import put_global, put_host_batch
 from jaxmt.parallel.mesh import batch_sharding, check_divisible, make_mesh, replicated
 from jaxmt.parallel.sharding_rules import check_heads, param_shardings
 from jaxmt.parallel.state_sharding import state_shardings
@@ -58,13 +58,6 @@ def init_qa_state(model: SpanModel, tx: optax.GradientTransformation, rng: jax.A
     return TrainState.create(model.init(rng, encoder_params), tx)
 
 
-def global_batch(features: QAFeatures, rows: np.ndarray, sharding) -> dict[str, jax.Array]:
-    """Windows `rows` as one global batch, each process building only the rows its devices hold."""
-    local = features.take(rows[process_rows(len(rows), sharding)])
-    return {k: jax.make_array_from_process_local_data(sharding, v, (len(rows),) + v.shape[1:])
-            for k, v in local.items()}
-
-
 class QAPredictor:
     """Start / end logits of every window, in batches of `batch_size` (the last one padded)."""
 
@@ -79,7 +72,7 @@ class QAPredictor:
         ends = np.zeros_like(starts)
         for lo in range(0, n, self.batch_size):
             rows = np.arange(lo, lo + self.batch_size) % n  # wrap around: the padding rows are real windows
-            s, e = self._step(params, global_batch(features, rows, self.sharding))
+            s, e = self._step(params, put_host_batch(features.take(rows), self.sharding))
             real = min(self.batch_size, n - lo)
             starts[lo:lo + real] = np.asarray(jax.device_get(s))[:real]
             ends[lo:lo + real] = np.asarray(jax.device_get(e))[:real]

@@ -109,6 +109,12 @@ def _scalars(metrics: Metrics) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in metrics.items() if not k.startswith("nonfinite")}
 
 
+def _read_back(unread: list[tuple[int, Metrics]]) -> list[tuple[int, dict[str, float]]]:
+    """The scalars of steps whose metrics are still on the device, fetched in one transfer."""
+    fetched = jax.device_get([m for _, m in unread])
+    return [(s, _scalars(m)) for (s, _), m in zip(unread, fetched)]
+
+
 def prepare_workdir(config: ConfigDict, workdir: str) -> None:
     """Checks the config's ranges and that it matches the one the workdir was started with, then records it."""
     check_ranges(config)
@@ -176,8 +182,7 @@ def run(program: Program, config: ConfigDict, workdir: str) -> Outcome:
                     check(*pending)
                     pending = None
                 if log_due:
-                    fetched = jax.device_get([m for _, m in unread])
-                    history.extend((s, _scalars(m)) for (s, _), m in zip(unread, fetched))
+                    history.extend(_read_back(unread))
                     unread.clear()
                     scalars = {f"train/{k}": v for k, v in history[-1][1].items()}
                     scalars.update({f"train/{k}": v for k, v in program.extra_scalars(state).items()})
@@ -211,8 +216,7 @@ def run(program: Program, config: ConfigDict, workdir: str) -> Outcome:
             checkpoints.wait()
             checkpoints.close()
         writer.close()
-    if unread:
-        history.extend((s, _scalars(m)) for (s, _), m in zip(unread, jax.device_get([m for _, m in unread])))
+    history.extend(_read_back(unread))
     return Outcome(state=state, start_step=start, initial_dev=initial, dev=dev, best_dev=best_dev,
                    history=history, logged_steps=logged, skipped_steps=skipped, compiles=len(layouts),
                    train_seconds=time.time() - start_time, step_seconds=step_seconds)

@@ -31,14 +31,12 @@ from jaxmt.training.step import init_state, multitask_step_runner
 log = logging.getLogger(__name__)
 
 
-def epoch_eval_every(config: ConfigDict, train_sizes: dict[str, int],
-                     examples_per_step: dict[str, float] | None = None) -> int:
+def epoch_eval_every(config: ConfigDict, train_sizes: dict[str, int], examples_per_step: dict[str, float]) -> int:
     """`config.eval_every_epochs` as a step interval: epochs of the largest task, whose epoch is
     ceil(train size / examples a step) steps (what sampling='all' takes to see it once; a packed step's
-    examples are its draws' mean, else the batch size)."""
+    examples are its draws' mean, else the batch size: `TaskSampler.examples_per_step`)."""
     largest = max(sorted(train_sizes), key=lambda t: train_sizes[t])
-    per_step = (examples_per_step or {}).get(largest, config.tasks[largest].batch_size)
-    steps_per_epoch = math.ceil(train_sizes[largest] / per_step)
+    steps_per_epoch = math.ceil(train_sizes[largest] / examples_per_step[largest])
     every = max(1, round(config.eval_every_epochs * steps_per_epoch))
     log.info("eval_every_epochs=%g: evaluating every %d steps (an epoch of %s, the largest task, is %d steps)",
              config.eval_every_epochs, every, largest, steps_per_epoch)
@@ -136,8 +134,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     loop_config = config
     if config.get("eval_every_epochs", 0.0) > 0:  # the loop reads eval_every: a copy with the interval in steps
         loop_config = config.copy_and_resolve_references()
-        per_step = sampler.examples_per_step() if isinstance(sampler, PackedTaskSampler) else None
-        loop_config.eval_every = epoch_eval_every(config, {t: len(s.data) for t, s in train_split.items()}, per_step)
+        loop_config.eval_every = epoch_eval_every(config, {t: len(s.data) for t, s in train_split.items()},
+                                                  sampler.examples_per_step())
     outcome = loop.run(program, loop_config, workdir)
     results = {
         "demo_data": is_demo,
