@@ -1,0 +1,155 @@
+"""Command line: python -m jaxmt.summarize --runs=NAME=GLOB [--runs=...] [--baseline=NAME] [--archive=DIR]
+
+Seeds made into a table. Each `--runs` names an arm (a config, an ablation) and a glob of its
+workdirs, one a seed; the table gives, for every metric in the runs' results.json under `--key`
+(`dev`: the last evaluation; `best_dev`: the best checkpoint's), the mean and sample standard
+deviation over the arm's seeds. With `--baseline`, each other arm's difference to it is marked
+`*` where it exceeds seed noise: |difference| > 2 standard errors (Welch's, from the two arms'
+seed spreads). With two or three seeds that is a rough screen, not a significance test, and the
+tables say so.
+
+`--archive=DIR` copies each run's small records (results.json, config.json, metrics.jsonl) to
+DIR/NAME/RUN, so a table can be rebuilt (`--runs=NAME=DIR/NAME/*`) after the workdirs, with their
+checkpoints, are gone: how docs/runs keeps the runs behind the docs' tables.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+from absl import app, flags
+
+from jaxmt.cli import parse_flags
+
+RECORDS = ("results.json", "config.json", "metrics.jsonl")
+
+
+def define_flags() -> None:
+    flags.DEFINE_multi_string("runs", [], "NAME=GLOB: an arm and its workdirs (one a seed); repeat for each arm.")
+    flags.DEFINE_string("key", "dev", "The results.json entry to summarize: dev (last evaluation) | best_dev | ...")
+    flags.DEFINE_string("baseline", "", "An arm's NAME: mark the other arms' differences to it that exceed noise.")
+    flags.DEFINE_list("metrics", [], "Metrics to show, in order ('' = every numeric one the runs share).")
+    flags.DEFINE_string("archive", "", "Copy each run's results.json, config.json and metrics.jsonl to DIR/NAME/.")
+    flags.DEFINE_string("out", "", "Also write the table to this markdown file.")
+
+
+def parse_arms(items: list[str]) -> dict[str, list[str]]:
+    """['a=runs/x/seed*'] -> {'a': [sorted finished workdirs]}; an arm with no finished run is a ConfigError."""
+    from jaxmt.errors import ConfigError
+
+    arms: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, pattern = item.partition("=")
+        if not sep or not name or not pattern:
+            raise ConfigError(f"--runs: {item!r} is not NAME=GLOB")
+        if name in arms:
+            raise ConfigError(f"--runs: the name {name!r} is used twice")
+        dirs = sorted(d for d in glob.glob(pattern) if os.path.isfile(os.path.join(d, "results.json")))
+        if not dirs:
+            raise ConfigError(f"--runs: {pattern!r} matches no workdir with a results.json (finished run)")
+        arms[name] = dirs
+    if not arms:
+        raise ConfigError("--runs: name at least one arm, e.g. --runs=recipe=runs/paper_a/seed*")
+    return arms
+
+
+def read_scores(workdir: str, key: str) -> dict[str, float]:
+    """The numeric entries of results.json[key] (a dict of metrics), e.g. {'sst': 0.51, 'mean': 0.74}."""
+    from jaxmt.data.errors import DataError
+
+    path = os.path.join(workdir, "results.json")
+    with open(path) as f:
+        try:
+            results = json.load(f)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not JSON ({err.msg})") from None
+    scores = results.get(key)
+    if not isinstance(scores, dict):
+        raise DataError(f"{path}: no '{key}' metrics (entries: {', '.join(sorted(results))})")
+    return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and k != "step"}
+
+
+def arm_stats(scores: list[dict[str, float]], metric: str) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (0 for one seed) and number of seeds of one metric."""
+    values = np.array([s[metric] for s in scores if metric in s], dtype=np.float64)
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return float(values.mean()), std, len(values)
+
+
+def exceeds_noise(a: tuple[float, float, int], b: tuple[float, float, int]) -> bool:
+    """|mean_a - mean_b| > 2 Welch standard errors; never with a single seed on either side."""
+    (mean_a, std_a, n_a), (mean_b, std_b, n_b) = a, b
+    if n_a < 2 or n_b < 2:
+        return False
+    return abs(mean_a - mean_b) > 2 * math.sqrt(std_a**2 / n_a + std_b**2 / n_b)
+
+
+def markdown_table(arms: dict[str, list[dict[str, float]]], metrics: list[str], baseline: str = "") -> str:
+    """One row an arm: `mean ± std` a metric, its difference to the baseline (`*`: beyond noise), seeds."""
+    header = "| arm | seeds | " + " | ".join(metrics) + " |"
+    lines = [header, "|---|---:|" + "---:|" * len(metrics)]
+    for name, scores in arms.items():
+        cells = []
+        for metric in metrics:
+            stats = arm_stats(scores, metric)
+            cell = f"{stats[0]:.4f} ± {stats[1]:.4f}"
+            if baseline and name != baseline:
+                diff = stats[0] - arm_stats(arms[baseline], metric)[0]
+                mark = "*" if exceeds_noise(stats, arm_stats(arms[baseline], metric)) else ""
+                cell += f" ({diff:+.4f}{mark})"
+            cells.append(cell)
+        lines.append(f"| {name} | {len(scores)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def archive_runs(arms: dict[str, list[str]], out: str) -> None:
+    """Copies each run's RECORDS to out/NAME/RUN (RUN = the workdir's base name)."""
+    for name, dirs in arms.items():
+        for workdir in dirs:
+            target = os.path.join(out, name, os.path.basename(os.path.normpath(workdir)))
+            if os.path.abspath(target) == os.path.abspath(workdir):
+                continue
+            os.makedirs(target, exist_ok=True)
+            for record in RECORDS:
+                if os.path.isfile(os.path.join(workdir, record)):
+                    shutil.copyfile(os.path.join(workdir, record), os.path.join(target, record))
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from jaxmt.errors import ConfigError
+    from jaxmt.training.faults import user_facing_errors
+
+    f = flags.FLAGS
+    with user_facing_errors():
+        arms = parse_arms(f.runs)
+        if f.baseline and f.baseline not in arms:
+            raise ConfigError(f"--baseline={f.baseline}: not an arm of --runs ({', '.join(arms)})")
+        scores = {name: [read_scores(d, f.key) for d in dirs] for name, dirs in arms.items()}
+        shared = set.intersection(*(set(s) for runs in scores.values() for s in runs))
+        metrics = list(f.metrics) or sorted(shared, key=lambda m: (m == "mean", m))
+        missing = [m for m in metrics if m not in shared]
+        if missing:
+            raise ConfigError(f"--metrics: {missing} not in every run's {f.key} (shared: {sorted(shared)})")
+        if f.archive:
+            archive_runs(arms, f.archive)
+        table = markdown_table(scores, metrics, f.baseline)
+        if f.out:
+            with open(f.out, "w") as out:
+                out.write(table + "\n")
+    print(table)
+
+
+def run() -> None:
+    """The `jaxmt-summarize` console script (and `python -m jaxmt.summarize`)."""
+    define_flags()
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()
