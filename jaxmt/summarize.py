@@ -101,7 +101,7 @@ def markdown_table(arms: dict[str, list[dict[str, float]]], metrics: list[str], 
             if baseline and name != baseline:
                 diff = stats[0] - arm_stats(arms[baseline], metric)[0]
                 mark = "*" if exceeds_noise(stats, arm_stats(arms[baseline], metric)) else ""
-                cell += f" ({diff:+.4f}{mark})"
+                cell += f" ({diff:+.4f}{mark})".replace("-0.0000", "+0.0000")
             cells.append(cell)
         lines.append(f"| {name} | {len(scores)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

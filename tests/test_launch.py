@@ -30,3 +30,47 @@ def test_local_rejects_bad_options():
     for module in ("jaxmt.trian", "os", "jaxmt.train; rm -rf x"):
         bad_module = run("--module", module, "--dry-run")
         assert bad_module.returncode == 2 and "is not a jaxmt command" in bad_module.stderr, module
+
+
+def test_paper_a_pipeline_trains_only_missing_runs_with_each_arms_overrides(tmp_path):
+    """launch/paper_a.sh with a stand-in trainer: archived runs are skipped, the rest get their arm's flags."""
+    import json
+    import sys
+
+    archive, runs, calls = tmp_path / "archive", tmp_path / "runs", tmp_path / "calls.txt"
+    for seed in (0, 1):  # the recipe's seeds 0 and 1 are done (as if from an earlier session)
+        kept = archive / "recipe" / f"seed{seed}"
+        kept.mkdir(parents=True)
+        dev = {"sst": 0.5, "para": 0.8, "sts": 0.87, "mean": 0.72}
+        (kept / "results.json").write_text(json.dumps({"dev": dev, "best_dev": dev}))
+    stub = tmp_path / "python"  # jaxmt.train and jaxmt.evaluate are recorded and faked; the rest really runs
+    stub.write_text(f"""#!/usr/bin/env bash
+if [[ "$2" == jaxmt.train || "$2" == jaxmt.evaluate ]]; then
+  echo "$@" >> {calls}
+  for arg in "$@"; do [[ "$arg" == --workdir=* ]] && workdir="${{arg#--workdir=}}"; done
+  dev='{{"sst": 0.4, "para": 0.8, "sts": 0.8, "mean": 0.67}}'
+  [[ "$2" == jaxmt.train ]] && echo "{{\\"dev\\": $dev, \\"best_dev\\": $dev}}" > "$workdir/results.json"
+  exit 0
+fi
+exec {sys.executable} "$@"
+""")
+    stub.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "ARMS": "recipe sum", "RUNS": str(runs), "ARCHIVE": str(archive),
+           "PYTHON": str(stub)}
+    out = subprocess.run(["bash", str(ROOT / "launch" / "paper_a.sh")], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = calls.read_text().splitlines()
+    trained = [line for line in lines if "jaxmt.train" in line]
+    assert len(trained) == 3, lines  # recipe seed 2, sum seeds 0 and 1
+    assert f"--workdir={runs}/recipe/seed2 --config.seed=2" in trained[0] and "surgery" not in trained[0]
+    assert all("--config.optim.gradient_surgery=none --config.optim.surgery_groups=()" in t for t in trained[1:])
+    assert [line for line in lines if "jaxmt.evaluate" in line] == [
+        f"-m jaxmt.evaluate --workdir={runs}/recipe/seed2 --split=test "
+        f"--output_dir={archive}/recipe/seed2/test_predictions"]
+    assert (archive / "sum" / "seed1" / "results.json").exists()
+    table = (archive / "table_dev.md").read_text()
+    assert "| recipe | 3 |" in table and "| sum | 2 |" in table and "(-0.0667" in table
+    again = subprocess.run(["bash", str(ROOT / "launch" / "paper_a.sh")], env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0 and len(calls.read_text().splitlines()) == len(lines)  # nothing left to train

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Paper A's results (docs/results.md): configs/paper_a.py for 3 seeds and each ablation for 2, at the
+# recipe's step budget, then the tables. Re-run it to continue: a run whose records are archived in
+# docs/runs/paper_a/ARM/seedS (or whose workdir holds results.json) is not trained again, so the
+# ~25-minute runs (2-core CPU) can be spread over several sessions, committing docs/runs after each.
+#
+#   launch/paper_a.sh                 # everything still missing, recipe first
+#   ARMS="recipe sum" launch/paper_a.sh
+#   RUNS=/scratch/paper_a ARCHIVE=/tmp/records PYTHON=.venv/bin/python launch/paper_a.sh
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python3}"
+runs="${RUNS:-runs/paper_a}"
+archive="${ARCHIVE:-docs/runs/paper_a}"
+arms=(${ARMS:-recipe sum no_pairing cross siamese shared linear_sts})
+
+# Each arm changes one thing of the recipe (cross has no cosine STS head: it needs u and v alone).
+declare -A overrides=(
+  [recipe]=""
+  [sum]="--config.optim.gradient_surgery=none --config.optim.surgery_groups=()"
+  [no_pairing]="--config.optim.surgery_groups=()"
+  [cross]="--config.model.pair_mode=cross --config.tasks.sts.head=linear"
+  [siamese]="--config.model.pair_mode=siamese"
+  [shared]="--config.model.shared_layers=1"
+  [linear_sts]="--config.tasks.sts.head=linear"
+)
+
+train_one() {  # ARM SEED: train (or resume) one run, archive its records; the recipe's also predicts test
+  local arm=$1 seed=$2 workdir="$runs/$1/seed$2" kept="$archive/$1/seed$2"
+  [[ -f "$kept/results.json" ]] && return 0
+  if [[ ! -f "$workdir/results.json" ]]; then
+    mkdir -p "$workdir"
+    # shellcheck disable=SC2086  # the overrides are separate words
+    "$python" -m jaxmt.train --config=configs/paper_a.py --workdir="$workdir" --config.seed="$seed" \
+      ${overrides[$arm]} 2>&1 | tr '\r' '\n' | sed '/^train:/d' > "$workdir.log"
+  fi
+  "$python" -m jaxmt.summarize --runs="$arm=$workdir" --archive="$archive" > /dev/null
+  if [[ "$arm" == recipe ]]; then
+    "$python" -m jaxmt.evaluate --workdir="$workdir" --split=test --output_dir="$kept/test_predictions"
+  fi
+}
+
+for arm in "${arms[@]}"; do
+  [[ -v "overrides[$arm]" ]] || { echo "launch/paper_a.sh: unknown arm $arm" >&2; exit 2; }
+  seeds=(0 1)
+  [[ "$arm" == recipe ]] && seeds=(0 1 2)
+  for seed in "${seeds[@]}"; do
+    train_one "$arm" "$seed"
+  done
+done
+
+# The tables of docs/results.md: last evaluation and best checkpoint, every arm against the recipe.
+done_arms=()
+for arm in "${arms[@]}"; do
+  compgen -G "$archive/$arm/seed*/results.json" > /dev/null && done_arms+=("--runs=$arm=$archive/$arm/seed*")
+done
+baseline=()
+[[ -f "$archive/recipe/seed0/results.json" ]] && baseline=(--baseline=recipe)
+for key in dev best_dev; do
+  "$python" -m jaxmt.summarize "${done_arms[@]}" "${baseline[@]}" --key="$key" --metrics=sst,para,sts,mean \
+    --out="$archive/table_$key.md"
+done
