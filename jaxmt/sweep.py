@@ -1,7 +1,9 @@
 """Command line: python -m jaxmt.sweep --config=configs/acgan.py --workdir=DIR --fractions=0.05,0.2,1.0
+    [--seeds=0,1,2] [--methods=acgan,ganbert,baseline] [--epochs=1]
 
-Trains AC-GAN-BERT and the fine-tuned baseline at each labeled fraction on the same labeled subset
-and writes DIR/results.csv, results.md and accuracy.png (see `jaxmt.gan.fractions`).
+Trains AC-GAN-BERT, GAN-BERT and the fine-tuned baseline at each labeled fraction and seed on the
+same labeled subset (one a seed) and writes DIR/results.csv, results.md (mean ± std over seeds) and
+accuracy.png (see `jaxmt.gan.fractions`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ def define_flags() -> None:
     define_config_flag("configs/acgan.py")
     flags.DEFINE_string("workdir", "runs/acgan_sweep", "Directory for the runs and the table.")
     flags.DEFINE_list("fractions", ["0.05", "0.2", "1.0"], "Labeled fractions, comma separated.")
-    flags.DEFINE_list("methods", ["acgan", "baseline"], "Methods to run at each fraction.")
+    flags.DEFINE_list("methods", ["acgan", "ganbert", "baseline"],
+                      "Methods to run at each fraction and seed: acgan | ganbert | baseline.")
+    flags.DEFINE_list("seeds", [], "Seeds, comma separated: each draws its own labeled subset, shared by the "
+                      "methods ('' = config.seed).")
+    flags.DEFINE_float("epochs", 0.0, "> 0: each run trains this many passes over the whole training file at "
+                       "the task's batch size (its num_steps); 0 = config.num_steps.", lower_bound=0.0)
     flags.DEFINE_string("compilation_cache", "", "Persistent XLA compilation cache ('' = WORKDIR/xla_cache, "
                         "'off' = none): a method's runs at different fractions compile the same programs.")
 
@@ -35,6 +42,19 @@ def parse_fractions(items: list[str]) -> list[float]:
     return fractions
 
 
+def parse_seeds(items: list[str]) -> list[int]:
+    """--seeds as distinct integers >= 0; anything else is a one-line ConfigError (exit 2)."""
+    from jaxmt.errors import ConfigError
+
+    try:
+        seeds = [int(item) for item in items]
+    except ValueError:
+        seeds = [-1]
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds={','.join(items)}: give distinct integer seeds >= 0, comma separated")
+    return seeds
+
+
 def main(argv: list[str]) -> None:
     del argv
     setup_logging()
@@ -43,6 +63,7 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
     with user_facing_errors():
         fractions = parse_fractions(f.fractions)
+        seeds = parse_seeds(f.seeds)
         check_run_inputs(f.config, f.workdir)
         if f.compilation_cache != "off":
             import jax
@@ -51,7 +72,7 @@ def main(argv: list[str]) -> None:
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
         from jaxmt.gan.fractions import markdown_table, run_sweep
 
-        rows = run_sweep(f.config, f.workdir, fractions, tuple(f.methods))
+        rows = run_sweep(f.config, f.workdir, fractions, tuple(f.methods), seeds, f.epochs)
     print(markdown_table(rows))
 
 

@@ -3,6 +3,7 @@
 import copy
 import csv
 import dataclasses
+import json
 import os
 
 import chex
@@ -319,20 +320,154 @@ def test_tiny_demo_run_lowers_supervised_loss_without_collapse(demo_data, tmp_pa
     assert "collapse/class_fidelity" in logged and "dev/accuracy" in logged and "train/g/feature_matching" in logged
 
 
-def test_sweep_writes_csv_markdown_and_plot(tmp_path):
-    from jaxmt.gan.fractions import COLUMNS, markdown_table, write_table
+def hand_made_rows(accuracies: dict) -> list[dict]:
+    """Sweep rows from {(fraction, method): [dev accuracy a seed]}."""
+    from jaxmt.gan.fractions import COLUMNS
 
-    rows = []
-    for fraction, base, gan in ((0.05, 0.30, 0.34), (1.0, 0.50, 0.49)):
-        rows.append(dict.fromkeys(COLUMNS, "") | {"labeled_fraction": fraction, "method": "baseline",
-                                                  "dev_accuracy": base, "steps": 10, "train_seconds": 3.0})
-        rows.append(dict.fromkeys(COLUMNS, "") | {"labeled_fraction": fraction, "method": "acgan", "steps": 10,
-                                                  "dev_accuracy": gan, "class_fidelity": 0.9,
-                                                  "diversity_ratio": 1.1, "train_seconds": 5.0})
+    return [dict.fromkeys(COLUMNS, "") | {
+        "labeled_fraction": fraction, "method": method, "seed": seed, "dev_accuracy": acc, "steps": 10,
+        "epochs": 0.5, "labeled_examples": 20, "train_seconds": 3.0,
+        **({} if method == "baseline" else {"form": method, "class_fidelity": 0.2 + 0.1 * seed,
+                                             "diversity_ratio": 1.0})}
+        for (fraction, method), values in accuracies.items() for seed, acc in enumerate(values)]
+
+
+def test_sweep_table_gives_mean_std_over_seeds_and_marks_gaps_beyond_noise(tmp_path):
+    from jaxmt.gan.fractions import delta_cell, markdown_table, write_table
+
+    rows = hand_made_rows({
+        (0.05, "baseline"): [0.30, 0.31, 0.29],
+        (0.05, "acgan"): [0.40, 0.41, 0.39],  # +0.10, standard error 0.008: beyond noise
+        (0.05, "ganbert"): [0.28, 0.36, 0.32],  # +0.02, standard error 0.024: within it
+        (1.0, "baseline"): [0.50],
+        (1.0, "acgan"): [0.60],  # one seed: never marked
+        (1.0, "ganbert"): [0.45],
+    })
+    table = markdown_table(rows)
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| 0.05 | 20 | 10 (0.5) |") and lines[3].startswith("| 1 |")
+    assert lines[0].count("dev acc") == 3 and "Δ AC-GAN-BERT − baseline" in lines[0]
+    assert "GAN-BERT class fidelity" in lines[0]
+    for cell in ("0.300 ± 0.010 (3)", "0.400 ± 0.010 (3)", "0.320 ± 0.040 (3)", "+0.100*", "+0.020 |",
+                 "0.300 ± 0.100 (3)", "1.00 ± 0.00 (3)"):
+        assert cell in lines[2], (cell, lines[2])
+    for cell in ("0.500 ± 0.000 (1)", "+0.100 |", "-0.050 |"):
+        assert cell in lines[3], (cell, lines[3])
+    assert "*" not in lines[3]
+    assert delta_cell((0.4, 0.01, 3), None) == "–"
+    assert delta_cell((0.31, 0.0, 2), (0.30, 0.0, 2)) == "+0.010*"  # no spread: any gap exceeds it
     paths = write_table(rows, str(tmp_path))
     with open(paths["csv"]) as f:
-        assert [r["method"] for r in csv.DictReader(f)] == ["baseline", "acgan"] * 2
-    table = open(paths["md"]).read()
-    assert "| 0.05 |" in table and "+0.040" in table and "-0.010" in table
-    assert markdown_table(rows).count("\n") == 3
+        written = list(csv.DictReader(f))
+    assert len(written) == len(rows) and written[0]["seed"] == "0" and written[3]["form"] == "acgan"
+    assert "Welch" in open(paths["md"]).read()
     assert os.path.getsize(paths["png"]) > 0
+    only_gan = markdown_table(hand_made_rows({(0.1, "ganbert"): [0.3, 0.4]}))  # no baseline: no Δ column
+    assert "Δ" not in only_gan and "0.350 ± 0.071 (2)" in only_gan
+
+
+def test_epochs_become_steps_over_the_whole_training_file():
+    from jaxmt.gan.fractions import steps_for_epochs
+
+    assert steps_for_epochs(1, 7544, 16) == 472  # the CS224N SST training file at configs/acgan.py's batch
+    assert steps_for_epochs(2, 32, 16) == 4
+    assert steps_for_epochs(0.1, 160, 16) == 1  # not 2 from 1.0000000000000002
+    assert steps_for_epochs(0.001, 100, 16) == 1
+
+
+def test_sweep_rejects_unknown_methods_and_bad_epochs(tmp_path):
+    from jaxmt.gan.fractions import run_sweep
+
+    config = gan_config(NO_MODEL)
+    expected = r"unknown \['wgan'\]; expected a subset of \['acgan', 'baseline', 'ganbert'\]"
+    with pytest.raises(ConfigError, match=expected):
+        run_sweep(config, str(tmp_path), [0.1], ("acgan", "wgan"))
+    with pytest.raises(ConfigError, match="--methods"):
+        run_sweep(config, str(tmp_path), [0.1], ())
+    with pytest.raises(ConfigError, match="--epochs"):
+        run_sweep(config, str(tmp_path), [0.1], ("acgan",), epochs=-1.0)
+    assert not os.listdir(tmp_path)
+
+
+def recording_trainer(calls: list, method: str):
+    """A stand-in trainer: records what the sweep hands it and writes a results.json as the real one does."""
+    from jaxmt.training import loop
+
+    def train(config, workdir, data):
+        calls.append(dict(method=method, workdir=workdir, config=config, labeled=tuple(data.labeled.tolist())))
+        os.makedirs(workdir, exist_ok=True)
+        results = {"method": config.gan.method, "labeled_fraction": config.gan.labeled_fraction,
+                   "labeled_examples": len(data.labeled), "train_examples": len(data.train.data),
+                   "steps": config.num_steps, "batch_size": config.tasks.sst.batch_size,
+                   "dev_accuracy": 0.2 + 0.01 * config.seed}
+        if method == "gan":
+            results |= {"form": config.gan.form, "collapse": {"class_fidelity": 0.5, "diversity_ratio": 0.9}}
+        loop.write_results(workdir, results)
+        return results
+
+    return train
+
+
+def test_sweep_seeds_get_own_runs_and_subsets_shared_by_the_methods_and_resume(demo_data, tmp_path, monkeypatch):
+    """The sweep's bookkeeping with stand-in trainers (no training): run dirs, seeds, subsets, forms,
+    --epochs, and a second call that trains only the runs not finished yet."""
+    import jaxmt.gan.baseline
+    import jaxmt.gan.build
+    import jaxmt.gan.trainer
+    from jaxmt.gan.fractions import run_sweep, steps_for_epochs
+
+    config, data = demo_data
+    calls = []
+    monkeypatch.setattr(jaxmt.gan.build, "load_gan_data", lambda config: data)
+    monkeypatch.setattr(jaxmt.gan.trainer, "train_gan", recording_trainer(calls, "gan"))
+    monkeypatch.setattr(jaxmt.gan.baseline, "train_baseline", recording_trainer(calls, "baseline"))
+    methods = ("acgan", "ganbert", "baseline")
+    rows = run_sweep(config, str(tmp_path), [0.25], methods, seeds=[0, 1], epochs=2.0)
+    steps = steps_for_epochs(2.0, len(data.train.data), 16)
+    assert steps == -(-2 * len(data.train.data) // 16)
+    assert [(r["method"], r["seed"]) for r in rows] == [(m, s) for s in (0, 1) for m in methods]
+    assert {c["workdir"] for c in calls} == {str(tmp_path / "fraction_0.25" / m / f"seed_{s}")
+                                             for m in methods for s in (0, 1)}
+    for call in calls:
+        seed = call["config"].seed
+        assert call["workdir"].endswith(f"seed_{seed}") and call["config"].num_steps == steps
+        assert call["labeled"] == tuple(stratified_labeled_subset(data.train.data.labels, 0.25, seed).tolist())
+        gan = call["config"].gan
+        method = call["workdir"].split(os.sep)[-2]
+        assert (gan.method, gan.form if method != "baseline" else None) == {
+            "acgan": ("acgan", "acgan"), "ganbert": ("acgan", "ganbert"), "baseline": ("baseline", None)}[method]
+        assert gan.weights.g_class is None and gan.labeled_fraction == 0.25 and not gan.save_checkpoints
+    subsets = {call["config"].seed: set() for call in calls}
+    for call in calls:
+        subsets[call["config"].seed].add(call["labeled"])
+    assert all(len(s) == 1 for s in subsets.values()) and subsets[0] != subsets[1]
+    assert {r["epochs"] for r in rows} == {round(steps * 16 / len(data.train.data), 3)}
+    assert {r["form"] for r in rows} == {"acgan", "ganbert", ""}
+    assert "0.205 ± 0.007 (2)" in open(tmp_path / "results.md").read()
+
+    calls.clear()  # a later session adds a seed: only its runs train
+    rows = run_sweep(config, str(tmp_path), [0.25], methods, seeds=[0, 1, 2], epochs=2.0)
+    assert sorted(c["workdir"] for c in calls) == sorted(str(tmp_path / "fraction_0.25" / m / "seed_2")
+                                                         for m in methods)
+    assert len(rows) == 9 and "(3)" in open(tmp_path / "results.md").read()
+    calls.clear()
+    assert len(run_sweep(config, str(tmp_path), [0.25], methods, seeds=[0, 1, 2], epochs=2.0)) == 9
+    assert not calls
+
+
+def test_sweep_trains_gan_bert_and_the_baseline_through_the_real_trainers(demo_data, tmp_path, monkeypatch):
+    """Two real steps a run through the sweep: GAN-BERT is the GAN trainer with the pure form (g_class 0)."""
+    import jaxmt.gan.build
+    from jaxmt.gan.fractions import run_sweep
+
+    config, data = demo_data
+    monkeypatch.setattr(jaxmt.gan.build, "load_gan_data", lambda config: data)  # tokenized once a module
+    config = with_overrides(config.copy_and_resolve_references(), num_steps=2, log_every=1)
+    rows = run_sweep(config, str(tmp_path), [0.25], ("ganbert", "baseline"), seeds=[3])
+    assert [(r["method"], r["form"], r["seed"], r["steps"], r["labeled_examples"]) for r in rows] == [
+        ("ganbert", "ganbert", 3, 2, 100), ("baseline", "", 3, 2, 100)]
+    run = tmp_path / "fraction_0.25" / "ganbert" / "seed_3"
+    results = json.loads((run / "results.json").read_text())
+    assert results["loss_weights"]["g_class"] == 0.0 and results["form"] == "ganbert"
+    assert json.loads((run / "config.json").read_text())["seed"] == 3
+    assert os.path.getsize(run / "pca.png") > 0 and (tmp_path / "accuracy.png").exists()

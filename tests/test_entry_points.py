@@ -11,7 +11,7 @@ from conftest import ROOT
 
 from jaxmt.training.faults import EXIT_BAD_INPUT
 
-# verb -> (arguments after the workdir, words the message must hold)
+# verb[:case] -> (arguments after the workdir, words the message must hold)
 CASES = {
     "train": (["--config=configs/pcgrad.py", "--config.sampling=random"], "config.sampling = 'random'"),
     "evaluate": ([], "config.json: not found"),
@@ -19,6 +19,7 @@ CASES = {
     "qa": (["--config=configs/squad.py"], "set config.data.train_file"),
     "acgan": (["--config=configs/pcgrad.py"], "has no `gan` block"),
     "sweep": (["--config=configs/acgan.py", "--fractions=abc"], "--fractions=abc: give labeled fractions in (0, 1]"),
+    "sweep:seeds": (["--config=configs/acgan.py", "--seeds=abc"], "--seeds=abc: give distinct integer seeds >= 0"),
     "probe": (["--models=a=minilm,a=minilm"], "the name 'a' is used twice"),
     "plot": ([], "metrics.jsonl: not found"),
     "predict": (["--task=sst", "a sentence"], "config.json: not found"),
@@ -27,11 +28,12 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("verb", sorted(CASES))
-def test_bad_input_exits_2_with_one_line_and_no_traceback(verb, tmp_path):
-    args, message = CASES[verb]
-    out_verb = verb in ("probe", "summarize")
-    where = [f"--out={tmp_path / 'out'}"] if out_verb else [f"--workdir={tmp_path / 'not_a_workdir'}"]
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_exits_2_with_one_line_and_no_traceback(case, tmp_path):
+    args, message = CASES[case]
+    verb = case.split(":")[0]
+    where = ([f"--out={tmp_path / 'out'}"] if verb in ("probe", "summarize")
+             else [f"--workdir={tmp_path / 'not_a_workdir'}"])
     if verb in ("evaluate", "plot", "predict", "export"):
         (tmp_path / "not_a_workdir").mkdir()
     proc = subprocess.run([sys.executable, "-m", f"jaxmt.{verb}", *where, *args], cwd=ROOT, capture_output=True,

@@ -1,10 +1,15 @@
 """The labeled-fraction sweep behind `python -m jaxmt.sweep`.
 
-For each labeled fraction, trains AC-GAN-BERT and the plain fine-tuned baseline on the same
-labeled subset (same seed, steps, batch size, optimizer, dev set), and writes DIR/results.csv,
-DIR/results.md (table) and DIR/accuracy.png (dev accuracy against labeled fraction), plus each GAN
-run's mode-collapse checks (columns of the table; PCA plot in DIR/fraction_F/acgan/pca.png).
-A run whose results.json exists is not trained again, so a killed sweep picks up where it stopped.
+For each labeled fraction and seed, trains AC-GAN-BERT (`acgan`), GAN-BERT (`ganbert`: the same
+trainer with `gan.form='ganbert'`) and the plain fine-tuned baseline (`baseline`) on the same labeled
+subset (drawn with that seed; same steps, batch size, optimizer, dev set), each in its own run
+directory DIR/fraction_F/METHOD/seed_S. Writes DIR/results.csv (one row a run), DIR/results.md (one
+row a fraction: each method's dev accuracy as mean ± std over seeds, each GAN method's difference to
+the baseline marked where it exceeds seed noise, and its mode-collapse checks) and DIR/accuracy.png
+(mean dev accuracy against labeled fraction, error bars one standard deviation over seeds); each GAN
+run keeps its PCA plot (pca.png). The tables are rewritten after every run. A run whose results.json
+exists is not trained again, so a killed sweep, or one continued later with the same flags (or more
+seeds or fractions), picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -13,30 +18,74 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
+from collections.abc import Sequence
 
 from ml_collections import ConfigDict
 
 from jaxmt.errors import ConfigError
+from jaxmt.summarize import arm_stats, exceeds_noise
 
-COLUMNS = ("labeled_fraction", "labeled_examples", "method", "dev_accuracy", "steps", "batch_size",
-           "train_seconds", "seconds_per_step", "class_fidelity", "probe_real_accuracy", "diversity_ratio",
-           "diversity_ratio_min", "workdir")
+log = logging.getLogger(__name__)
+
+# sweep method -> (config.gan.method, config.gan.form or None for the baseline, table label)
+METHODS = {
+    "baseline": ("baseline", None, "fine-tuned baseline"),
+    "acgan": ("acgan", "acgan", "AC-GAN-BERT"),
+    "ganbert": ("acgan", "ganbert", "GAN-BERT"),
+}
+GAN_METHODS = tuple(m for m, (_, form, _) in METHODS.items() if form)
+COLUMNS = ("labeled_fraction", "labeled_examples", "method", "form", "seed", "dev_accuracy", "steps", "epochs",
+           "batch_size", "train_examples", "train_seconds", "seconds_per_step", "class_fidelity",
+           "probe_real_accuracy", "diversity_ratio", "diversity_ratio_min", "workdir")
+NOISE_NOTE = ("Dev accuracy and the GAN checks: mean ± sample standard deviation (number of seeds). Δ: a GAN "
+              "method's mean minus the baseline's; `*` where |Δ| > 2 Welch standard errors from the two seed "
+              "spreads (a rough screen with 2-3 seeds, never with one).")
 
 
-def run_dir(workdir: str, fraction: float, method: str) -> str:
-    return os.path.join(workdir, f"fraction_{fraction:g}", method)
+def run_dir(workdir: str, fraction: float, method: str, seed: int) -> str:
+    return os.path.join(workdir, f"fraction_{fraction:g}", method, f"seed_{seed}")
 
 
-def result_row(results: dict, workdir: str) -> dict:
+def steps_for_epochs(epochs: float, train_examples: int, batch_size: int) -> int:
+    """Steps that show a run `epochs` passes over the whole training file (labeled + unlabeled rows) at
+    `batch_size` real rows a step, rounded up; the rounding to 9 digits keeps 0.1 * 160 / 16 at 1 step."""
+    return max(1, math.ceil(round(epochs * train_examples / batch_size, 9)))
+
+
+def result_row(results: dict, workdir: str, method: str, seed: int) -> dict:
+    """A run's results.json as a table row; `method` is the sweep's name (the GAN trainer calls both forms acgan)."""
     collapse = results.get("collapse", {})
     row = {k: results.get(k, collapse.get(k, "")) for k in COLUMNS}
-    row["workdir"] = workdir
+    steps, batch, train = row["steps"], row["batch_size"], row["train_examples"]
+    if all(isinstance(v, int) and v > 0 for v in (steps, batch, train)):
+        row["epochs"] = round(steps * batch / train, 3)
+    row.update(method=method, seed=seed, workdir=workdir)
     return row
 
 
-def run_sweep(config: ConfigDict, workdir: str, fractions: list[float], methods: tuple[str, ...]) -> list[dict]:
-    """Trains every (fraction, method) not yet done; returns one row a run (see COLUMNS)."""
+def run_config_for(config: ConfigDict, fraction: float, method: str, seed: int, num_steps: int) -> ConfigDict:
+    """The config of one run: the sweep's config with this fraction, method, form, seed and step count.
+    `gan.weights.g_class` is left as given, so unset it resolves by the form (0 for pure GAN-BERT)."""
+    run_config = config.copy_and_resolve_references()
+    gan_method, form, _ = METHODS[method]
+    run_config.gan.labeled_fraction = fraction
+    run_config.gan.method = gan_method
+    if form:
+        run_config.gan.form = form
+    run_config.gan.save_checkpoints = False
+    run_config.seed = seed
+    run_config.num_steps = num_steps
+    return run_config
+
+
+def run_sweep(config: ConfigDict, workdir: str, fractions: Sequence[float], methods: Sequence[str],
+              seeds: Sequence[int] | None = None, epochs: float = 0.0) -> list[dict]:
+    """Trains every (fraction, seed, method) not yet done; returns one row a run (see COLUMNS).
+
+    `seeds` default to (config.seed,); `epochs` > 0 sets each run's num_steps to that many passes over
+    the training file (`steps_for_epochs`), else config.num_steps."""
     from jaxmt.gan.baseline import train_baseline
     from jaxmt.gan.build import check_gan_config, load_gan_data
     from jaxmt.gan.semi_supervised import stratified_labeled_subset
@@ -45,33 +94,49 @@ def run_sweep(config: ConfigDict, workdir: str, fractions: list[float], methods:
     check_gan_config(config)
     if not fractions:
         raise ConfigError("--fractions is empty: give at least one labeled fraction, e.g. 0.05,0.2,1.0")
-    trainers = {"acgan": train_gan, "baseline": train_baseline}
-    unknown = [m for m in methods if m not in trainers]
-    if unknown:
-        raise ConfigError(f"--methods: unknown {unknown}; expected a subset of {sorted(trainers)}")
-    data = None
-    rows = []
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"--methods: unknown {unknown}; expected a subset of {sorted(METHODS)}")
+    if epochs < 0:
+        raise ConfigError(f"--epochs={epochs}: must be >= 0 (0 = config.num_steps)")
+    seeds = list(seeds) if seeds else [config.seed]
+    data, rows = None, []
     for fraction in fractions:
-        for method in methods:
-            out = run_dir(workdir, fraction, method)
-            done = os.path.join(out, "results.json")
-            if os.path.exists(done):
-                with open(done) as f:
-                    rows.append(result_row(json.load(f), out))
-                continue
-            run_config = config.copy_and_resolve_references()
-            run_config.gan.labeled_fraction = fraction
-            run_config.gan.method = method
-            run_config.gan.save_checkpoints = False
-            check_gan_config(run_config)
-            data = data or load_gan_data(run_config)  # tokenized once; only the labeled subset changes
-            run_data = dataclasses.replace(
-                data, labeled=stratified_labeled_subset(data.train.data.labels, fraction, config.seed))
-            logging.getLogger(__name__).info("sweep: fraction %g, %s, %d labeled", fraction, method,
-                                             len(run_data.labeled))
-            rows.append(result_row(trainers[method](run_config, out, run_data), out))
+        for seed in seeds:
+            labeled = None  # drawn once a (fraction, seed): the methods of one seed share it
+            for method in methods:
+                out = run_dir(workdir, fraction, method, seed)
+                done = os.path.join(out, "results.json")
+                if os.path.exists(done):
+                    with open(done) as f:
+                        rows.append(result_row(json.load(f), out, method, seed))
+                    warn_if_other_steps(rows[-1], config.num_steps, epochs)
+                    continue
+                data = data or load_gan_data(config)  # tokenized once; only the labeled subset changes
+                batch_size = config.tasks[data.spec.name].batch_size
+                num_steps = (steps_for_epochs(epochs, len(data.train.data), batch_size) if epochs > 0
+                             else config.num_steps)
+                run_config = run_config_for(config, fraction, method, seed, num_steps)
+                check_gan_config(run_config)
+                if labeled is None:
+                    labeled = stratified_labeled_subset(data.train.data.labels, fraction, seed)
+                log.info("sweep: fraction %g, seed %d, %s, %d labeled, %d steps", fraction, seed, method,
+                         len(labeled), num_steps)
+                trainer = train_baseline if method == "baseline" else train_gan
+                results = trainer(run_config, out, dataclasses.replace(data, labeled=labeled))
+                rows.append(result_row(results, out, method, seed))
+                write_table(rows, workdir)  # the runs so far, for a look while a long sweep goes on
     write_table(rows, workdir)
     return rows
+
+
+def warn_if_other_steps(row: dict, num_steps: int, epochs: float) -> None:
+    """A finished run is kept as it is: say so when it trained for other steps than these flags ask."""
+    asked = (steps_for_epochs(epochs, row["train_examples"], row["batch_size"])
+             if epochs > 0 and row["train_examples"] and row["batch_size"] else num_steps)
+    if row["steps"] != asked:
+        log.warning("sweep: %s is finished with %s steps, not the %d asked; kept (delete it to train it again)",
+                    row["workdir"], row["steps"], asked)
 
 
 def write_table(rows: list[dict], workdir: str) -> dict[str, str]:
@@ -84,51 +149,90 @@ def write_table(rows: list[dict], workdir: str) -> dict[str, str]:
         writer.writeheader()
         writer.writerows(rows)
     with open(paths["md"], "w") as f:
-        f.write(markdown_table(rows) + "\n")
+        f.write(markdown_table(rows) + "\n\n" + NOISE_NOTE + "\n")
     plot_accuracy(rows, paths["png"])
     return paths
 
 
-def _fmt(value, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, float) else ("–" if value in ("", None) else str(value))
+Stats = tuple[float, float, int]  # mean, sample standard deviation, seeds (as jaxmt.summarize.arm_stats)
+
+
+def metric_stats(rows: list[dict], metric: str) -> Stats | None:
+    """`arm_stats` of one metric over the runs (seeds) that have it; None when none has."""
+    scores = [{metric: float(r[metric])} for r in rows
+              if isinstance(r.get(metric), (int, float)) and not isinstance(r.get(metric), bool)]
+    return arm_stats(scores, metric) if scores else None
+
+
+def group_runs(rows: list[dict]) -> dict[float, dict[str, list[dict]]]:
+    """fraction -> method -> its runs (one a seed)."""
+    groups: dict[float, dict[str, list[dict]]] = {}
+    for row in rows:
+        groups.setdefault(float(row["labeled_fraction"]), {}).setdefault(row["method"], []).append(row)
+    return groups
+
+
+def _cell(stats: Stats | None, digits: int = 3) -> str:
+    return "–" if stats is None else f"{stats[0]:.{digits}f} ± {stats[1]:.{digits}f} ({stats[2]})"
+
+
+def _values(runs: list[dict], key: str) -> str:
+    """The distinct values of `key` over the runs, e.g. '75' or '471/472'."""
+    values = sorted({r[key] for r in runs if r.get(key) not in ("", None)})
+    return "/".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) or "–"
+
+
+def delta_cell(gan: Stats | None, base: Stats | None) -> str:
+    """A GAN method's mean minus the baseline's, `*` where it exceeds seed noise (`exceeds_noise`)."""
+    if gan is None or base is None:
+        return "–"
+    return f"{gan[0] - base[0]:+.3f}" + ("*" if exceeds_noise(gan, base) else "")
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """One line a labeled fraction: both methods' dev accuracy and the GAN's mode-collapse checks."""
-    by_fraction: dict[float, dict[str, dict]] = {}
-    for row in rows:
-        by_fraction.setdefault(float(row["labeled_fraction"]), {})[row["method"]] = row
-    lines = ["| labeled fraction | labeled examples | baseline dev acc | AC-GAN-BERT dev acc | Δ (GAN − base) | "
-             "class fidelity (probe on real) | diversity fake/real (min class) | steps | time baseline / GAN (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for fraction in sorted(by_fraction):
-        base, gan = by_fraction[fraction].get("baseline", {}), by_fraction[fraction].get("acgan", {})
-        any_row = gan or base
-        b, g = base.get("dev_accuracy"), gan.get("dev_accuracy")
-        delta = f"{g - b:+.3f}" if isinstance(b, float) and isinstance(g, float) else "–"
-        lines.append(
-            f"| {fraction:g} | {any_row.get('labeled_examples', '–')} | {_fmt(b)} | {_fmt(g)} | {delta} | "
-            f"{_fmt(gan.get('class_fidelity'))} ({_fmt(gan.get('probe_real_accuracy'))}) | "
-            f"{_fmt(gan.get('diversity_ratio'), 2)} ({_fmt(gan.get('diversity_ratio_min'), 2)}) | "
-            f"{any_row.get('steps', '–')} | "
-            f"{_fmt(base.get('train_seconds'), 0)} / {_fmt(gan.get('train_seconds'), 0)} |")
+    """One line a labeled fraction: each method's dev accuracy over seeds, each GAN method's difference to
+    the baseline and its mode-collapse checks (class fidelity, diversity fake/real)."""
+    present = {r["method"] for r in rows}
+    methods = [m for m in METHODS if m in present]
+    gans = [m for m in GAN_METHODS if m in present]
+    label = {m: METHODS[m][2] for m in METHODS}
+    header = ["labeled fraction", "labeled examples", "steps (epochs)"]
+    header += [f"{label[m]} dev acc" for m in methods]
+    header += [f"Δ {label[m]} − baseline" for m in gans if "baseline" in present]
+    header += [f"{label[m]} {what}" for m in gans for what in ("class fidelity", "diversity fake/real")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for fraction, by_method in sorted(group_runs(rows).items()):
+        runs = [r for m in methods for r in by_method.get(m, [])]
+        acc = {m: metric_stats(by_method.get(m, []), "dev_accuracy") for m in methods}
+        cells = [f"{fraction:g}", _values(runs, "labeled_examples"),
+                 f"{_values(runs, 'steps')} ({_values(runs, 'epochs')})"]
+        cells += [_cell(acc[m]) for m in methods]
+        cells += [delta_cell(acc[m], acc["baseline"]) for m in gans if "baseline" in present]
+        cells += [_cell(metric_stats(by_method.get(m, []), metric), digits) for m in gans
+                  for metric, digits in (("class_fidelity", 3), ("diversity_ratio", 2))]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot_accuracy(rows: list[dict], path: str) -> str:
-    """Dev accuracy against labeled fraction (log x), one line a method."""
+    """Mean dev accuracy against labeled fraction (log x), one line a method, error bars one standard
+    deviation over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    groups = group_runs(rows)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, label in (("baseline", "fine-tuned baseline"), ("acgan", "AC-GAN-BERT")):
-        points = sorted((float(r["labeled_fraction"]), float(r["dev_accuracy"])) for r in rows if r["method"] == method)
+    for method, (_, _, label) in METHODS.items():
+        points = [(fraction, stats) for fraction, by_method in sorted(groups.items())
+                  if (stats := metric_stats(by_method.get(method, []), "dev_accuracy")) is not None]
         if points:
-            ax.plot(*zip(*points), marker="o", label=label)
+            ax.errorbar([f for f, _ in points], [s[0] for _, s in points], yerr=[s[1] for _, s in points],
+                        marker="o", capsize=3, label=label)
     ax.set_xscale("log")
-    ax.set(xlabel="labeled fraction of the training set", ylabel="dev accuracy", title="dev accuracy vs labels")
+    ax.set(xlabel="labeled fraction of the training set", ylabel="dev accuracy (mean ± std over seeds)",
+           title="dev accuracy vs labels")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
