@@ -6,7 +6,9 @@ two sentence-pair tasks one objective against sentiment under PCGrad), the Sente
 for STS (all-MiniLM-L6-v2 was trained for it) and a faster learning rate for the new heads. Trained
 for 3.6 epochs of SST (packed steps draw ~19 SST sentences each).
 
-    python -m jaxmt.train --config=configs/paper_a.py --workdir=runs/paper_a/seed0 --config.seed=0
+    python -m jaxmt.train --config=configs/paper_a.py --workdir=runs/paper_a/recipe/seed0 --config.seed=0
+
+launch/paper_a.sh runs it for 3 seeds and every ablation.
 """
 
 from . import pcgrad
