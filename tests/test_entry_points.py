@@ -30,7 +30,8 @@ CASES = {
 @pytest.mark.parametrize("verb", sorted(CASES))
 def test_bad_input_exits_2_with_one_line_and_no_traceback(verb, tmp_path):
     args, message = CASES[verb]
-    where = [f"--out={tmp_path / 'out'}"] if verb in ("probe", "summarize") else [f"--workdir={tmp_path / 'not_a_workdir'}"]
+    out_flag = verb in ("probe", "summarize")
+    where = [f"--out={tmp_path / 'out'}"] if out_flag else [f"--workdir={tmp_path / 'not_a_workdir'}"]
     if verb in ("evaluate", "plot", "predict", "export"):
         (tmp_path / "not_a_workdir").mkdir()
     proc = subprocess.run([sys.executable, "-m", f"jaxmt.{verb}", *where, *args], cwd=ROOT, capture_output=True,
