@@ -90,14 +90,14 @@ encoder_path() {  # the model.name / --models path of an encoder
   if [[ "$1" == minilm ]]; then echo minilm; else echo "$RUNS/pretrain/$1/hf_model"; fi
 }
 
-# Copies a finished run's small records from $RUNS to $ARCHIVE (as jaxmt.summarize --archive does) and frees
-# its checkpoints.
+# `archive RUN "RECORDS"`: copies a finished run's small records from $RUNS to $ARCHIVE (as
+# jaxmt.summarize --archive does) and frees its checkpoints.
 archive() {
-  local run="$1"; shift
+  local run="$1" record names
+  read -ra names <<<"$2"
   [[ "$DRY_RUN" == 1 ]] && return 0
   mkdir -p "$ARCHIVE/$run"
-  local record
-  for record in "$@"; do
+  for record in "${names[@]}"; do
     if [[ -f "$RUNS/$run/$record" ]]; then cp "$RUNS/$run/$record" "$ARCHIVE/$run/$record"; fi
   done
   if [[ "$KEEP_CHECKPOINTS" != 1 ]]; then rm -rf "$RUNS/$run/checkpoints" "$RUNS/$run/best"; fi
@@ -108,7 +108,7 @@ archive() {
 stage() {
   local run="$1" records="$2"; shift 3
   if [[ -f "$RUNS/$run/results.json" ]] || { [[ "${ONLY_HERE:-0}" != 1 ]] && done_run "$run"; }; then
-    if [[ -f "$RUNS/$run/results.json" ]]; then archive "$run" $records; fi
+    if [[ -f "$RUNS/$run/results.json" ]]; then archive "$run" "$records"; fi
     echo "[paper_b] skip   $run (results.json present)"
     return 0
   fi
@@ -124,7 +124,7 @@ stage() {
     tail -n 25 "$log" >&2
     die "$run failed (exit status above; log $log)"
   fi
-  archive "$run" $records
+  archive "$run" "$records"
   mkdir -p "$ARCHIVE"
   [[ -f "$ARCHIVE/timings.tsv" ]] || printf 'run\tseconds\tload_at_start\tfinished_utc\n' >"$ARCHIVE/timings.tsv"
   printf '%s\t%d\t%s\t%s\n' "$run" $((SECONDS - start)) "$load" "$(date -u +%FT%TZ)" >>"$ARCHIVE/timings.tsv"
@@ -232,4 +232,5 @@ if wants summary; then
       --key=heldout
   fi
 fi
-echo "[paper_b] finished:$(printf ' %s' $STAGES); records in $ARCHIVE (commit them)"
+read -ra stage_list <<<"$STAGES"
+echo "[paper_b] finished: ${stage_list[*]}; records in $ARCHIVE (commit them)"
