@@ -2,8 +2,8 @@
 
 Bigram shift (word order) on layer 2, NSP in the middle on layer 4, masked LM on the last layer (6), and
 NSP's pooled representation passed up to the MLM task ('add_cls'). Everything else (steps, batch, learning
-rate, warm-up, data, held-out set, seed) is configs/pretrain_minilm.py's, so both runs draw the same pairs
-and masks in the same order. Run:
+rate, warm-up, data, held-out set, seed) is configs/pretrain_minilm.py's, so both runs train on the same
+pairs in the same order (the masks differ where this run's bigram swaps drew first). Run:
 
     python -m jaxmt.pretrain --config=configs/pretrain_minilm_hierarchical.py \\
         --workdir=runs/paper_b/pretrain/hierarchical
