@@ -69,11 +69,13 @@ STAGES="${STAGES// downstream / qa sick }"
 ENCODERS="${ENCODERS//,/ }"
 ALL_ENCODERS=(minilm baseline hierarchical)  # the probed models and the tables' arms, whatever ENCODERS runs now
 CONTINUED=(baseline hierarchical)            # the encoders pre-trained here
-declare -A PRETRAIN_CONFIG=([baseline]=configs/pretrain_minilm.py [hierarchical]=configs/pretrain_minilm_hierarchical.py)
+declare -A PRETRAIN_CONFIG=([baseline]=configs/pretrain_minilm.py
+                            [hierarchical]=configs/pretrain_minilm_hierarchical.py)
 
 die() { echo "launch/paper_b.sh: $*" >&2; exit 2; }
 for stage in $STAGES; do
-  [[ " pretrain probe qa sick summary " == *" $stage "* ]] || die "unknown stage '$stage' in STAGES (pretrain probe qa sick summary downstream)"
+  [[ " pretrain probe qa sick summary " == *" $stage "* ]] ||
+    die "unknown stage '$stage' in STAGES (pretrain probe qa sick summary downstream)"
 done
 for encoder in $ENCODERS; do
   [[ " ${ALL_ENCODERS[*]} " == *" $encoder "* ]] || die "unknown encoder '$encoder' in ENCODERS (${ALL_ENCODERS[*]})"
