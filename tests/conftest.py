@@ -9,8 +9,11 @@ import jax
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_CS224N = ROOT.parent / "shared" / "data" / "cs224n"
-SHARED_SQUAD_DEV = ROOT.parent / "shared" / "data" / "squad" / "squad-v1.1-dev-part2.json"
+# The shared data folder: ../shared/data beside the checkout, or $JAXMT_SHARED_DATA (a checkout elsewhere, e.g. a
+# git worktree).
+SHARED_DATA = Path(os.environ.get("JAXMT_SHARED_DATA") or ROOT.parent / "shared" / "data")
+SHARED_CS224N = SHARED_DATA / "cs224n"
+SHARED_SQUAD_DEV = SHARED_DATA / "squad" / "squad-v1.1-dev-part2.json"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 

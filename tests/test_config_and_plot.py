@@ -25,7 +25,8 @@ def test_shipped_configs_are_valid_and_differ_only_where_they_say():
 
 def test_every_top_level_config_has_allow_config_change():
     for name in ("default", "pcgrad", "sum", "acgan", "acgan_baseline", "acgan_cfimdb", "entailment", "squad",
-                 "pretrain_bert", "pretrain_hierarchical"):
+                 "pretrain_bert", "pretrain_hierarchical", "pretrain_minilm", "pretrain_minilm_hierarchical",
+                 "paper_b_squad", "paper_b_sick"):
         assert load_config(name).allow_config_change is False, name
 
 

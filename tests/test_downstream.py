@@ -126,9 +126,9 @@ def test_sick_structural_errors(tmp_path):
 
 
 def test_real_sick_file_splits_all_pairs(tmp_path):
-    from conftest import ROOT
+    from conftest import SHARED_DATA
 
-    path = ROOT.parent / "shared" / "data" / "sick" / "SICK.txt"
+    path = SHARED_DATA / "sick" / "SICK.txt"
     if not path.exists():
         pytest.skip(f"SICK not found at {path}")
     sizes = {s: len(read_sick_split(NLI, str(path), s)) for s in ("train", "dev", "test")}

@@ -1,0 +1,42 @@
+"""Paper B, downstream: extractive QA on SQuAD v1.1, sized for ~6 idle minutes a run on a 2-core CPU.
+
+Fine-tunes one encoder on the first half of the official dev set (part1: 4,961 questions, as the shared
+data's README suggests) and scores exact match / F1 (the official v1.1 metric, best over every gold answer)
+on questions of the other half (part2, no article shared). launch/paper_b.sh runs it for three encoders
+(minilm and the two continued pre-trainings' WORKDIR/hf_model) and seeds 0, 1, 2:
+
+    python -m jaxmt.qa --config=configs/paper_b_squad.py --workdir=runs/paper_b/qa/minilm/seed0 \\
+        --config.model.name=minilm --config.seed=0
+
+Sizing, an ESTIMATE (no QA step was timed; scaled from the measured pre-training step by FLOPs): a MiniLM
+pre-training step (32 x 64 tokens plus the 30,522-word MLM output) is ~157 GFLOP forward and backward and
+took ~1.69 s idle (2.81 s measured on the loaded machine, times 0.6); a QA step of 16 windows of 256 tokens is
+~290 GFLOP, so ~3.1 s, and scoring a 256-token window (forward only) ~0.065 s. 60 steps (~190 s) + the first
+1,500 part2 questions (1,717 windows, ~112 s) + ~60 s of start-up, tokenization, compilation and the
+checkpoint: ~6 minutes. That is 960 training windows, ~17% of part1's 5,708: a short fine-tuning that compares
+how well each encoder starts QA, not a converged SQuAD score. One epoch of part1 (357 steps) and all 5,609
+part2 questions would take ~26 minutes a run.
+"""
+
+from ml_collections import ConfigDict
+
+from . import squad
+
+
+def get_config() -> ConfigDict:
+    config = squad.get_config()
+    config.seed = 0  # seeds the span head, dropout and which windows each step draws (launch/paper_b.sh: 0, 1, 2)
+    config.model.name = "minilm"  # the encoder: minilm, or a pre-training run's WORKDIR/hf_model
+    config.data.train_file = "../shared/data/squad/squad-v1.1-dev-part1.json"  # fine-tune on part1
+    config.data.dev_file = "../shared/data/squad/squad-v1.1-dev-part2.json"  # score part2 (no article shared)
+    config.data.max_length = 256  # window tokens: 5,708 part1 windows, none skipped (384 pads most of them)
+    config.data.stride = 96  # context tokens shared by consecutive windows of one question
+    config.data.max_eval_examples = 1500  # score part2's first 1,500 questions (file order: its first 6 articles)
+    config.optim.learning_rate = 1e-4  # peak LR, high for a run this short; 10% warm-up, linear decay
+    config.batch_size = 16  # windows a step
+    config.eval_batch_size = 64  # windows a scoring batch
+    config.num_steps = 60  # 960 windows, ~6 idle minutes with scoring (docstring)
+    config.log_every = 5  # steps between training-loss logs
+    config.eval_every = 0  # score once, at the end: no model selection on the scored questions
+    config.checkpoint_every = 60  # checkpoint at the end only (a killed run restarts; it is short)
+    return config

@@ -1,0 +1,50 @@
+"""Paper B, continued pre-training of all-MiniLM-L6-v2, the baseline: masked LM and NSP both on layer 6.
+
+MiniLM (6 layers, hidden 384) continued on the WikiText-2 test file only (the valid file stays unseen text
+for probing) with BERT's two objectives at the last layer. configs/pretrain_minilm_hierarchical.py is the
+same run (steps, batch, learning rate, data, held-out set, seed) with the tasks spread over the layers. Run:
+
+    python -m jaxmt.pretrain --config=configs/pretrain_minilm.py --workdir=runs/paper_b/pretrain/baseline
+
+or the whole paper B pipeline (both pre-trainings, SQuAD, SICK, probing): `launch/paper_b.sh`.
+
+Sizing: a 20-step smoke run of this config on the real corpus took 2.81 s a step (median after compilation,
+on the 2-core CPU) while another training job was using the same two cores, i.e. on a loaded machine.
+Assuming an idle step takes about 0.6x the loaded one (an assumption, not a measurement): 1.69 s, so
+1000 steps take ~28 minutes plus ~1.5 minutes of start-up, 11 held-out evaluations and 4 checkpoints, about
+30 minutes idle. num_steps is shared with the hierarchical config, whose slower step (3.07 s loaded, ~1.84 s
+idle: ~32 minutes) sets it under the ~35 minutes allowed for each pre-training run.
+"""
+
+from ml_collections import ConfigDict
+
+from . import pretrain_bert
+
+# The smoke-run figure behind num_steps: seconds a step on the loaded 2-core CPU, the assumed idle/loaded ratio.
+STEP_TIME = dict(loaded_seconds=2.81, idle_factor=0.6)
+
+
+def get_config() -> ConfigDict:
+    config = pretrain_bert.get_config()
+    config.seed = 0  # seeds the new heads, dropout, pairs, masks and the held-out split (shared by both runs)
+    config.task_names = ("mlm", "nsp")  # BERT's two objectives
+    config.tasks.mlm.layer = 6  # masked LM on MiniLM's last layer
+    config.tasks.nsp.layer = 6  # NSP (MiniLM's pooler + a new 2-way classifier) on the last layer too
+    config.transfer = "none"  # both heads read layer 6: nothing to pass upward
+
+    config.model.init_from = "minilm"  # continue from all-MiniLM-L6-v2: sizes, vocabulary and weights from it
+    # WikiText-2 test file only: wikitext2-valid.txt stays unseen for the probes (jaxmt.probe's default corpus).
+    config.data.files = ("../shared/data/corpus/wikitext2-test.txt",)
+    config.data.max_length = 64  # tokens per pair, as the from-scratch runs and jaxmt.probe's --max_length
+    config.data.heldout_fraction = 0.1  # 6 of the 62 articles held out: 356 held-out pairs (5% gave 89)
+    config.data.max_eval_examples = 1024  # evaluate every held-out pair (there are fewer)
+
+    config.optim.learning_rate = 5e-5  # peak LR: BERT fine-tuning's range, its high end for the new heads
+    config.optim.warmup_fraction = 0.06  # linear warm-up over the first 60 steps, then linear decay to 0
+
+    config.batch_size = 32  # pairs a step: 32,000 pairs in all, ~8 passes over the 4,018 training pairs a pass
+    config.num_steps = 1000  # ~30 (baseline) / ~32 (hierarchical) minutes idle on 2 CPU cores (docstring)
+    config.log_every = 25  # steps between training-metric logs
+    config.eval_every = 100  # a held-out evaluation every tenth of the run: shows when MLM loss flattens
+    config.checkpoint_every = 250  # checkpoints for resumption after a kill (each ~240 MB, a few seconds)
+    return config
