@@ -13,7 +13,8 @@ from conftest import ROOT
 
 import jaxmt
 
-COMMANDS = ("train", "evaluate", "pretrain", "qa", "acgan", "sweep", "probe", "plot", "predict", "export")
+COMMANDS = ("train", "evaluate", "pretrain", "qa", "acgan", "sweep", "probe", "plot", "predict", "export",
+            "summarize")
 BUILD_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "README.md")
 
 
