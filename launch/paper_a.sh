@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
 runs="${RUNS:-runs/paper_a}"
 archive="${ARCHIVE:-docs/runs/paper_a}"
-arms=(${ARMS:-recipe sum no_pairing cross siamese shared linear_sts})
+read -r -a arms <<< "${ARMS:-recipe sum no_pairing cross siamese shared linear_sts}"
 
 # Each arm changes one thing of the recipe (cross has no cosine STS head: it needs u and v alone).
 declare -A overrides=(
