@@ -89,19 +89,26 @@ def exceeds_noise(a: tuple[float, float, int], b: tuple[float, float, int]) -> b
     return abs(mean_a - mean_b) > 2 * math.sqrt(std_a**2 / n_a + std_b**2 / n_b)
 
 
+def difference(a: tuple[float, float, int], b: tuple[float, float, int], digits: int = 4) -> str:
+    """mean_a - mean_b signed to `digits` (a rounded zero as +0), `*` where it exceeds seed noise."""
+    text = f"{a[0] - b[0]:+.{digits}f}"
+    if float(text) == 0.0:
+        text = f"{0.0:+.{digits}f}"
+    return text + ("*" if exceeds_noise(a, b) else "")
+
+
 def markdown_table(arms: dict[str, list[dict[str, float]]], metrics: list[str], baseline: str = "") -> str:
     """One row an arm: `mean ± std` a metric, its difference to the baseline (`*`: beyond noise), seeds."""
     header = "| arm | seeds | " + " | ".join(metrics) + " |"
     lines = [header, "|---|---:|" + "---:|" * len(metrics)]
+    base = {metric: arm_stats(arms[baseline], metric) for metric in metrics} if baseline else {}
     for name, scores in arms.items():
         cells = []
         for metric in metrics:
             stats = arm_stats(scores, metric)
             cell = f"{stats[0]:.4f} ± {stats[1]:.4f}"
-            if baseline and name != baseline:
-                diff = stats[0] - arm_stats(arms[baseline], metric)[0]
-                mark = "*" if exceeds_noise(stats, arm_stats(arms[baseline], metric)) else ""
-                cell += f" ({diff:+.4f}{mark})".replace("-0.0000", "+0.0000")
+            if name != baseline and metric in base:
+                cell += f" ({difference(stats, base[metric])})"
             cells.append(cell)
         lines.append(f"| {name} | {len(scores)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from ml_collections import ConfigDict
 
 from jaxmt.errors import ConfigError
-from jaxmt.summarize import arm_stats, exceeds_noise
+from jaxmt.summarize import arm_stats, difference
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +183,8 @@ def _values(runs: list[dict], key: str) -> str:
 
 
 def delta_cell(gan: Stats | None, base: Stats | None) -> str:
-    """A GAN method's mean minus the baseline's, `*` where it exceeds seed noise (`exceeds_noise`)."""
-    if gan is None or base is None:
-        return "–"
-    return f"{gan[0] - base[0]:+.3f}" + ("*" if exceeds_noise(gan, base) else "")
+    """A GAN method's mean minus the baseline's, `*` where it exceeds seed noise (`summarize.difference`)."""
+    return "–" if gan is None or base is None else difference(gan, base, digits=3)
 
 
 def markdown_table(rows: list[dict]) -> str:
