@@ -74,3 +74,17 @@ exec {sys.executable} "$@"
     again = subprocess.run(["bash", str(ROOT / "launch" / "paper_a.sh")], env=env, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0 and len(calls.read_text().splitlines()) == len(lines)  # nothing left to train
+
+
+def test_archived_run_records_are_not_ignored_by_git():
+    """launch/paper_a.sh and paper_b.sh keep finished runs in docs/runs for later sessions: git must see them."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", "-q", "docs/runs/paper_a/recipe/seed0/results.json"], cwd=ROOT)
+    assert ignored.returncode == 1, "docs/runs/ is git-ignored: archived run records would not be committed"
+    scratch = subprocess.run(["git", "check-ignore", "-q", "runs/paper_a/recipe/seed0/results.json"], cwd=ROOT)
+    assert scratch.returncode == 0, "runs/ (workdirs with checkpoints) should stay ignored"
