@@ -84,7 +84,8 @@ def test_archived_run_records_are_not_ignored_by_git():
 
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("needs a git checkout")
-    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", "docs/runs/paper_a/recipe/seed0/results.json"], cwd=ROOT)
+    check = ["git", "check-ignore", "-q", "--no-index"]
+    ignored = subprocess.run([*check, "docs/runs/paper_a/recipe/seed0/results.json"], cwd=ROOT)
     assert ignored.returncode == 1, "docs/runs/ is git-ignored: archived run records would not be committed"
-    scratch = subprocess.run(["git", "check-ignore", "-q", "--no-index", "runs/paper_a/recipe/seed0/results.json"], cwd=ROOT)
+    scratch = subprocess.run([*check, "runs/paper_a/recipe/seed0/results.json"], cwd=ROOT)
     assert scratch.returncode == 0, "runs/ (workdirs with checkpoints) should stay ignored"
