@@ -89,6 +89,12 @@ def exceeds_noise(a: tuple[float, float, int], b: tuple[float, float, int]) -> b
     return abs(mean_a - mean_b) > 2 * math.sqrt(std_a**2 / n_a + std_b**2 / n_b)
 
 
+def stats_cell(stats: tuple[float, float, int], digits: int = 4) -> str:
+    """`mean ± std` over seeds; the mean alone for one seed, which has no spread to show."""
+    mean, std, n = stats
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+
 def difference(a: tuple[float, float, int], b: tuple[float, float, int], digits: int = 4) -> str:
     """mean_a - mean_b signed to `digits` (a rounded zero as +0), `*` where it exceeds seed noise."""
     text = f"{a[0] - b[0]:+.{digits}f}"
@@ -98,7 +104,8 @@ def difference(a: tuple[float, float, int], b: tuple[float, float, int], digits:
 
 
 def markdown_table(arms: dict[str, list[dict[str, float]]], metrics: list[str], baseline: str = "") -> str:
-    """One row an arm: `mean ± std` a metric, its difference to the baseline (`*`: beyond noise), seeds."""
+    """One row an arm: `mean ± std` a metric (the mean alone for one seed), its difference to the baseline
+    (`*`: beyond noise), seeds."""
     header = "| arm | seeds | " + " | ".join(metrics) + " |"
     lines = [header, "|---|---:|" + "---:|" * len(metrics)]
     base = {metric: arm_stats(arms[baseline], metric) for metric in metrics} if baseline else {}
@@ -106,7 +113,7 @@ def markdown_table(arms: dict[str, list[dict[str, float]]], metrics: list[str], 
         cells = []
         for metric in metrics:
             stats = arm_stats(scores, metric)
-            cell = f"{stats[0]:.4f} ± {stats[1]:.4f}"
+            cell = stats_cell(stats)
             if name != baseline and metric in base:
                 cell += f" ({difference(stats, base[metric])})"
             cells.append(cell)

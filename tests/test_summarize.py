@@ -38,6 +38,8 @@ def test_table_marks_differences_to_the_baseline(tmp_path):
     table = markdown_table(arms, ["sst", "mean"], baseline="recipe")
     assert "| recipe | 2 | 0.5050 ± 0.0071 | 0.7000 ± 0.0000 |" in table
     assert "0.4050 ± 0.0071 (-0.1000*)" in table and "(+0.0000)" in table
+    one_seed = markdown_table({"recipe": arms["recipe"], "solo": [{"sst": 0.45, "mean": 0.7}]}, ["sst"], "recipe")
+    assert "| solo | 1 | 0.4500 (-0.0550) |" in one_seed  # no ± for one seed: it has no spread
 
 
 def test_arms_skip_unfinished_runs_and_read_the_chosen_entry(tmp_path):

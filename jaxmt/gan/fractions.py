@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from ml_collections import ConfigDict
 
 from jaxmt.errors import ConfigError
-from jaxmt.summarize import arm_stats, difference
+from jaxmt.summarize import arm_stats, difference, stats_cell
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def group_runs(rows: list[dict]) -> dict[float, dict[str, list[dict]]]:
 
 
 def _cell(stats: Stats | None, digits: int = 3) -> str:
-    return "–" if stats is None else f"{stats[0]:.{digits}f} ± {stats[1]:.{digits}f} ({stats[2]})"
+    return "–" if stats is None else f"{stats_cell(stats, digits)} ({stats[2]})"
 
 
 def _values(runs: list[dict], key: str) -> str:
