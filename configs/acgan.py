@@ -41,6 +41,8 @@ def get_config() -> ConfigDict:
             # G: fakes classified as their conditioning label. Unset: 1.0 for form=acgan, 0.0 for form=ganbert
             # (pure GAN-BERT: G trained by fooling and feature matching alone); set it to use it with ganbert too
             g_class=config_dict.placeholder(float),
+            # G: feature matching per class (each class's fakes to the mean D features of its labeled real rows)
+            g_class_feature_matching=0.0,
         ),
         collapse_examples=1000,  # dev rows whose real embeddings the mode-collapse checks compare against
         collapse_fakes_per_class=200,  # generated embeddings per class for the mode-collapse checks

@@ -130,7 +130,7 @@ def test_each_loss_has_gradient_only_for_its_own_params(demo_data):
 
 
 D_WEIGHTS = ("d_supervised", "d_unsupervised", "d_fake_class")
-G_WEIGHTS = ("g_fool", "g_feature_matching", "g_class")
+G_WEIGHTS = ("g_fool", "g_feature_matching", "g_class", "g_class_feature_matching")
 
 
 def test_step_leaves_the_silenced_side_unchanged(demo_data):
@@ -230,7 +230,8 @@ def test_ganbert_form_is_pure_gan_bert_unless_a_g_class_weight_is_set():
     def g_losses(weights):
         fake_out, fake_feats = d(d.init(jax.random.PRNGKey(0)), jax.random.normal(jax.random.PRNGKey(1), (6, D)))
         real_feats = jax.random.normal(jax.random.PRNGKey(2), (4, 8))
-        return generator_losses(d, fake_out, fake_feats, real_feats, jnp.ones(4), jnp.arange(6) % K, weights)
+        return generator_losses(d, fake_out, fake_feats, real_feats, jnp.ones(4), jnp.arange(6) % K, weights,
+                                jnp.arange(4) % K, jnp.ones(4))
 
     total, terms = g_losses(pure)
     assert float(terms["class"]) > 0 and float(total) == pytest.approx(float(terms["fool"] + terms["feature_matching"]))
@@ -471,3 +472,32 @@ def test_sweep_trains_gan_bert_and_the_baseline_through_the_real_trainers(demo_d
     assert results["loss_weights"]["g_class"] == 0.0 and results["form"] == "ganbert"
     assert json.loads((run / "config.json").read_text())["seed"] == 3
     assert os.path.getsize(run / "pca.png") > 0 and (tmp_path / "accuracy.png").exists()
+
+
+def test_class_feature_matching_compares_each_class_on_both_sides_only():
+    from jaxmt.gan.losses import class_feature_matching
+
+    real = jnp.array([[0.0, 0.0], [2.0, 0.0], [5.0, 5.0], [9.0, 9.0]])
+    real_labels, labeled = jnp.array([0, 0, 1, 2]), jnp.array([1, 1, 1, 0])  # the class-2 row is unlabeled
+    fake = jnp.array([[1.0, 2.0], [6.0, 5.0], [7.0, 7.0]])
+    fake_labels = jnp.array([0, 1, 2])  # class 2 has no labeled real row: left out
+    # class 0: real mean (1, 0) vs (1, 2) -> mean sq 2.0; class 1: (5, 5) vs (6, 5) -> 0.5
+    assert float(class_feature_matching(real, real_labels, labeled, fake, fake_labels, 3)) == pytest.approx(1.25)
+    same = class_feature_matching(real[:3], real_labels[:3], labeled[:3], real[:3], real_labels[:3], 3)
+    assert float(same) == 0.0
+
+
+def test_class_feature_matching_weight_is_a_generator_term(demo_data):
+    config, data = demo_data
+    _, gan, _, _, state, batch = step_inputs(config, data, ACGAN)
+    real = jax.random.normal(jax.random.PRNGKey(2), (16, gan.generator.feature_dim))
+    keys = jax.random.split(jax.random.PRNGKey(1), 2)
+
+    def g_loss(weight):
+        weighted = dataclasses.replace(gan, weights=gan.weights.replace(g_class_feature_matching=weight))
+        return weighted.g_loss(state.g.params, state.d.params, real, batch, *keys)
+
+    (base, aux), (with_term, _) = g_loss(0.0), g_loss(2.0)
+    term = aux["terms"]["class_feature_matching"]
+    assert float(term) > 0
+    assert float(with_term) == pytest.approx(float(base) + 2.0 * float(term), rel=1e-5)

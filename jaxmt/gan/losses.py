@@ -28,6 +28,7 @@ class LossWeights:
     g_fool: float = 1.0  # G: fakes judged real
     g_feature_matching: float = 1.0  # G: mean D features of fakes match those of real examples
     g_class: float = 1.0  # G: fakes classified as their conditioning label
+    g_class_feature_matching: float = 0.0  # G: per class, mean D features of fakes match the labeled real rows'
 
     @classmethod
     def from_config(cls, weights: ConfigDict, form: str) -> LossWeights:
@@ -35,7 +36,7 @@ class LossWeights:
         ganbert, which is then pure GAN-BERT (its G has no class loss)."""
         if form not in FORMS:
             raise ValueError(f"discriminator form must be one of {FORMS}, got {form!r}")
-        values = {f.name: weights[f.name] for f in dataclasses.fields(cls)}
+        values = {f.name: weights.get(f.name, f.default) for f in dataclasses.fields(cls)}
         if values["g_class"] is None:
             values["g_class"] = 1.0 if form == ACGAN else 0.0
         return cls(**{name: float(value) for name, value in values.items()})
@@ -68,15 +69,38 @@ def discriminator_losses(d: Discriminator, real_out: dict, fake_out: dict, label
     return total, terms
 
 
+def class_feature_matching(real_feats: jax.Array, real_labels: jax.Array, labeled_mask: jax.Array,
+                           fake_feats: jax.Array, fake_labels: jax.Array, num_classes: int) -> jax.Array:
+    """Feature matching per class: the squared distance between the mean D features of the labeled real rows
+    of class k and of the fakes conditioned on k, averaged over the classes the batch has on both sides.
+
+    GAN-BERT's feature matching pulls the fakes' overall mean to the reals'; this pulls each class's fakes to
+    where that class's real rows lie, the class-conditioned geometry AC-GAN-BERT is meant to learn."""
+    real_onehot = jax.nn.one_hot(real_labels, num_classes) * labeled_mask.astype(jnp.float32)[:, None]  # [B, K]
+    fake_onehot = jax.nn.one_hot(fake_labels, num_classes)  # [F, K]
+    real_count, fake_count = real_onehot.sum(0), fake_onehot.sum(0)
+    real_means = real_onehot.T @ real_feats / jnp.maximum(real_count, 1.0)[:, None]  # [K, H]
+    fake_means = fake_onehot.T @ fake_feats / jnp.maximum(fake_count, 1.0)[:, None]
+    present = ((real_count > 0) & (fake_count > 0)).astype(jnp.float32)
+    per_class = jnp.mean(jnp.square(real_means - fake_means), axis=1)
+    return jnp.sum(per_class * present) / jnp.maximum(jnp.sum(present), 1.0)
+
+
 def generator_losses(d: Discriminator, fake_out: dict, fake_feats: jax.Array, real_feats: jax.Array,
-                     real_mask: jax.Array, fake_labels: jax.Array, w: LossWeights) -> tuple[jax.Array, dict]:
+                     real_mask: jax.Array, fake_labels: jax.Array, w: LossWeights, real_labels: jax.Array,
+                     label_mask: jax.Array) -> tuple[jax.Array, dict]:
     """G's total loss and its terms: fooling (non-saturating: -log p(real | fake)), GAN-BERT's feature
-    matching (squared distance of the mean D features of real and fake rows), conditional class loss."""
+    matching (squared distance of the mean D features of real and fake rows), conditional class loss,
+    and feature matching per class (`class_feature_matching`, over the labeled real rows)."""
     log_real, _ = d.log_real_and_fake(fake_out)
     fool = -jnp.mean(log_real)
     weights = real_mask.astype(jnp.float32)[:, None]
     real_mean = jnp.sum(real_feats * weights, axis=0) / jnp.maximum(jnp.sum(weights), 1.0)
     feature_matching = jnp.mean(jnp.square(real_mean - jnp.mean(fake_feats, axis=0)))
     cls = jnp.mean(class_cross_entropy(d, fake_out, fake_labels))
-    total = w.g_fool * fool + w.g_feature_matching * feature_matching + w.g_class * cls
-    return total, {"fool": fool, "feature_matching": feature_matching, "class": cls}
+    class_fm = class_feature_matching(real_feats, real_labels, label_mask * real_mask, fake_feats, fake_labels,
+                                      d.num_classes)
+    total = (w.g_fool * fool + w.g_feature_matching * feature_matching + w.g_class * cls
+             + w.g_class_feature_matching * class_fm)
+    return total, {"fool": fool, "feature_matching": feature_matching, "class": cls,
+                   "class_feature_matching": class_fm}

@@ -108,7 +108,8 @@ class GanModel:
         fake = self.generator(g_params, noise, fake_labels, g_rng, deterministic=False)
         (_, real_feats), (fake_out, fake_feats) = self._discriminate(d_params, real, fake, d_rng)
         total, terms = generator_losses(self.discriminator, fake_out, fake_feats, real_feats,
-                                        batch["example_mask"], fake_labels, self.weights)
+                                        batch["example_mask"], fake_labels, self.weights, batch["labels"],
+                                        batch["label_mask"])
         return total, {"terms": terms}
 
 
