@@ -11,11 +11,12 @@ import csv
 import logging
 import os
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 
 from jaxmt.data.errors import DataError, location
-from jaxmt.data.schema import SkippedRow, TaskData, TaskSpec, first_empty
+from jaxmt.data.schema import SkippedRow, TaskData, TaskSpec, row_texts
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +120,13 @@ def read_csv_split(
             if reason:
                 bad(line, label_name, reason)
                 continue
-        row_texts = [cells[columns[name]].strip() for name in text_names]
-        empty = first_empty(text_names, row_texts)
-        if empty is not None:
-            bad(line, empty, "empty sentence")
+        row = row_texts(cells, columns, text_names, partial(bad, line))
+        if row is None:
             continue
         if label_name is not None:
             labels.append(value)
         ids.append(cells[columns["id"]].strip())
-        for column, text in zip(texts, row_texts):
+        for column, text in zip(texts, row):
             column.append(text)
         if max_examples is not None and len(ids) >= max_examples:
             break

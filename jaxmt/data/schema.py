@@ -7,7 +7,7 @@ Every data source (CS224N CSV files, TFDS, the embedded demo set) produces the s
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -134,6 +134,13 @@ class TaskData:
         )
 
 
-def first_empty(names: Sequence[str], texts: Sequence[str]) -> str | None:
-    """The name of the first empty text of a row, or None."""
-    return next((name for name, text in zip(names, texts) if not text), None)
+def row_texts(cells: Sequence[str], columns: Mapping[str, int], names: Sequence[str],
+              bad: Callable[[str, str], None]) -> list[str] | None:
+    """A row's stripped texts of the columns `names`; None, after `bad(field, reason)` names the first empty
+    one, when a sentence is missing (the CSV and SICK readers skip or refuse such rows alike)."""
+    texts = [cells[columns[name]].strip() for name in names]
+    empty = next((name for name, text in zip(names, texts) if not text), None)
+    if empty is not None:
+        bad(empty, "empty sentence")
+        return None
+    return texts

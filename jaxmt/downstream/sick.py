@@ -15,12 +15,13 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 
 from jaxmt.data.csv_source import read_tsv_rows
 from jaxmt.data.errors import DataError, location
-from jaxmt.data.schema import CLASSIFICATION, REGRESSION, SkippedRow, TaskData, TaskSpec, first_empty
+from jaxmt.data.schema import CLASSIFICATION, REGRESSION, SkippedRow, TaskData, TaskSpec, row_texts
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +140,8 @@ def read_sick_split(
             if reason:
                 bad(line, label_name, reason)
                 continue
-        texts = [cells[col[name]].strip() for name in TEXT_COLUMNS]
-        empty = first_empty(TEXT_COLUMNS, texts)
-        if empty is not None:
-            bad(line, empty, "empty sentence")
+        texts = row_texts(cells, col, TEXT_COLUMNS, partial(bad, line))
+        if texts is None:
             continue
         if row_split != split or (max_examples is not None and len(ids) >= max_examples):
             continue  # rows of other splits are still checked: a bad row fails every split alike
