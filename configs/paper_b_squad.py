@@ -1,4 +1,4 @@
-"""Paper B, downstream: extractive QA on SQuAD v1.1, sized for ~6 idle minutes a run on a 2-core CPU.
+"""Paper B, downstream: extractive QA on SQuAD v1.1, sized for ~6.5 idle minutes a run on a 2-core CPU.
 
 Fine-tunes one encoder on the first half of the official dev set (part1: 4,961 questions, as the shared
 data's README suggests) and scores exact match / F1 (the official v1.1 metric, best over every gold answer)
@@ -8,14 +8,15 @@ on questions of the other half (part2, no article shared). launch/paper_b.sh run
     python -m jaxmt.qa --config=configs/paper_b_squad.py --workdir=runs/paper_b/qa/minilm/seed0 \\
         --config.model.name=minilm --config.seed=0
 
-Sizing, an ESTIMATE (no QA step was timed; scaled from the measured pre-training step by FLOPs): a MiniLM
-pre-training step (32 x 64 tokens plus the 30,522-word MLM output) is ~157 GFLOP forward and backward and
-took ~1.69 s idle (2.81 s measured on the loaded machine, times 0.6); a QA step of 16 windows of 256 tokens is
-~290 GFLOP, so ~3.1 s, and scoring a 256-token window (forward only) ~0.065 s. 60 steps (~190 s) + the first
-1,500 part2 questions (1,717 windows, ~112 s) + ~60 s of start-up, tokenization, compilation and the
-checkpoint: ~6 minutes. That is 960 training windows, ~17% of part1's 5,708: a short fine-tuning that compares
-how well each encoder starts QA, not a converged SQuAD score. One epoch of part1 (357 steps) and all 5,609
-part2 questions would take ~26 minutes a run.
+Sizing. Measured: the baseline MiniLM pre-training (1000 steps of 32 x 64 tokens plus the 30,522-word MLM
+output, ~157 GFLOP a step forward and backward) took 918 s in all on the idle 2-core CPU, ~0.9 s a step, not
+the ~1.69 s first assumed. Estimated from it by FLOPs (no QA step was timed before these runs): a QA step of
+16 windows of 256 tokens (~290 GFLOP) ~1.7 s and a scored window (forward only) ~0.035 s, so 150 steps
+(~255 s) + the first 1,500 part2 questions (1,717 windows, ~60 s) + ~60 s of start-up, tokenization,
+compilation and the checkpoint: ~6.5 minutes a run (docs/runs/paper_b/timings.tsv has the measured times).
+That is 2,400 training windows, ~42% of part1's 5,708: a short fine-tuning that compares how well each
+encoder learns QA, not a converged SQuAD score. One epoch of part1 (357 steps) and all 5,609 part2 questions
+would take ~15 minutes a run.
 """
 
 from ml_collections import ConfigDict
@@ -32,11 +33,11 @@ def get_config() -> ConfigDict:
     config.data.max_length = 256  # window tokens: 5,708 part1 windows, none skipped (384 pads most of them)
     config.data.stride = 96  # context tokens shared by consecutive windows of one question
     config.data.max_eval_examples = 1500  # score part2's first 1,500 questions (file order: its first 6 articles)
-    config.optim.learning_rate = 1e-4  # peak LR, high for a run this short; 10% warm-up, linear decay
+    config.optim.learning_rate = 1e-4  # peak LR, high for a short run of a small encoder; 10% warm-up, linear decay
     config.batch_size = 16  # windows a step
     config.eval_batch_size = 64  # windows a scoring batch
-    config.num_steps = 60  # 960 windows, ~6 idle minutes with scoring (docstring)
-    config.log_every = 5  # steps between training-loss logs
+    config.num_steps = 150  # 2,400 windows, ~6.5 idle minutes with scoring (docstring)
+    config.log_every = 10  # steps between training-loss logs
     config.eval_every = 0  # score once, at the end: no model selection on the scored questions
-    config.checkpoint_every = 60  # checkpoint at the end only (a killed run restarts; it is short)
+    config.checkpoint_every = 150  # checkpoint at the end only (a killed run restarts; it is short)
     return config
