@@ -24,14 +24,15 @@ def get_config() -> ConfigDict:
         max_predictions=10,  # at most this many predicted tokens per example (the gathered slots)
     ))
     config.tasks.nsp = ConfigDict(dict(
-        layer=4,  # encoder layer (1-based) whose [CLS] state the NSP head (pooler + classifier) reads
+        layer=4,  # encoder layer (1-based) whose sentence vector (config.pooling) the NSP head reads
         weight=1.0,  # weight of the NSP loss
     ))
     config.tasks.bigram_shift = ConfigDict(dict(
-        layer=2,  # encoder layer (1-based) whose [CLS] state the bigram-shift classifier reads
+        layer=2,  # encoder layer (1-based) whose sentence vector the bigram-shift classifier reads
         weight=1.0,  # weight of the bigram-shift loss
         unit="word",  # what is swapped: two adjacent whole words (WordPieces kept together) | token
     ))
+    config.pooling = "cls"  # sentence vector of NSP and bigram shift: cls ([CLS], BERT) | mean | max (over tokens)
     config.transfer = "none"  # NSP -> MLM transfer: none | add_cls | add_all | concat (see docs/pretraining.md)
 
     config.data = ConfigDict()
@@ -63,6 +64,7 @@ def get_config() -> ConfigDict:
 
     config.optim = ConfigDict()
     config.optim.learning_rate = 1e-3  # AdamW peak learning rate (5e-5 to 1e-4 when continuing from a checkpoint)
+    config.optim.head_learning_rate = 0.0  # peak LR of the new heads and the pooler (0 = optim.learning_rate)
     config.optim.warmup_fraction = 0.1  # linear warm-up over this fraction of num_steps, then linear decay
     config.optim.weight_decay = 0.01  # AdamW decoupled weight decay (not on biases and LayerNorm)
     config.optim.clip_norm = 1.0  # clip the gradient to this global norm (0 = off)

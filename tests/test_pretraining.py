@@ -364,6 +364,58 @@ def test_encoder_params_match_flax_bert_and_all_last_equals_its_output():
     chex.assert_trees_all_close(model.apply({"params": params}, batch)["nsp"], nsp, atol=1e-5)
 
 
+def test_mean_and_max_pooling_read_only_the_attended_tokens():
+    """pooling='mean' / 'max': NSP and bigram shift read the attended tokens of their layer, not the [CLS] state."""
+    from jaxmt.pretraining.model import sentence_vector
+
+    hidden = jnp.arange(2 * 3 * 2, dtype=jnp.float32).reshape(2, 3, 2)
+    mask = jnp.array([[1, 1, 0], [1, 1, 1]])
+    chex.assert_trees_all_close(sentence_vector(hidden, mask, "mean"), jnp.array([[1.0, 2.0], [8.0, 9.0]]))
+    chex.assert_trees_all_equal(sentence_vector(hidden, mask, "max"), jnp.array([[2.0, 3.0], [10.0, 11.0]]))
+    chex.assert_trees_all_equal(sentence_vector(hidden, mask, "cls"), hidden[:, 0])
+    config, batch = tiny_bert_config(), random_batch(2)
+    batch["attention_mask"][:, -3:] = 0  # padding the mean must leave out
+    layers = (("bigram_shift", 1), ("mlm", 2), ("nsp", 2))
+    cls_model, mean_model = (HierarchicalBert(config, layers, "none", pooling) for pooling in ("cls", "mean"))
+    params = init_params(cls_model, jax.random.PRNGKey(0), batch)
+    outputs = {m.pooling: m.apply({"params": params}, batch) for m in (cls_model, mean_model)}
+    assert not np.allclose(outputs["cls"]["nsp"], outputs["mean"]["nsp"])
+    chex.assert_trees_all_equal(outputs["cls"]["mlm"], outputs["mean"]["mlm"])  # MLM reads tokens either way
+    # The padded positions' contents do not reach a mean-pooled head.
+    changed = {**batch, "input_ids": batch["input_ids"].copy()}
+    changed["input_ids"][:, -3:] = 7
+    chex.assert_trees_all_close(mean_model.apply({"params": params}, changed)["nsp"], outputs["mean"]["nsp"],
+                                atol=1e-6)
+
+
+def test_head_learning_rate_moves_the_heads_and_pooler_not_the_pretrained_layers():
+    """With optim.head_learning_rate, the pretrained embeddings and layers follow optim.learning_rate."""
+    import optax
+    from ml_collections import ConfigDict
+
+    from jaxmt.pretraining.model import PRETRAINED_SCOPES
+    from jaxmt.training.optimizer import encoder_or_head, make_optimizer
+
+    model = HierarchicalBert(tiny_bert_config(), (("bigram_shift", 1), ("mlm", 3), ("nsp", 2)), "add_cls")
+    batch = random_batch()
+    params = init_params(model, jax.random.PRNGKey(0), batch)
+    labels = encoder_or_head(params, PRETRAINED_SCOPES)
+    assert {jax.tree_util.tree_leaves(labels[k])[0] for k in ("embeddings", "encoder")} == {"encoder"}
+    assert set(jax.tree_util.tree_leaves({k: v for k, v in labels.items() if k not in ("embeddings", "encoder")})) \
+        == {"head"}
+    config = ConfigDict(dict(seed=0, optim=dict(learning_rate=0.0, head_learning_rate=1e-2, warmup_fraction=0.0,
+                                                weight_decay=0.0, clip_norm=0.0, gradient_surgery="none")))
+    tx = make_optimizer(config, 10, 3, encoder_scopes=PRETRAINED_SCOPES)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    new, opt_state = params, tx.init(params)
+    for _ in range(2):  # the first step's learning rate is the warm-up's 0
+        updates, opt_state = tx.update(grads, opt_state, new)
+        new = optax.apply_updates(new, updates)
+    for scope in params:
+        moved = not jax.tree_util.tree_all(jax.tree_util.tree_map(jnp.array_equal, new[scope], params[scope]))
+        assert moved == (scope not in ("embeddings", "encoder")), scope
+
+
 # ---------------------------------------------------------------- config and end to end
 
 
@@ -391,6 +443,7 @@ def tiny_pretrain_config(bert_dir, corpus_file, cache_dir, **overrides):
     ({"tasks.nsp.layer": 4}, r"config.tasks.nsp.layer = 4; the encoder has 3 layers, so expected 1..3"),
     ({"tasks.bigram_shift.layer": 0}, r"config.tasks.bigram_shift.layer = 0"),
     ({"transfer": "sideways"}, r"config.transfer = 'sideways'"),
+    ({"pooling": "first"}, r"config.pooling = 'first'"),
     ({"tasks.nsp.layer": 3}, r"config.tasks.nsp.layer \(3\) must be below config.tasks.mlm.layer \(3\)"),
     ({"task_names": ("mlm", "bigram_shift")}, r"must include both 'nsp' and 'mlm'"),
     ({"tasks.mlm.layer": 2, "transfer": "concat"}, r"encoder layer 3 of 3 would get no loss"),

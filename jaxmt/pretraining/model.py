@@ -5,7 +5,9 @@ The encoder is jaxmt's BERT pieces (jaxmt.models.bert) under FlaxBertModel's par
 it and the trained encoder exports back as one. Running the layers one at a time lets a head read
 any layer's hidden states, and lets the NSP representation be injected between layers:
 
-- bigram shift and NSP classify from the [CLS] position of their layers (NSP through BERT's pooler);
+- bigram shift and NSP classify a sentence vector of their layers (NSP through BERT's pooler): the [CLS]
+  position ('cls', BERT's way) or the mean over the tokens ('mean', Sentence-BERT's way; a model trained
+  with mean pooling, as all-MiniLM-L6-v2 was, has a nearly input-independent [CLS] below its last layers);
 - masked LM predicts the masked tokens from its layer, through BERT's transform layer and an output
   projection tied to the word embeddings, plus a bias;
 - `transfer` passes the NSP representation upward to the MLM task, through a learned projection:
@@ -25,20 +27,37 @@ from jaxmt.models.bert import BertEmbeddings, BertLayerStack, BertLMHead, BertPo
 
 TASKS = ("mlm", "nsp", "bigram_shift")
 TRANSFER_MODES = ("none", "add_cls", "add_all", "concat")
+POOLING_MODES = ("cls", "mean", "max")
+
+
+def sentence_vector(hidden: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Array:
+    """[B, L, H] -> [B, H]: the [CLS] state, or the mean or the feature-wise max over the attended tokens
+    (max lets one out-of-place token show, where a mean over ~60 tokens dilutes it)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    attended = attention_mask[:, :, None] > 0
+    if pooling == "max":
+        return jnp.where(attended, hidden, jnp.finfo(hidden.dtype).min).max(1)
+    weights = attended.astype(hidden.dtype)
+    return (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
 ENCODER_SCOPES = ("embeddings", "encoder", "pooler")  # FlaxBertModel's params; the rest are pre-training heads
+# What `optim.learning_rate` trains when `optim.head_learning_rate` is set: the pretrained embeddings and layers.
+# The pooler learns with the heads: it is NSP's first layer here, reading whichever layer NSP is placed on,
+# and all-MiniLM-L6-v2's sentence-embedding training never used it (it pools by mean).
+PRETRAINED_SCOPES = (("embeddings",), ("encoder",))
 
 
-class ClsClassifier(nn.Module):
-    """Binary classifier on the [CLS] hidden state: dense + tanh (like BERT's pooler), then 2 logits."""
+class SentenceClassifier(nn.Module):
+    """Binary classifier on a sentence vector [B, H]: dense + tanh (like BERT's pooler), then 2 logits."""
 
     hidden_size: int
     initializer_range: float = 0.02
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, hidden: jax.Array) -> jax.Array:
+    def __call__(self, vector: jax.Array) -> jax.Array:
         init = nn.initializers.normal(self.initializer_range)
-        pooled = nn.tanh(nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name="dense")(hidden[:, 0]))
+        pooled = nn.tanh(nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name="dense")(vector))
         return nn.Dense(2, kernel_init=init, dtype=self.dtype, name="classifier")(pooled)
 
 
@@ -48,6 +67,7 @@ class HierarchicalBert(nn.Module):
     config: Any  # transformers.BertConfig
     task_layers: tuple[tuple[str, int], ...]  # ((task, layer), ...) for the tasks trained
     transfer: str = "none"
+    pooling: str = "cls"  # the sentence vector of NSP and bigram shift: 'cls' | 'mean' | 'max'
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
@@ -61,7 +81,7 @@ class HierarchicalBert(nn.Module):
         if "mlm" in layers:
             self.mlm = BertLMHead(self.config, dtype=self.dtype)
         if "bigram_shift" in layers:
-            self.bigram_shift = ClsClassifier(self.config.hidden_size, self.config.initializer_range, self.dtype)
+            self.bigram_shift = SentenceClassifier(self.config.hidden_size, self.config.initializer_range, self.dtype)
         if self.transfer != "none":
             self.transfer_projection = nn.Dense(self.config.hidden_size, kernel_init=init, dtype=self.dtype)
 
@@ -77,9 +97,11 @@ class HierarchicalBert(nn.Module):
         for number in range(1, self.encoder.num_layers + 1):
             hidden = self.encoder.run_layer(number - 1, hidden, mask, deterministic)
             if layers.get("bigram_shift") == number:
-                outputs["bigram_shift"] = self.bigram_shift(hidden)
+                outputs["bigram_shift"] = self.bigram_shift(sentence_vector(hidden, batch["attention_mask"],
+                                                                            self.pooling))
             if layers.get("nsp") == number:
-                nsp_repr = self.pooler(hidden)
+                # BertPooler reads position 0 of what it is given: the sentence vector, as a 1-long sequence.
+                nsp_repr = self.pooler(sentence_vector(hidden, batch["attention_mask"], self.pooling)[:, None])
                 outputs["nsp"] = self.nsp(nsp_repr)
                 if self.transfer in ("add_cls", "add_all"):
                     injected = self.transfer_projection(nsp_repr)[:, None, :]

@@ -26,7 +26,14 @@ from jaxmt.parallel.step_runner import make_step_runner
 from jaxmt.pretraining.corpus import CorpusSpec, check_corpus_spec, load_corpus, split_heldout
 from jaxmt.pretraining.examples import SWAP_UNITS, Pairs, PairStream, Vocabulary, build_pairs, make_batch
 from jaxmt.pretraining.layer_coverage import check_every_layer_trained
-from jaxmt.pretraining.model import TASKS, TRANSFER_MODES, HierarchicalBert, encoder_params
+from jaxmt.pretraining.model import (
+    POOLING_MODES,
+    PRETRAINED_SCOPES,
+    TASKS,
+    TRANSFER_MODES,
+    HierarchicalBert,
+    encoder_params,
+)
 from jaxmt.pretraining.step import init_train_state, make_eval_step, make_train_step
 from jaxmt.training import loop
 from jaxmt.training.optimizer import make_optimizer
@@ -42,6 +49,7 @@ def check_config(config: ConfigDict) -> None:
     if not names or len(set(names)) != len(names) or not set(names) <= set(TASKS):
         raise ConfigError(f"config.task_names = {names}; expected distinct names from {TASKS}")
     one_of(config.transfer, TRANSFER_MODES, "transfer")
+    one_of(config.pooling, POOLING_MODES, "pooling")
     if config.transfer != "none" and not {"mlm", "nsp"} <= set(names):
         raise ConfigError(f"config.transfer = {config.transfer!r} passes NSP's representation to the MLM task: "
                           f"config.task_names must include both 'nsp' and 'mlm' (it is {names})")
@@ -180,8 +188,8 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
         return make_batch(pairs, vocab, np.random.default_rng([config.seed, step, 2]), config.tasks.mlm.mask_rate,
                           config.tasks.mlm.max_predictions, use_bigrams, config.tasks.bigram_shift.unit)
 
-    model = HierarchicalBert(bert_config, layers, config.transfer, DTYPES[config.model.dtype])
-    tx = make_optimizer(config, config.num_steps, len(layers))
+    model = HierarchicalBert(bert_config, layers, config.transfer, config.pooling, DTYPES[config.model.dtype])
+    tx = make_optimizer(config, config.num_steps, len(layers), encoder_scopes=PRETRAINED_SCOPES)
     init_rng, dropout_rng = stream_key(config.seed, "init"), stream_key(config.seed, "dropout")
     example = {k: v[:2] for k, v in host_batch(0).items()}
     init = lambda encoder: init_train_state(model, tx, init_rng, example, encoder)  # noqa: E731
@@ -216,6 +224,7 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
     results = {
         "tasks": {task: {"layer": layer, "weight": weights[task]} for task, layer in layers},
         "transfer": config.transfer,
+        "pooling": config.pooling,
         "model": {"init_from": config.model.init_from or "scratch", "layers": bert_config.num_hidden_layers,
                   "hidden_size": bert_config.hidden_size, "vocab_size": bert_config.vocab_size},
         "corpus": {"source": corpus.source, "documents": corpus.num_documents, "tokens": int(len(corpus.tokens)),

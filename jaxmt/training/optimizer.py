@@ -9,6 +9,7 @@ from ml_collections import ConfigDict
 from jaxmt.core.rngs import stream_key
 
 ENCODER_SCOPE = ("backbone", "encoder")  # where the multitask model keeps the pretrained encoder's params
+EncoderScopes = tuple[tuple[str, ...], ...]  # param-path prefixes of the pretrained encoder
 
 
 def learning_rate_schedule(config: ConfigDict, num_steps: int, peak: float | None = None) -> optax.Schedule:
@@ -38,11 +39,12 @@ def surgery_mask(params: dict, scope: str) -> dict:
             for key, sub in params.items()}
 
 
-def encoder_or_head(params: dict) -> dict:
-    """'encoder' for the pretrained encoder's leaves, 'head' for the rest (shared layers and heads)."""
+def encoder_or_head(params: dict, encoder_scopes: EncoderScopes = (ENCODER_SCOPE,)) -> dict:
+    """'encoder' for the pretrained encoder's leaves (paths under one of `encoder_scopes`), 'head' for the rest
+    (shared layers, heads, new pre-training heads)."""
     def label(path, _) -> str:
-        names = tuple(str(getattr(k, "key", k)) for k in path[: len(ENCODER_SCOPE)])
-        return "encoder" if names == ENCODER_SCOPE else "head"
+        names = tuple(str(getattr(k, "key", k)) for k in path)
+        return "encoder" if any(names[: len(scope)] == scope for scope in encoder_scopes) else "head"
     return jax.tree_util.tree_map_with_path(label, params)
 
 
@@ -51,12 +53,13 @@ def _adamw(config: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransf
                        mask=_decay_mask)
 
 
-def make_optimizer(config: ConfigDict, num_steps: int, num_tasks: int) -> optax.GradientTransformation:
+def make_optimizer(config: ConfigDict, num_steps: int, num_tasks: int,
+                   encoder_scopes: EncoderScopes = (ENCODER_SCOPE,)) -> optax.GradientTransformation:
     """optax chain: [pcgrad] -> clip by global norm -> AdamW(schedule).
 
     `num_tasks` is the number of gradients stacked for PCGrad (tasks, or surgery groups). With
-    `optim.head_learning_rate` > 0 the AdamW is split by `encoder_or_head`: the encoder follows
-    `learning_rate`, everything else the same warm-up/decay shape peaking at `head_learning_rate`.
+    `optim.head_learning_rate` > 0 the AdamW is split by `encoder_or_head(params, encoder_scopes)`: the
+    encoder follows `learning_rate`, everything else the same warm-up/decay shape peaking at `head_learning_rate`.
     """
     schedule = learning_rate_schedule(config, num_steps)
     head_lr = config.optim.get("head_learning_rate", 0.0)
@@ -75,7 +78,7 @@ def make_optimizer(config: ConfigDict, num_steps: int, num_tasks: int) -> optax.
         chain.append(optax.multi_transform(
             {"encoder": _adamw(config, schedule),
              "head": _adamw(config, learning_rate_schedule(config, num_steps, peak=head_lr))},
-            encoder_or_head))
+            lambda params: encoder_or_head(params, encoder_scopes)))
     else:
         chain.append(_adamw(config, schedule))
     return optax.chain(*chain)
