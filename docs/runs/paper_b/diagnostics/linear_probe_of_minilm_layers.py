@@ -1,6 +1,10 @@
 """Diagnostic (paper B): are NSP and bigram shift linearly decodable from all-MiniLM-L6-v2's layers, from the
-[CLS] state or the token mean, on the pre-training batches? Run from the repository root; output (as measured
-on 2026-12-05): linear_probe_of_minilm_layers.txt."""
+[CLS] state or the token mean, on the pre-training batches? Run from the repository root:
+
+    PYTHONPATH=. python docs/runs/paper_b/diagnostics/linear_probe_of_minilm_layers.py
+
+Its output as measured on 2026-12-05: linear_probe_of_minilm_layers.txt.
+"""
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
