@@ -8,6 +8,10 @@ deviation over the arm's seeds. With `--baseline`, each other arm's difference t
 seed spreads). With two or three seeds that is a rough screen, not a significance test, and the
 tables say so.
 
+`--probes=GLOB` tabulates `jaxmt.probe` runs instead, one a seed: per probing task, a table of the layers
+against the probed models, accuracy in % as mean ± std over the seeds, and with `--baseline` (a model's
+name) each other model's difference to it, `*` where it exceeds seed noise.
+
 `--archive=DIR` copies each run's small records (results.json, config.json, metrics.jsonl) to
 DIR/NAME/RUN, so a table can be rebuilt (`--runs=NAME=DIR/NAME/*`) after the workdirs, with their
 checkpoints, are gone: how docs/runs keeps the runs behind the docs' tables.
@@ -35,6 +39,7 @@ def define_flags() -> None:
     flags.DEFINE_string("baseline", "", "An arm's NAME: mark the other arms' differences to it that exceed noise.")
     flags.DEFINE_list("metrics", [], "Metrics to show, in order ('' = every numeric one the runs share).")
     flags.DEFINE_string("archive", "", "Copy each run's results.json, config.json and metrics.jsonl to DIR/NAME/.")
+    flags.DEFINE_string("probes", "", "GLOB of jaxmt.probe output folders, one a seed: probing tables instead.")
     flags.DEFINE_string("out", "", "Also write the table to this markdown file.")
 
 
@@ -121,6 +126,53 @@ def markdown_table(arms: dict[str, list[dict[str, float]]], metrics: list[str], 
     return "\n".join(lines)
 
 
+def probe_tables(results: list[dict], baseline: str = "") -> str:
+    """jaxmt.probe results (one a seed) -> a markdown table a task: layers x models, accuracy % mean ± std,
+    each model's difference to `baseline` (`*`: beyond seed noise)."""
+    models = list(results[0]["accuracy"])
+    sections = []
+    for task in results[0]["tasks"]:
+        layers = len(results[0]["accuracy"][models[0]][task])
+        header = "| layer | " + " | ".join(models) + " |"
+        lines = [f"### {task} (majority class {100 * results[0]['majority'][task]:.1f}%, {len(results)} seeds)",
+                 "", header, "|---|" + "---:|" * len(models)]
+        for layer in range(layers):
+            stats = {m: arm_stats([{"a": 100 * r["accuracy"][m][task][layer]} for r in results], "a") for m in models}
+            cells = []
+            for model in models:
+                cell = stats_cell(stats[model], 1)
+                if baseline and model != baseline:
+                    cell += f" ({difference(stats[model], stats[baseline], 1)})"
+                cells.append(cell)
+            lines.append(f"| {'embeddings' if layer == 0 else f'layer {layer}'} | " + " | ".join(cells) + " |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)
+
+
+def read_probe_runs(pattern: str) -> list[dict]:
+    """The results.json of every probe folder matching `pattern`, all over the same models and tasks."""
+    from jaxmt.data.errors import DataError
+    from jaxmt.errors import ConfigError
+
+    paths = sorted(glob.glob(os.path.join(pattern, "results.json")))
+    if not paths:
+        raise ConfigError(f"--probes={pattern}: matches no probe folder with a results.json")
+    results = []
+    for path in paths:
+        with open(path) as f:
+            try:
+                result = json.load(f)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: not JSON ({err.msg})") from None
+        if "accuracy" not in result or "tasks" not in result:
+            raise DataError(f"{path}: not a jaxmt.probe result (no 'accuracy' and 'tasks')")
+        shape = (list(result["accuracy"]), list(result["tasks"]))
+        if results and shape != (list(results[0]["accuracy"]), list(results[0]["tasks"])):
+            raise DataError(f"{path}: probes other models or tasks than {paths[0]}")
+        results.append(result)
+    return results
+
+
 def archive_runs(arms: dict[str, list[str]], out: str) -> None:
     """Copies each run's RECORDS to out/NAME/RUN (RUN = the workdir's base name)."""
     for name, dirs in arms.items():
@@ -134,25 +186,41 @@ def archive_runs(arms: dict[str, list[str]], out: str) -> None:
                     shutil.copyfile(os.path.join(workdir, record), os.path.join(target, record))
 
 
+def probes_table(pattern: str, baseline: str) -> str:
+    """--probes: the probing tables of the probe folders matching `pattern`."""
+    from jaxmt.errors import ConfigError
+
+    results = read_probe_runs(pattern)
+    if baseline and baseline not in results[0]["accuracy"]:
+        raise ConfigError(f"--baseline={baseline}: not a probed model ({', '.join(results[0]['accuracy'])})")
+    return probe_tables(results, baseline)
+
+
+def runs_table(f: flags.FlagValues) -> str:
+    """--runs: the seeds' table of every arm (archiving their records with --archive)."""
+    from jaxmt.errors import ConfigError
+
+    arms = parse_arms(f.runs)
+    if f.baseline and f.baseline not in arms:
+        raise ConfigError(f"--baseline={f.baseline}: not an arm of --runs ({', '.join(arms)})")
+    scores = {name: [read_scores(d, f.key) for d in dirs] for name, dirs in arms.items()}
+    shared = set.intersection(*(set(s) for runs in scores.values() for s in runs))
+    metrics = list(f.metrics) or sorted(shared, key=lambda m: (m == "mean", m))
+    missing = [m for m in metrics if m not in shared]
+    if missing:
+        raise ConfigError(f"--metrics: {missing} not in every run's {f.key} (shared: {sorted(shared)})")
+    if f.archive:
+        archive_runs(arms, f.archive)
+    return markdown_table(scores, metrics, f.baseline)
+
+
 def main(argv: list[str]) -> None:
     del argv
-    from jaxmt.errors import ConfigError
     from jaxmt.training.faults import user_facing_errors
 
     f = flags.FLAGS
     with user_facing_errors():
-        arms = parse_arms(f.runs)
-        if f.baseline and f.baseline not in arms:
-            raise ConfigError(f"--baseline={f.baseline}: not an arm of --runs ({', '.join(arms)})")
-        scores = {name: [read_scores(d, f.key) for d in dirs] for name, dirs in arms.items()}
-        shared = set.intersection(*(set(s) for runs in scores.values() for s in runs))
-        metrics = list(f.metrics) or sorted(shared, key=lambda m: (m == "mean", m))
-        missing = [m for m in metrics if m not in shared]
-        if missing:
-            raise ConfigError(f"--metrics: {missing} not in every run's {f.key} (shared: {sorted(shared)})")
-        if f.archive:
-            archive_runs(arms, f.archive)
-        table = markdown_table(scores, metrics, f.baseline)
+        table = probes_table(f.probes, f.baseline) if f.probes else runs_table(f)
         if f.out:
             with open(f.out, "w") as out:
                 out.write(table + "\n")

@@ -8,7 +8,8 @@
 #     2. probe      jaxmt.probe of minilm, baseline and hierarchical on wikitext2-valid.txt (unseen), per PROBE_SEED
 #     3. qa, sick   for each encoder (baseline, hierarchical, minilm) and SEED: SQuAD (configs/paper_b_squad.py:
 #                   train on part1, score part2) and SICK entailment (configs/paper_b_sick.py)
-#     4. summary    jaxmt.summarize tables (mean ± std over seeds, arms = encoders) into $ARCHIVE/*.md
+#     4. summary    jaxmt.summarize tables (mean ± std over seeds, arms = encoders; probing: over probe seeds)
+#                   into $ARCHIVE/*.md
 #
 # Variables (environment):
 #   RUNS=runs/paper_b           workdirs (checkpoints, exported encoders, logs in $RUNS/logs); gitignored
@@ -229,6 +230,8 @@ if wants summary; then
     summarize qa_vs_minilm "${qa_arms[@]}" --baseline=minilm --metrics=exact_match,f1
     summarize sick "${sick_arms[@]}" --baseline=baseline --metrics=nli
     summarize sick_vs_minilm "${sick_arms[@]}" --baseline=minilm --metrics=nli
+    # Probing: per task, layers x encoders over the probe seeds, against the baseline-continued encoder.
+    summarize probe --probes="$ARCHIVE/probe/seed*" --baseline=baseline
     # Held-out pre-training metrics (one run each, so no spread): the tasks both models train.
     summarize pretrain --runs="baseline=$ARCHIVE/pretrain/baseline" --runs="hierarchical=$ARCHIVE/pretrain/hierarchical" \
       --key=heldout

@@ -68,3 +68,28 @@ def test_cli_writes_the_table_and_archives_records_that_rebuild_it(tmp_path):
     rebuilt = subprocess.run([sys.executable, "-m", "jaxmt.summarize", f"--runs=x={archive}/x/*"], cwd=ROOT,
                              capture_output=True, text=True, timeout=300)
     assert out.read_text().strip() in rebuilt.stdout
+
+
+def fake_probe(path, accuracy, tasks=("bigram_shift",)):
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({
+        "tasks": {t: {"train": 8, "test": 2, "classes": 2} for t in tasks},
+        "majority": dict.fromkeys(tasks, 0.5),
+        "accuracy": {model: {t: layers for t in tasks} for model, layers in accuracy.items()}}))
+
+
+def test_probe_seeds_make_a_layer_by_model_table_a_task(tmp_path):
+    """--probes: accuracy % mean ± std over the probe seeds, each model's difference to the baseline."""
+    for seed, (a, b) in enumerate([(0.50, 0.60), (0.52, 0.62), (0.54, 0.64)]):
+        fake_probe(tmp_path / f"seed{seed}", {"base": [a, 0.5], "hier": [b, 0.5]})
+    cmd = [sys.executable, "-m", "jaxmt.summarize", f"--probes={tmp_path}/seed*", "--baseline=base",
+           f"--out={tmp_path / 'probe.md'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "probe.md").read_text()
+    assert "### bigram_shift (majority class 50.0%, 3 seeds)" in table
+    assert "| embeddings | 52.0 ± 2.0 | 62.0 ± 2.0 (+10.0*) |" in table
+    assert "| layer 1 | 50.0 ± 0.0 | 50.0 ± 0.0 (+0.0) |" in table
+    fake_probe(tmp_path / "seed9", {"base": [0.5, 0.5]})  # another set of models: refused, naming the file
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "seed9/results.json: probes other models or tasks" in proc.stderr
