@@ -205,6 +205,11 @@ if module == "jaxmt.pretrain":
     open(os.path.join(workdir, "hf_model", "config.json"), "w").write("{{}}")
 results = {{"dev": {{"exact_match": 10.0 + seed, "f1": 20.0 + 3 * seed, "nli": 0.5 + 0.01 * seed, "mean": 0.5}},
            "heldout": {{"mlm/loss": 2.0 + seed, "nsp/accuracy": 0.8}}}}
+if module == "jaxmt.probe":  # jaxmt.probe's layout: per model, per task, an accuracy a layer
+    models = [item.split("=", 1)[0] for item in flags["models"].split(",")]
+    results = {{"tasks": {{"bigram_shift": {{"train": 8, "test": 2, "classes": 2}}}},
+               "majority": {{"bigram_shift": 0.5}},
+               "accuracy": {{m: {{"bigram_shift": [0.5, 0.6 + 0.01 * seed]}} for m in models}}}}
 for name, text in (("results.json", json.dumps(results)), ("config.json", json.dumps(flags)),
                    ("metrics.jsonl", "{{}}\\n"), ("results.md", "table\\n"), ("results.csv", "a,b\\n")):
     open(os.path.join(workdir, name), "w").write(text)
@@ -272,7 +277,9 @@ def test_pipeline_runs_in_order_archives_and_splits_over_sessions(tmp_path):
     table = (archive / "qa_vs_minilm.md").read_text()
     assert "| minilm | 3 | 11.0000 ± 1.0000 | 23.0000 ± 3.0000 |" in table  # mean ± std over the three seeds
     assert "| hierarchical | 3 | 11.0000 ± 1.0000 (+0.0000) |" in (archive / "qa.md").read_text()
-    assert {"qa.md", "qa_vs_minilm.md", "sick.md", "sick_vs_minilm.md", "pretrain.md"} <= set(os.listdir(archive))
+    assert {"qa.md", "qa_vs_minilm.md", "sick.md", "sick_vs_minilm.md", "pretrain.md", "probe.md"} <= set(
+        os.listdir(archive))
+    assert "| layer 1 | 61.0 ± 1.0 (+0.0) | 61.0 ± 1.0 | 61.0 ± 1.0 (+0.0) |" in (archive / "probe.md").read_text()
 
     # Session 3: a hierarchical run missing from the archive makes that encoder (only) pre-train again.
     shutil.rmtree(runs)
