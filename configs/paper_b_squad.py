@@ -1,4 +1,4 @@
-"""Paper B, downstream: extractive QA on SQuAD v1.1, sized for ~6.5 idle minutes a run on a 2-core CPU.
+"""Paper B, downstream: extractive QA on SQuAD v1.1, ~7.7 idle minutes a run on a 2-core CPU.
 
 Fine-tunes one encoder on the first half of the official dev set (part1: 4,961 questions, as the shared
 data's README suggests) and scores exact match / F1 (the official v1.1 metric, best over every gold answer)
@@ -8,15 +8,11 @@ on questions of the other half (part2, no article shared). launch/paper_b.sh run
     python -m jaxmt.qa --config=configs/paper_b_squad.py --workdir=runs/paper_b/qa/minilm/seed0 \\
         --config.model.name=minilm --config.seed=0
 
-Sizing. Measured: the baseline MiniLM pre-training (1000 steps of 32 x 64 tokens plus the 30,522-word MLM
-output, ~157 GFLOP a step forward and backward) took 918 s in all on the idle 2-core CPU, ~0.9 s a step, not
-the ~1.69 s first assumed. Estimated from it by FLOPs (no QA step was timed before these runs): a QA step of
-16 windows of 256 tokens (~290 GFLOP) ~1.7 s and a scored window (forward only) ~0.035 s, so 150 steps
-(~255 s) + the first 1,500 part2 questions (1,717 windows, ~60 s) + ~60 s of start-up, tokenization,
-compilation and the checkpoint: ~6.5 minutes a run (docs/runs/paper_b/timings.tsv has the measured times).
-That is 2,400 training windows, ~42% of part1's 5,708: a short fine-tuning that compares how well each
-encoder learns QA, not a converged SQuAD score. One epoch of part1 (357 steps) and all 5,609 part2 questions
-would take ~15 minutes a run.
+Sizing, measured (docs/runs/paper_b/timings.tsv): a run takes ~7.7 minutes on the idle 2-core CPU, ~2.3 s a
+training step and ~75 s to score the first 1,500 part2 questions (1,717 windows). 150 steps are 2,400 training
+windows, ~42% of part1's 5,708: a short fine-tuning that compares how well each encoder learns QA, not a
+converged SQuAD score. (It was 60 steps until the first pre-training ran at 0.55x the time estimated for it;
+raised before any SQuAD run.) One epoch of part1 (357 steps) and all 5,609 part2 questions: ~19 minutes a run.
 """
 
 from ml_collections import ConfigDict
@@ -36,7 +32,7 @@ def get_config() -> ConfigDict:
     config.optim.learning_rate = 1e-4  # peak LR, high for a short run of a small encoder; 10% warm-up, linear decay
     config.batch_size = 16  # windows a step
     config.eval_batch_size = 64  # windows a scoring batch
-    config.num_steps = 150  # 2,400 windows, ~6.5 idle minutes with scoring (docstring)
+    config.num_steps = 150  # 2,400 windows, ~7.7 idle minutes with scoring (docstring)
     config.log_every = 10  # steps between training-loss logs
     config.eval_every = 0  # score once, at the end: no model selection on the scored questions
     config.checkpoint_every = 150  # checkpoint at the end only (a killed run restarts; it is short)

@@ -30,21 +30,21 @@
 # session, committed). A killed stage resumes from its last checkpoint in $RUNS when that still exists, else
 # starts again. So after a kill, run the same command again.
 #
-# Sizing (2-core CPU, idle; see each config's docstring): pre-training ~30 + ~32 minutes (20-step smoke runs
-# measured on a loaded machine, scaled by an assumed 0.6), probing ~4-5 minutes a probe seed, each SQuAD run
-# ~6 and each SICK run ~5.5 minutes (both estimates): ~62 + ~14 + 9 x 6 + 9 x 5.5 = ~3 hours in all, more
-# than one 3-hour session holds next to setting up and committing.
+# Sizing (2-core CPU, idle; measured, $ARCHIVE/timings.tsv): pre-training 16 + 16.5 minutes, probing 1.3 minutes
+# a probe seed, each SQuAD run 7.7 and each SICK run 2.75 minutes: ~33 + ~4 + 9 x 10.5 = ~2 h 20 min in all,
+# more than one 3-hour session holds next to setting up, testing and committing.
 #
 # Splitting over sessions. runs/ (with the exported encoders) is lost between sessions; $ARCHIVE is kept when
 # committed. The continued encoders' qa, sick and probe runs therefore have to finish in the session that
-# pre-trained them; minilm's need no pre-training. Hence the order above and:
-#   session 1:  timeout 165m launch/paper_b.sh; git add docs/runs/paper_b; git commit
-#               -> both pre-trainings (~62 min), probing (~14 min), baseline and hierarchical qa + sick
-#                  (12 runs, ~70 min), then minilm's runs until the timeout (timeout's SIGTERM makes the run in
-#                  flight save a checkpoint and stop; that run starts again next session).
+# pre-trained them, or that encoder is pre-trained again; minilm's need no pre-training. Hence the order above:
+#   session 1:  timeout 150m launch/paper_b.sh; git add docs/runs/paper_b; git commit
+#               -> both pre-trainings (~33 min), probing (~4 min), then baseline's and hierarchical's qa + sick
+#                  (~32 min an encoder) until the timeout (timeout's SIGTERM makes the run in flight save a
+#                  checkpoint and stop; that run starts again next session).
 #   session 2:  launch/paper_b.sh; git add docs/runs/paper_b; git commit
-#               -> skips everything archived (pre-training too: every run that needs its encoder is archived),
-#                  runs minilm's remaining runs (<= 6, <= ~36 min) and writes the tables.
+#               -> skips everything archived, pre-trains again only an encoder with runs still to make
+#                  (deterministic: the same config, seed and machine give the same encoder), runs what is
+#                  left (minilm's, <= ~32 min) and writes the tables.
 # What is re-run: a stage cut off by a session's end restarts from scratch in the next one (its checkpoint was
 # in runs/). If session 1 ends before an encoder's qa/sick runs or the probes are all archived, session 2
 # pre-trains that encoder again (same config and seed, so the same encoder is expected; the archived
