@@ -366,13 +366,13 @@ def test_encoder_params_match_flax_bert_and_all_last_equals_its_output():
 
 def test_mean_and_max_pooling_read_only_the_attended_tokens():
     """pooling='mean' / 'max': NSP and bigram shift read the attended tokens of their layer, not the [CLS] state."""
-    from jaxmt.pretraining.model import sentence_vector
+    from jaxmt.models.encoder import pool
 
     hidden = jnp.arange(2 * 3 * 2, dtype=jnp.float32).reshape(2, 3, 2)
     mask = jnp.array([[1, 1, 0], [1, 1, 1]])
-    chex.assert_trees_all_close(sentence_vector(hidden, mask, "mean"), jnp.array([[1.0, 2.0], [8.0, 9.0]]))
-    chex.assert_trees_all_equal(sentence_vector(hidden, mask, "max"), jnp.array([[2.0, 3.0], [10.0, 11.0]]))
-    chex.assert_trees_all_equal(sentence_vector(hidden, mask, "cls"), hidden[:, 0])
+    chex.assert_trees_all_close(pool(hidden, mask, "mean"), jnp.array([[1.0, 2.0], [8.0, 9.0]]))
+    chex.assert_trees_all_equal(pool(hidden, mask, "max"), jnp.array([[2.0, 3.0], [10.0, 11.0]]))
+    chex.assert_trees_all_equal(pool(hidden, mask, "cls"), hidden[:, 0])
     config, batch = tiny_bert_config(), random_batch(2)
     batch["attention_mask"][:, -3:] = 0  # padding the mean must leave out
     layers = (("bigram_shift", 1), ("mlm", 2), ("nsp", 2))

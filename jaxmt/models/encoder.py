@@ -36,13 +36,16 @@ class BertEncoder(nn.Module):
 
 
 def pool(hidden, attention_mask, mode: str):
-    """Sentence embedding from hidden states: masked mean (sentence-transformers) or [CLS]."""
+    """Sentence embedding from hidden states: masked mean (sentence-transformers), [CLS], or the feature-wise
+    masked max (pre-training's option: one out-of-place token shows, where a mean over ~60 dilutes it)."""
     if mode == "cls":
         return hidden[:, 0]
     if mode == "mean":
         mask = attention_mask[..., None].astype(hidden.dtype)
         return (hidden * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
-    raise ValueError(f"pooling must be 'mean' or 'cls', got {mode!r}")
+    if mode == "max":
+        return jnp.where(attention_mask[..., None] > 0, hidden, jnp.finfo(hidden.dtype).min).max(axis=1)
+    raise ValueError(f"pooling must be 'mean', 'cls' or 'max', got {mode!r}")
 
 
 def pool_segments(hidden: jax.Array, segment_ids: jax.Array, position_ids: jax.Array, mode: str) -> jax.Array:

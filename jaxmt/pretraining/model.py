@@ -24,22 +24,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxmt.models.bert import BertEmbeddings, BertLayerStack, BertLMHead, BertPooler, attention_mask_for
+from jaxmt.models.encoder import pool
 
 TASKS = ("mlm", "nsp", "bigram_shift")
 TRANSFER_MODES = ("none", "add_cls", "add_all", "concat")
-POOLING_MODES = ("cls", "mean", "max")
-
-
-def sentence_vector(hidden: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Array:
-    """[B, L, H] -> [B, H]: the [CLS] state, or the mean or the feature-wise max over the attended tokens
-    (max lets one out-of-place token show, where a mean over ~60 tokens dilutes it)."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    attended = attention_mask[:, :, None] > 0
-    if pooling == "max":
-        return jnp.where(attended, hidden, jnp.finfo(hidden.dtype).min).max(1)
-    weights = attended.astype(hidden.dtype)
-    return (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+POOLING_MODES = ("cls", "mean", "max")  # jaxmt.models.encoder.pool's modes
 ENCODER_SCOPES = ("embeddings", "encoder", "pooler")  # FlaxBertModel's params; the rest are pre-training heads
 # What `optim.learning_rate` trains when `optim.head_learning_rate` is set: the pretrained embeddings and layers.
 # The pooler learns with the heads: it is NSP's first layer here, reading whichever layer NSP is placed on,
@@ -97,11 +86,10 @@ class HierarchicalBert(nn.Module):
         for number in range(1, self.encoder.num_layers + 1):
             hidden = self.encoder.run_layer(number - 1, hidden, mask, deterministic)
             if layers.get("bigram_shift") == number:
-                outputs["bigram_shift"] = self.bigram_shift(sentence_vector(hidden, batch["attention_mask"],
-                                                                            self.pooling))
+                outputs["bigram_shift"] = self.bigram_shift(pool(hidden, batch["attention_mask"], self.pooling))
             if layers.get("nsp") == number:
                 # BertPooler reads position 0 of what it is given: the sentence vector, as a 1-long sequence.
-                nsp_repr = self.pooler(sentence_vector(hidden, batch["attention_mask"], self.pooling)[:, None])
+                nsp_repr = self.pooler(pool(hidden, batch["attention_mask"], self.pooling)[:, None])
                 outputs["nsp"] = self.nsp(nsp_repr)
                 if self.transfer in ("add_cls", "add_all"):
                     injected = self.transfer_projection(nsp_repr)[:, None, :]
