@@ -8,20 +8,18 @@ same run (steps, batch, learning rate, data, held-out set, seed) with the tasks 
 
 or the whole paper B pipeline (both pre-trainings, SQuAD, SICK, probing): `launch/paper_b.sh`.
 
-Sizing: a 20-step smoke run of this config on the real corpus took 2.81 s a step (median after compilation,
-on the 2-core CPU) while another training job was using the same two cores, i.e. on a loaded machine.
-Assuming an idle step takes about 0.6x the loaded one (an assumption, not a measurement): 1.69 s, so
-1000 steps take ~28 minutes plus ~1.5 minutes of start-up, 11 held-out evaluations and 4 checkpoints, about
-30 minutes idle. num_steps is shared with the hierarchical config, whose slower step (3.07 s loaded, ~1.84 s
-idle: ~32 minutes) sets it under the ~35 minutes allowed for each pre-training run.
+Sizing, measured (docs/runs/paper_b/timings.tsv, 2026-12-05): 0.90 s a step (median after compilation) on the
+idle 2-core CPU, 1000 steps in 15.8 minutes with start-up, 11 held-out evaluations and 4 checkpoints; the
+hierarchical config takes 0.94 s a step, 16.5 minutes. (num_steps was chosen from 20-step smoke runs on a loaded
+machine, which predicted ~30 minutes.)
 """
 
 from ml_collections import ConfigDict
 
 from . import pretrain_bert
 
-# The smoke-run figure behind num_steps: seconds a step on the loaded 2-core CPU, the assumed idle/loaded ratio.
-STEP_TIME = dict(loaded_seconds=2.81, idle_factor=0.6)
+# Measured on the idle 2-core CPU: median seconds a step, and minutes for the whole run (docstring).
+STEP_TIME = dict(seconds=0.90, run_minutes=15.8)
 
 
 def get_config() -> ConfigDict:
@@ -50,7 +48,7 @@ def get_config() -> ConfigDict:
     config.optim.warmup_fraction = 0.06  # linear warm-up over the first 60 steps, then linear decay to 0
 
     config.batch_size = 32  # pairs a step: 32,000 pairs in all, ~8 passes over the 4,018 training pairs a pass
-    config.num_steps = 1000  # ~30 (baseline) / ~32 (hierarchical) minutes idle on 2 CPU cores (docstring)
+    config.num_steps = 1000  # 15.8 (baseline) / 16.5 (hierarchical) minutes on the idle 2-core CPU (docstring)
     config.log_every = 25  # steps between training-metric logs
     config.eval_every = 100  # a held-out evaluation every tenth of the run: shows when MLM loss flattens
     config.checkpoint_every = 250  # checkpoints for resumption after a kill (each ~240 MB, a few seconds)

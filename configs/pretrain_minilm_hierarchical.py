@@ -10,18 +10,16 @@ pairs in the same order (the masks differ where this run's bigram swaps drew fir
 
 or the whole paper B pipeline: `launch/paper_b.sh`.
 
-Sizing: a 20-step smoke run of this config on the real corpus took 3.07 s a step (median after compilation)
-on the 2-core CPU while another training job shared it (a loaded machine). At an assumed 0.6x that when idle
-(1.84 s), its 1000 steps take ~31 minutes plus ~1.5 minutes of evaluations, checkpoints and start-up: about
-32 minutes, under the ~35 minutes allowed for each pre-training run.
+Sizing, measured (docs/runs/paper_b/timings.tsv, 2026-12-05): 0.94 s a step (median after compilation) on the
+idle 2-core CPU, 1000 steps in 16.5 minutes with start-up, evaluations and checkpoints.
 """
 
 from ml_collections import ConfigDict
 
 from . import pretrain_minilm
 
-# The smoke-run figure of this config: seconds a step on the loaded 2-core CPU, the assumed idle/loaded ratio.
-STEP_TIME = dict(loaded_seconds=3.07, idle_factor=0.6)
+# Measured on the idle 2-core CPU: median seconds a step, and minutes for the whole run (docstring).
+STEP_TIME = dict(seconds=0.94, run_minutes=16.5)
 
 
 def get_config() -> ConfigDict:
