@@ -17,9 +17,11 @@ def task(kind: str, pair: bool, num_classes: int = 1, files: tuple[str, str, str
         label_min=0.0,  # regression only: lowest score
         label_max=5.0,  # regression only: highest score
         # linear: a linear layer over the features (siamese pairs as [u; v; |u-v|; u*v]) | cosine: regression pairs
-        # under model.pair_mode='siamese' only, score = label_min + range * cos(u, v), no parameters, MSE on the
-        # label scale (Sentence-BERT's cos-vs-label/5 objective, times range^2); predictions clipped to the range
+        # encoded each sentence alone (pair_mode siamese or triplet), score = label_min + range * cos(u, v), no
+        # parameters, MSE on the label scale (Sentence-BERT's cos-vs-label/5 objective, times range^2); predictions
+        # clipped to the range
         head="linear",
+        pair_mode="",  # pair tasks: cross | siamese | triplet for this task alone ('' = model.pair_mode)
         weight=1.0,  # this task's loss weight (loss.combination='weighted')
         batch_size=batch_size,  # examples of this task per training step (global, over all devices)
         files=dict(train=files[0], dev=files[1], test=files[2]),  # data.source='csv': file names in data.csv_dir

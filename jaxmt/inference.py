@@ -118,7 +118,8 @@ class TrainedModel:
             return out
         data = TaskData(spec=spec, split="predict", source="input", ids=[str(i) for i in range(len(texts_a))],
                         text_a=texts_a, text_b=pair_b, labels=None)
-        encoded = encode_split(data, self.run.tokenizer, self.config.data.max_length, self.config.model.pair_mode)
+        encoded = encode_split(data, self.run.tokenizer, self.config.data.max_length,
+                               setup.pair_mode(self.config, task))
         sharding = batch_sharding(self.run.mesh)
         for idx, batch in eval_batches(encoded, self.config.eval_batch_size, self.config.data.buckets,
                                        self.run.tokenizer.pad_token_id):

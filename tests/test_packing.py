@@ -22,10 +22,14 @@ from jaxmt.data.tokenization import make_batch
 from jaxmt.training import setup
 from jaxmt.training.losses import task_loss
 
+# per_task: Quora pairs jointly (1 sequence) beside STS triplets (3) in the same step.
+PAIR_SETUPS = {"cross": {"model.pair_mode": "cross"}, "siamese": {"model.pair_mode": "siamese"},
+               "triplet": {"model.pair_mode": "triplet"}, "per_task": {"tasks.sts.pair_mode": "triplet"}}
 
-@pytest.fixture(scope="module", params=["cross", "siamese", "triplet"])
+
+@pytest.fixture(scope="module", params=list(PAIR_SETUPS))
 def packed_setup(request, tiny_bert, tiny_bert_dir):
-    config = tiny_config(tiny_bert_dir, **{"model.pair_mode": request.param, "model.dropout": 0.0})
+    config = tiny_config(tiny_bert_dir, **{**PAIR_SETUPS[request.param], "model.dropout": 0.0})
     specs = task_specs(config)
     splits = setup.encode_splits(config, load_splits(config, specs, "train"), tiny_bert.tokenizer)
     model = setup.build_model(config, tiny_bert.config, specs)

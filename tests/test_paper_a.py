@@ -160,14 +160,28 @@ def cosine_config(tiny_bert_dir, **overrides):
 
 
 def test_cosine_head_needs_siamese_pairs_and_a_regression_pair_task(tiny_bert_dir):
-    with pytest.raises(ConfigError, match=r"^config.tasks.sts.head='cosine' .*set config.model.pair_mode="
-                                          r"'siamese' \(or 'triplet'\)$"):
+    with pytest.raises(ConfigError, match=r"^config.tasks.sts.head='cosine' .*set config.tasks.sts.pair_mode or "
+                                          r"config.model.pair_mode to 'siamese' \(or 'triplet'\)$"):
         setup.check_config(cosine_config(tiny_bert_dir, **{"model.pair_mode": "cross"}))
+    with pytest.raises(ConfigError, match=r"^config.tasks.sts.head='cosine'"):
+        setup.check_config(cosine_config(tiny_bert_dir, **{"tasks.sts.pair_mode": "cross"}))
     with pytest.raises(ConfigError, match=r"config.tasks.sst: task 'sst': head 'cosine' scores sentence pairs"):
         task_specs(cosine_config(tiny_bert_dir, **{"tasks.sst.head": "cosine"}))
     with pytest.raises(ConfigError, match=r"config.tasks.sts.head = 'dot'; expected one of"):
         setup.check_config(cosine_config(tiny_bert_dir, **{"tasks.sts.head": "dot"}))
     setup.check_config(cosine_config(tiny_bert_dir))
+
+
+def test_a_pair_task_may_encode_its_pairs_its_own_way(tiny_bert, tiny_bert_dir):
+    """tasks.<t>.pair_mode overrides model.pair_mode for that task: Quora jointly, STS siamese for the cosine head."""
+    config = cosine_config(tiny_bert_dir, **{"model.pair_mode": "cross", "tasks.sts.pair_mode": "siamese"})
+    setup.check_config(config)
+    specs = task_specs(config)
+    assert setup.build_model(config, tiny_bert.config, specs).num_sequences == {"sst": 1, "para": 1, "sts": 2}
+    encoded = setup.encode_splits(config, {t: demo_split(s, "train", 8) for t, s in specs.items()}, tiny_bert.tokenizer)
+    assert {t: e.num_sequences for t, e in encoded.items()} == {"sst": 1, "para": 1, "sts": 2}
+    with pytest.raises(ConfigError, match=r"^config.tasks.para.pair_mode = 'joint'; expected one of"):
+        setup.check_config(cosine_config(tiny_bert_dir, **{"tasks.para.pair_mode": "joint"}))
 
 
 def test_cosine_head_scores_cos_on_the_label_scale_and_predictions_stay_in_range():

@@ -61,9 +61,18 @@ def check_config(config: ConfigDict) -> None:
             raise ConfigError(f"config.tasks.{name}.batch_size must be >= 1")
         head = config.tasks[name].get("head", "linear") if name in config.tasks else "linear"
         one_of(head, HEADS, f"tasks.{name}.head")
-        if head == "cosine" and config.model.pair_mode == "cross":
-            raise ConfigError(f"config.tasks.{name}.head='cosine' compares u and v encoded each alone: "
-                              "set config.model.pair_mode='siamese' (or 'triplet')")
+        if name in config.tasks and config.tasks[name].get("pair_mode", ""):
+            one_of(config.tasks[name].pair_mode, PAIR_MODES, f"tasks.{name}.pair_mode")
+        if head == "cosine" and pair_mode(config, name) == "cross":
+            raise ConfigError(f"config.tasks.{name}.head='cosine' compares u and v encoded each alone: set "
+                              f"config.tasks.{name}.pair_mode or config.model.pair_mode to 'siamese' (or 'triplet')")
+
+
+def pair_mode(config: ConfigDict, task: str) -> str:
+    """How `task`'s sentence pairs are encoded: its own `tasks.<task>.pair_mode`, else `model.pair_mode` (so one run
+    can encode Quora jointly and STS one sentence at a time for the cosine head)."""
+    own = config.tasks[task].get("pair_mode", "") if task in config.tasks else ""
+    return own or config.model.pair_mode
 
 
 def surgery_groups(config: ConfigDict, task_names) -> tuple[tuple[str, ...], ...]:
@@ -126,15 +135,14 @@ def build_model(config: ConfigDict, bert_config, specs: dict[str, TaskSpec]) -> 
         dtype=DTYPES[config.model.dtype],
         remat=config.model.remat,
     )
-    per_pair = SEQUENCES_PER_PAIR[config.model.pair_mode]
-    return MultitaskModel(backbone=backbone, specs=specs,
-                          num_sequences={t: per_pair if s.is_pair else 1 for t, s in specs.items()})
+    return MultitaskModel(backbone=backbone, specs=specs, num_sequences={
+        t: SEQUENCES_PER_PAIR[pair_mode(config, t)] if s.is_pair else 1 for t, s in specs.items()})
 
 
 def encode_splits(config: ConfigDict, data: dict[str, TaskData], tokenizer) -> dict[str, EncodedSplit]:
     encoded = {}
     for task, split in data.items():
-        encoded[task] = encode_split(split, tokenizer, config.data.max_length, config.model.pair_mode)
+        encoded[task] = encode_split(split, tokenizer, config.data.max_length, pair_mode(config, task))
         if encoded[task].num_truncated:
             log.info("%s %s: %d of %d examples truncated to %d tokens", task, split.split,
                          encoded[task].num_truncated, len(split), config.data.max_length)
