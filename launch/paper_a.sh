@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
 runs="${RUNS:-runs/paper_a}"
 archive="${ARCHIVE:-docs/runs/paper_a}"
-read -r -a arms <<< "${ARMS:-recipe sum no_pairing cross siamese shared linear_sts}"
+read -r -a arms <<< "${ARMS:-recipe sum no_pairing cross siamese shared linear_sts cross_para}"
 
 # Each arm changes one thing of the recipe (cross has no cosine STS head: it needs u and v alone).
 declare -A overrides=(
@@ -24,6 +24,9 @@ declare -A overrides=(
   [siamese]="--config.model.pair_mode=siamese"
   [shared]="--config.model.shared_layers=1"
   [linear_sts]="--config.tasks.sts.head=linear"
+  # Not an ablation: the candidate recipe the cross arm points to, Quora pairs jointly while STS stays with the
+  # cosine head, siamese (the cosine head never reads the triplet's joint sequence, so encoding it is wasted).
+  [cross_para]="--config.tasks.para.pair_mode=cross --config.tasks.sts.pair_mode=siamese"
 )
 
 train_one() {  # ARM SEED: train (or resume) one run, archive its records; the recipe's also predicts test
