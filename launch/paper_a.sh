@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
 runs="${RUNS:-runs/paper_a}"
 archive="${ARCHIVE:-docs/runs/paper_a}"
-read -r -a arms <<< "${ARMS:-recipe sum no_pairing cross siamese shared linear_sts cross_para}"
+all_arms=(recipe sum no_pairing cross siamese shared linear_sts cross_para)
+read -r -a arms <<< "${ARMS:-${all_arms[*]}}"
 
 # Each arm changes one thing of the recipe (cross has no cosine STS head: it needs u and v alone).
 declare -A overrides=(
@@ -53,9 +54,10 @@ for arm in "${arms[@]}"; do
   done
 done
 
-# The tables of docs/results.md: last evaluation and best checkpoint, every arm against the recipe.
+# The tables of docs/results.md: last evaluation and best checkpoint, every archived arm (not only those
+# trained by this call) against the recipe.
 done_arms=()
-for arm in "${arms[@]}"; do
+for arm in "${all_arms[@]}"; do
   compgen -G "$archive/$arm/seed*/results.json" > /dev/null && done_arms+=("--runs=$arm=$archive/$arm/seed*")
 done
 baseline=()
