@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
 runs="${RUNS:-runs/paper_a}"
 archive="${ARCHIVE:-docs/runs/paper_a}"
+# Every arm, in the tables' row order (bash keeps no order of the overrides' keys below): an arm added
+# there goes here too.
 all_arms=(recipe sum no_pairing cross siamese shared linear_sts cross_para)
 read -r -a arms <<< "${ARMS:-${all_arms[*]}}"
 
