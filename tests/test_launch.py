@@ -38,8 +38,9 @@ def test_paper_a_pipeline_trains_only_missing_runs_with_each_arms_overrides(tmp_
     import sys
 
     archive, runs, calls = tmp_path / "archive", tmp_path / "runs", tmp_path / "calls.txt"
-    for seed in (0, 1):  # the recipe's seeds 0 and 1 are done (as if from an earlier session)
-        kept = archive / "recipe" / f"seed{seed}"
+    # Done in an earlier session: the recipe's seeds 0 and 1, the triplet reading's three (the tables' baseline).
+    for arm, seed in [("recipe", 0), ("recipe", 1), ("triplet", 0), ("triplet", 1), ("triplet", 2)]:
+        kept = archive / arm / f"seed{seed}"
         kept.mkdir(parents=True)
         dev = {"sst": 0.5, "para": 0.8, "sts": 0.87, "mean": 0.72}
         (kept / "results.json").write_text(json.dumps({"dev": dev, "best_dev": dev}))
@@ -63,22 +64,25 @@ exec {sys.executable} "$@"
     lines = calls.read_text().splitlines()
     trained = [line for line in lines if "jaxmt.train" in line]
     assert len(trained) == 3, lines  # recipe seed 2, sum seeds 0 and 1
-    assert f"--workdir={runs}/recipe/seed2 --config.seed=2" in trained[0] and "surgery" not in trained[0]
+    assert f"--config=configs/paper_a.py --workdir={runs}/recipe/seed2 --config.seed=2" in trained[0]
+    assert "surgery" not in trained[0]
+    assert all("--config=configs/paper_a_triplet.py" in t for t in trained[1:])  # ablations change the triplet
     assert all("--config.optim.gradient_surgery=none --config.optim.surgery_groups=()" in t for t in trained[1:])
     assert [line for line in lines if "jaxmt.evaluate" in line] == [
         f"-m jaxmt.evaluate --workdir={runs}/recipe/seed2 --split=test "
         f"--output_dir={archive}/recipe/seed2/test_predictions"]
     assert (archive / "sum" / "seed1" / "results.json").exists()
     table = (archive / "table_dev.md").read_text()
-    assert "| recipe | 3 |" in table and "| sum | 2 |" in table and "(-0.0667" in table
+    assert "| recipe | 3 |" in table and "| triplet | 3 |" in table and "| sum | 2 |" in table
+    assert "| sum | 2 | 0.4000 ± 0.0000 (-0.1000*)" in table  # against the triplet reading, the baseline
     (archive / "table_dev.md").unlink()
-    # One arm asked for: nothing left to train, and the tables still cover every archived arm against the recipe.
+    # One arm asked for: nothing left to train, and the tables still cover every archived arm.
     again = subprocess.run(["bash", str(ROOT / "launch" / "paper_a.sh")], env={**env, "ARMS": "sum"},
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(calls.read_text().splitlines()) == len(lines)
     table = (archive / "table_dev.md").read_text()
-    assert "| recipe | 3 |" in table and "| sum | 2 |" in table
+    assert "| recipe | 3 |" in table and "| triplet | 3 |" in table and "| sum | 2 |" in table
 
 
 def test_archived_run_records_are_not_ignored_by_git():
