@@ -472,6 +472,29 @@ def test_sweep_trains_gan_bert_and_the_baseline_through_the_real_trainers(demo_d
     assert results["loss_weights"]["g_class"] == 0.0 and results["form"] == "ganbert"
     assert json.loads((run / "config.json").read_text())["seed"] == 3
     assert os.path.getsize(run / "pca.png") > 0 and (tmp_path / "accuracy.png").exists()
+    assert (tmp_path / "checks.png").exists() and (run.parent / "pca_seeds.png").exists()
+    with np.load(run / "pca.npz") as points:
+        assert points["real_2d"].shape == (len(points["real_y"]), 2) and len(points["fake_y"]) == 5 * 20
+
+
+def test_seed_centroids_align_principal_axes_by_sign(tmp_path):
+    """A run whose PCA came out with flipped axes is flipped back before its centroids are averaged."""
+    from jaxmt.gan.collapse import aligned_centroids, pca_seeds_plot
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 50)
+    centres = np.array([[-2.0, 1.0], [0.0, -1.0], [2.0, 0.5]])
+    paths = []
+    for seed, flip in enumerate(([1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0])):
+        real = (centres[y] + 0.1 * rng.normal(size=(150, 2))) * flip
+        fake = (centres[y] * 0.5) * flip
+        paths.append(str(tmp_path / f"seed{seed}.npz"))
+        np.savez(paths[-1], real_2d=real, real_y=y, fake_2d=fake, fake_y=y, explained=np.ones(2))
+    real, fake = aligned_centroids(paths, 3)
+    chex.assert_shape((real, fake), (3, 3, 2))
+    np.testing.assert_allclose(real.mean(0), centres, atol=0.05)
+    np.testing.assert_allclose(fake, np.broadcast_to(centres * 0.5, (3, 3, 2)), atol=1e-9)
+    assert os.path.getsize(pca_seeds_plot(paths, 3, str(tmp_path / "centroids.png"))) > 0
 
 
 def test_class_feature_matching_compares_each_class_on_both_sides_only():

@@ -5,11 +5,13 @@ trainer with `gan.form='ganbert'`) and the plain fine-tuned baseline (`baseline`
 subset (drawn with that seed; same steps, batch size, optimizer, dev set), each in its own run
 directory DIR/fraction_F/METHOD/seed_S. Writes DIR/results.csv (one row a run), DIR/results.md (one
 row a fraction: each method's dev accuracy as mean ± std over seeds, each GAN method's difference to
-the baseline marked where it exceeds seed noise, and its mode-collapse checks) and DIR/accuracy.png
-(mean dev accuracy against labeled fraction, error bars one standard deviation over seeds); each GAN
-run keeps its PCA plot (pca.png). The tables are rewritten after every run. A run whose results.json
-exists is not trained again, so a killed sweep, or one continued later with the same flags (or more
-seeds or fractions), picks up where it stopped.
+the baseline marked where it exceeds seed noise, and its mode-collapse checks), DIR/accuracy.png
+(mean dev accuracy against labeled fraction, error bars one standard deviation over seeds) and
+DIR/checks.png (the GAN methods' class fidelity and diversity against labeled fraction, the same error
+bars); each GAN run keeps its PCA plot (pca.png, points in pca.npz), and DIR/fraction_F/METHOD/pca_seeds.png
+draws the class centroids of its seeds' runs with error bars. The tables are rewritten after every run.
+A run whose results.json exists is not trained again, so a killed sweep, or one continued later with the
+same flags (or more seeds or fractions), picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import math
 import os
 from collections.abc import Sequence
 
+import numpy as np
 from ml_collections import ConfigDict
 
 from jaxmt.errors import ConfigError
@@ -140,10 +143,11 @@ def warn_if_other_steps(row: dict, num_steps: int, epochs: float) -> None:
 
 
 def write_table(rows: list[dict], workdir: str) -> dict[str, str]:
-    """results.csv (one row a run), results.md (one row a fraction) and accuracy.png; returns their paths."""
+    """results.csv (one row a run), results.md (one row a fraction), accuracy.png, checks.png and each GAN
+    method's pca_seeds.png a fraction; returns their paths."""
     os.makedirs(workdir, exist_ok=True)
     paths = {"csv": os.path.join(workdir, "results.csv"), "md": os.path.join(workdir, "results.md"),
-             "png": os.path.join(workdir, "accuracy.png")}
+             "png": os.path.join(workdir, "accuracy.png"), "checks": os.path.join(workdir, "checks.png")}
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
@@ -151,6 +155,9 @@ def write_table(rows: list[dict], workdir: str) -> dict[str, str]:
     with open(paths["md"], "w") as f:
         f.write(markdown_table(rows) + "\n\n" + NOISE_NOTE + "\n")
     plot_accuracy(rows, paths["png"])
+    if any(r["method"] in GAN_METHODS for r in rows):
+        plot_checks(rows, paths["checks"])
+    paths.update(plot_pca_seeds(rows, workdir))
     return paths
 
 
@@ -212,6 +219,30 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _errorbar_lines(ax, rows: list[dict], methods: Sequence[str], metric: str) -> None:
+    """On `ax`: `metric`'s mean against labeled fraction, one line a method, error bars one std over seeds."""
+    groups = group_runs(rows)
+    for method in methods:
+        points = [(fraction, stats) for fraction, by_method in sorted(groups.items())
+                  if (stats := metric_stats(by_method.get(method, []), metric)) is not None]
+        if points:
+            ax.errorbar([f for f, _ in points], [s[0] for _, s in points], yerr=[s[1] for _, s in points],
+                        marker="o", capsize=3, label=METHODS[method][2])
+    ax.set_xscale("log")
+    ax.set_xlabel("labeled fraction of the training set")
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy(rows: list[dict], path: str) -> str:
     """Mean dev accuracy against labeled fraction (log x), one line a method, error bars one standard
     deviation over seeds."""
@@ -220,20 +251,52 @@ def plot_accuracy(rows: list[dict], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = group_runs(rows)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, (_, _, label) in METHODS.items():
-        points = [(fraction, stats) for fraction, by_method in sorted(groups.items())
-                  if (stats := metric_stats(by_method.get(method, []), "dev_accuracy")) is not None]
-        if points:
-            ax.errorbar([f for f, _ in points], [s[0] for _, s in points], yerr=[s[1] for _, s in points],
-                        marker="o", capsize=3, label=label)
-    ax.set_xscale("log")
-    ax.set(xlabel="labeled fraction of the training set", ylabel="dev accuracy (mean ± std over seeds)",
-           title="dev accuracy vs labels")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _errorbar_lines(ax, rows, list(METHODS), "dev_accuracy")
+    ax.set(ylabel="dev accuracy (mean ± std over seeds)", title="dev accuracy vs labels")
+    return _save(fig, path)
+
+
+def plot_checks(rows: list[dict], path: str) -> str:
+    """The GAN methods' mode-collapse checks against labeled fraction: class fidelity (with chance, 1/K, and
+    the probe's accuracy on held-out real rows for reference) and diversity fake/real."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (fidelity, spread) = plt.subplots(1, 2, figsize=(11, 4))
+    _errorbar_lines(fidelity, rows, GAN_METHODS, "class_fidelity")
+    probe = [(float(r["labeled_fraction"]), float(r["probe_real_accuracy"])) for r in rows
+             if isinstance(r.get("probe_real_accuracy"), float)]
+    if probe:
+        fractions = sorted({f for f, _ in probe})
+        fidelity.plot(fractions, [np.mean([a for f, a in probe if f == x]) for x in fractions], "k:",
+                      label="probe on held-out real rows")
+        fidelity.legend()
+    fidelity.set(ylabel="class fidelity (mean ± std over seeds)", title="fakes given their conditioning class")
+    _errorbar_lines(spread, rows, GAN_METHODS, "diversity_ratio")
+    spread.axhline(1.0, color="gray", lw=0.8)
+    spread.set(ylabel="diversity fake / real (mean ± std over seeds)", title="spread of fakes within a class")
+    return _save(fig, path)
+
+
+def plot_pca_seeds(rows: list[dict], workdir: str) -> dict[str, str]:
+    """DIR/fraction_F/METHOD/pca_seeds.png for each GAN method and fraction whose runs saved their PCA points
+    (`collapse.pca_seeds_plot`); {'pca_seeds/F/METHOD': path}."""
+    from jaxmt.gan.collapse import pca_seeds_plot
+
+    written = {}
+    for fraction, by_method in sorted(group_runs(rows).items()):
+        for method in GAN_METHODS:
+            runs = sorted(by_method.get(method, []), key=lambda r: r["seed"])
+            npz = [p for r in runs if os.path.exists(p := os.path.join(r["workdir"], "pca.npz"))]
+            if not npz:
+                continue
+            with np.load(npz[0]) as first:
+                num_classes = int(max(first["real_y"].max(), first["fake_y"].max())) + 1
+            path = os.path.join(os.path.dirname(runs[0]["workdir"]), "pca_seeds.png")
+            title = (f"{METHODS[method][2]}, labeled fraction {fraction:g}: class centroids, "
+                     f"mean ± std over {len(npz)} seed(s)")
+            written[f"pca_seeds/{fraction:g}/{method}"] = pca_seeds_plot(npz, num_classes, path, title)
+    return written
