@@ -191,7 +191,7 @@ def test_real_and_fake_rows_reach_d_with_the_same_share_of_dropped_features(demo
     the zeroed features of a fake one (19% against 10%), which tells D real from fake."""
     config, data = demo_data
     rate = 0.1
-    config = with_overrides(config, **{"model.dropout": rate, "gan.d_dropout": rate})
+    config = with_overrides(config.copy_and_resolve_references(), **{"model.dropout": rate, "gan.d_dropout": rate})
     _, gan, _, _, state, batch = step_inputs(config, data, GANBERT)
     run = d_inputs_in_training(gan, state, batch)
     zeros, counts = np.zeros(2), np.zeros(2)
@@ -212,7 +212,7 @@ def test_d_reads_real_rows_in_training_as_evaluation_embeds_them(demo_data):
     config, data = demo_data
     bert_config = copy.deepcopy(data.pretrained.config)
     bert_config.hidden_dropout_prob = bert_config.attention_probs_dropout_prob = 0.0
-    config = with_overrides(config, **{"model.dropout": 0.3, "gan.d_dropout": 0.0})
+    config = with_overrides(config.copy_and_resolve_references(), **{"model.dropout": 0.3, "gan.d_dropout": 0.0})
     _, gan, _, _, state, batch = step_inputs(config, data, GANBERT, bert_config=bert_config)
     real, _ = d_inputs_in_training(gan, state, batch)(jax.random.PRNGKey(0))
     at_evaluation = jax.jit(lambda p: gan.real_embeddings(p, batch, None, True))(state.d.params)
@@ -304,7 +304,7 @@ def test_tiny_demo_run_lowers_supervised_loss_without_collapse(demo_data, tmp_pa
     config, data = demo_data
     config = config.copy_and_resolve_references()
     config.num_steps, config.log_every = 60, 20
-    config.model.dropout = 0.0
+    config.model.dropout = config.gan.d_dropout = 0.0  # a clean signal: 60 steps must show the loss falling
     config.optim.learning_rate = 1e-2
     config.optim.warmup_fraction = 0.05
     config.gan.g_learning_rate = 1e-3
