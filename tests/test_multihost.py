@@ -138,6 +138,48 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_resumes_exactly(
     assert logged == list(range(1, 31))  # no step twice after the resume
 
 
+def gan_flags(model_dir, workdir, method: str) -> list[str]:
+    flags = {"model.name": str(model_dir), "num_steps": 4, "log_every": 1, "eval_batch_size": 32,
+             "data.buckets": "(32,)", "data.max_length": 32, "data.max_train_examples": 96,
+             "data.max_eval_examples": 48, "gan.labeled_fraction": 0.25, "gan.method": method,
+             "gan.collapse_examples": 48, "gan.collapse_fakes_per_class": 8}
+    return ["--config=configs/acgan.py", f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in flags.items())]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["acgan", "baseline"])
+def test_gan_and_baseline_on_two_processes_match_one(tiny_bert_dir, tmp_path, method):
+    """The GAN and baseline loops on 2 processes x 2 devices: each process puts only its own rows of a batch,
+    and the logged losses and the dev accuracy are those of 1 process x 4 devices."""
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "jaxmt.acgan", *gan_flags(tiny_bert_dir, single, method)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log_dir = tmp_path / "logs"
+    proc = subprocess.run(["bash", str(ROOT / "launch" / "multiprocess.sh"), "--module", "jaxmt.acgan",
+                           "--num-processes", "2", "--cpu-devices", "2", "--port", str(free_port()),
+                           "--log-dir", str(log_dir), "--python", sys.executable, "--",
+                           *gan_flags(tiny_bert_dir, multi, method)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    logs = "".join(f"--- {p}\n{open(log_dir / p).read()[-3000:]}" for p in sorted(os.listdir(log_dir)))
+    assert proc.returncode == 0, proc.stderr + logs
+
+    def losses(workdir):
+        rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+        keys = ("train/d/loss", "train/g/loss") if method == "acgan" else ("train/loss/total",)
+        return {r["step"]: tuple(r[k] for k in keys) for r in rows if keys[0] in r}
+
+    want, got = losses(single), losses(multi)
+    assert sorted(want) == [1, 2, 3, 4] and sorted(got) == sorted(want)
+    for step in want:
+        assert got[step] == pytest.approx(want[step], **TOLERANCE), step
+    want_results, got_results = (json.load(open(w / "results.json")) for w in (single, multi))
+    assert got_results["dev_accuracy"] == pytest.approx(want_results["dev_accuracy"], abs=1e-9)
+    if method == "acgan":
+        assert got_results["collapse"] == pytest.approx(want_results["collapse"], **TOLERANCE)
+
+
 # ---- the launch scripts' dry runs -------------------------------------------------------------------------------
 
 def launch(script: str, *args: str) -> subprocess.CompletedProcess:

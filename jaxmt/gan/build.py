@@ -24,6 +24,7 @@ from jaxmt.gan.networks import FORMS, Discriminator, Generator
 from jaxmt.gan.semi_supervised import stratified_labeled_subset
 from jaxmt.gan.step import UPDATES, GanModel
 from jaxmt.models.pretrained import PretrainedBert, load_pretrained
+from jaxmt.parallel import distributed
 from jaxmt.parallel.mesh import make_mesh
 from jaxmt.training import loop, setup
 
@@ -140,6 +141,7 @@ def prepare_gan_run(config: ConfigDict, workdir: str, data: GanData | None, meth
     if config.parallel.mode != "jit":
         raise ConfigError(f"config.parallel.mode = {config.parallel.mode!r}: AC-GAN-BERT and its baseline run on "
                           "the jit path only (it covers data parallelism too); set --config.parallel.mode=jit")
+    distributed.initialize(config.parallel)  # before any JAX computation; a no-op for one process
     mesh = make_mesh_for(config)
     loop.prepare_workdir(config, workdir)
     data = data or load_gan_data(config)

@@ -24,10 +24,12 @@ import math
 import os
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 from ml_collections import ConfigDict
 
 from jaxmt.errors import ConfigError
+from jaxmt.parallel import distributed
 from jaxmt.summarize import arm_stats, difference, stats_cell
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,7 @@ def run_sweep(config: ConfigDict, workdir: str, fractions: Sequence[float], meth
     from jaxmt.gan.trainer import train_gan
 
     check_gan_config(config)
+    distributed.initialize(config.parallel)  # before load_gan_data's first JAX computation; no-op for one process
     if not fractions:
         raise ConfigError("--fractions is empty: give at least one labeled fraction, e.g. 0.05,0.2,1.0")
     unknown = [m for m in methods if m not in METHODS]
@@ -144,10 +147,12 @@ def warn_if_other_steps(row: dict, num_steps: int, epochs: float) -> None:
 
 def write_table(rows: list[dict], workdir: str) -> dict[str, str]:
     """results.csv (one row a run), results.md (one row a fraction), accuracy.png, checks.png and each GAN
-    method's pca_seeds.png a fraction; returns their paths."""
+    method's pca_seeds.png a fraction (from process 0 only); returns their paths."""
     os.makedirs(workdir, exist_ok=True)
     paths = {"csv": os.path.join(workdir, "results.csv"), "md": os.path.join(workdir, "results.md"),
              "png": os.path.join(workdir, "accuracy.png"), "checks": os.path.join(workdir, "checks.png")}
+    if jax.process_index() != 0:
+        return paths
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()

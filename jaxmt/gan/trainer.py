@@ -105,7 +105,7 @@ def train_gan(config: ConfigDict, workdir: str, data: GanData | None = None) -> 
     outcome = loop.run(program, config, workdir)
     dev_acc = outcome.dev["accuracy"] if outcome.dev else evaluate(outcome.state)["accuracy"]
     collapse = collapse_checks(config, gan, data, outcome.state.g.params, dev_embeddings[0], generate,
-                               os.path.join(workdir, "pca.png"))
+                               os.path.join(workdir, "pca.png") if jax.process_index() == 0 else None)
     writer = MetricWriter(workdir)
     writer.write(config.num_steps, {f"collapse/{k}": v for k, v in collapse.items()})
     writer.close()
