@@ -270,3 +270,22 @@ def test_epoch_eval_every_counts_epochs_of_the_largest_task(tiny_bert_dir):
     assert epoch_eval_every(config, sizes, per_step) == 64
     config.eval_every_epochs = 0.001
     assert epoch_eval_every(config, sizes, per_step) == 1
+
+
+def test_recipe_is_the_triplet_reading_with_a_pair_encoding_per_task():
+    """configs/paper_a.py differs from configs/paper_a_triplet.py (the ablations' base) in the two pair modes only,
+    so the ablation table's recipe row is one switch of the reading, as docs/results.md says."""
+    import json
+
+    from configs import paper_a, paper_a_triplet
+
+    def flat(config, prefix=""):
+        out = {}
+        for key, value in config.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    recipe, triplet = (flat(json.loads(c.get_config().to_json())) for c in (paper_a, paper_a_triplet))
+    changed = {k: (triplet[k], recipe[k]) for k in recipe if recipe[k] != triplet[k]}
+    assert changed == {"tasks.para.pair_mode": ("", "cross"), "tasks.sts.pair_mode": ("", "siamese")}
+    assert triplet["model.pair_mode"] == "triplet" and triplet["tasks.sts.head"] == "cosine"
