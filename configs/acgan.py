@@ -43,6 +43,8 @@ def get_config() -> ConfigDict:
             g_class=config_dict.placeholder(float),
             # G: feature matching per class (each class's fakes to the mean D features of its labeled real rows)
             g_class_feature_matching=0.0,
+            # G: the same per-class matching on the embeddings themselves (D's input, where the fidelity probe reads)
+            g_class_embedding_matching=0.0,
         ),
         collapse_examples=1000,  # dev rows whose real embeddings the mode-collapse checks compare against
         collapse_fakes_per_class=200,  # generated embeddings per class for the mode-collapse checks

@@ -130,7 +130,7 @@ def test_each_loss_has_gradient_only_for_its_own_params(demo_data):
 
 
 D_WEIGHTS = ("d_supervised", "d_unsupervised", "d_fake_class")
-G_WEIGHTS = ("g_fool", "g_feature_matching", "g_class", "g_class_feature_matching")
+G_WEIGHTS = ("g_fool", "g_feature_matching", "g_class", "g_class_feature_matching", "g_class_embedding_matching")
 
 
 def test_step_leaves_the_silenced_side_unchanged(demo_data):
@@ -510,17 +510,20 @@ def test_class_feature_matching_compares_each_class_on_both_sides_only():
     assert float(same) == 0.0
 
 
-def test_class_feature_matching_weight_is_a_generator_term(demo_data):
+@pytest.mark.parametrize("weight_name, term_name", [("g_class_feature_matching", "class_feature_matching"),
+                                                     ("g_class_embedding_matching", "class_embedding_matching")])
+def test_class_matching_weights_are_generator_terms(demo_data, weight_name, term_name):
+    """Per-class matching on D's features or on the embeddings: a G term, added with its weight."""
     config, data = demo_data
     _, gan, _, _, state, batch = step_inputs(config, data, ACGAN)
     real = jax.random.normal(jax.random.PRNGKey(2), (16, gan.generator.feature_dim))
     keys = jax.random.split(jax.random.PRNGKey(1), 2)
 
     def g_loss(weight):
-        weighted = dataclasses.replace(gan, weights=gan.weights.replace(g_class_feature_matching=weight))
+        weighted = dataclasses.replace(gan, weights=gan.weights.replace(**{weight_name: weight}))
         return weighted.g_loss(state.g.params, state.d.params, real, batch, *keys)
 
     (base, aux), (with_term, _) = g_loss(0.0), g_loss(2.0)
-    term = aux["terms"]["class_feature_matching"]
+    term = aux["terms"][term_name]
     assert float(term) > 0
     assert float(with_term) == pytest.approx(float(base) + 2.0 * float(term), rel=1e-5)

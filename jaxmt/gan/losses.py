@@ -29,6 +29,7 @@ class LossWeights:
     g_feature_matching: float = 1.0  # G: mean D features of fakes match those of real examples
     g_class: float = 1.0  # G: fakes classified as their conditioning label
     g_class_feature_matching: float = 0.0  # G: per class, mean D features of fakes match the labeled real rows'
+    g_class_embedding_matching: float = 0.0  # G: the same on the embeddings themselves (D's input, the probe's space)
 
     @classmethod
     def from_config(cls, weights: ConfigDict, form: str) -> LossWeights:
@@ -88,10 +89,16 @@ def class_feature_matching(real_feats: jax.Array, real_labels: jax.Array, labele
 
 def generator_losses(d: Discriminator, fake_out: dict, fake_feats: jax.Array, real_feats: jax.Array,
                      real_mask: jax.Array, fake_labels: jax.Array, w: LossWeights, real_labels: jax.Array,
-                     label_mask: jax.Array) -> tuple[jax.Array, dict]:
+                     label_mask: jax.Array, real: jax.Array | None = None,
+                     fake: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """G's total loss and its terms: fooling (non-saturating: -log p(real | fake)), GAN-BERT's feature
     matching (squared distance of the mean D features of real and fake rows), conditional class loss,
-    and feature matching per class (`class_feature_matching`, over the labeled real rows)."""
+    feature matching per class (`class_feature_matching`, over the labeled real rows) and, given the
+    real and fake embeddings themselves, the same per-class matching on them.
+
+    The last is what a class-faithful fake means to anyone reading the embeddings without D (a probe
+    fit on real ones, the mode-collapse check): D's features and class head are D's own, and G can
+    satisfy them with a class code real sentences do not share."""
     log_real, _ = d.log_real_and_fake(fake_out)
     fool = -jnp.mean(log_real)
     weights = real_mask.astype(jnp.float32)[:, None]
@@ -100,7 +107,9 @@ def generator_losses(d: Discriminator, fake_out: dict, fake_feats: jax.Array, re
     cls = jnp.mean(class_cross_entropy(d, fake_out, fake_labels))
     class_fm = class_feature_matching(real_feats, real_labels, label_mask * real_mask, fake_feats, fake_labels,
                                       d.num_classes)
+    class_em = (class_feature_matching(real, real_labels, label_mask * real_mask, fake, fake_labels, d.num_classes)
+                if real is not None and fake is not None else jnp.zeros(()))
     total = (w.g_fool * fool + w.g_feature_matching * feature_matching + w.g_class * cls
-             + w.g_class_feature_matching * class_fm)
+             + w.g_class_feature_matching * class_fm + w.g_class_embedding_matching * class_em)
     return total, {"fool": fool, "feature_matching": feature_matching, "class": cls,
-                   "class_feature_matching": class_fm}
+                   "class_feature_matching": class_fm, "class_embedding_matching": class_em}

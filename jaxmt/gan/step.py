@@ -109,7 +109,7 @@ class GanModel:
         (_, real_feats), (fake_out, fake_feats) = self._discriminate(d_params, real, fake, d_rng)
         total, terms = generator_losses(self.discriminator, fake_out, fake_feats, real_feats,
                                         batch["example_mask"], fake_labels, self.weights, batch["labels"],
-                                        batch["label_mask"])
+                                        batch["label_mask"], real, fake)
         return total, {"terms": terms}
 
 
