@@ -314,6 +314,7 @@ def test_tiny_demo_run_lowers_supervised_loss_without_collapse(demo_data, tmp_pa
     collapse = results["collapse"]
     assert collapse["diversity_ratio_min"] > 0.2, collapse
     assert 0.0 <= collapse["class_fidelity"] <= 1.0
+    assert 0.0 <= collapse["d_class_fidelity"] <= 1.0  # share of fakes D's own class head gives their class
     assert results["demo_data"] and results["labeled_examples"] == len(data.labeled) == 100
     assert 0.0 <= results["dev_accuracy"] <= 1.0
     assert os.path.getsize(tmp_path / "pca.png") > 0

@@ -33,16 +33,20 @@ from jaxmt.training.optimizer import make_optimizer
 log = logging.getLogger(__name__)
 
 
-def collapse_checks(config: ConfigDict, gan: GanModel, data: GanData, g_params: dict, dev_embeddings: np.ndarray,
-                    generate, png_path: str | None) -> dict[str, float]:
-    """Real dev embeddings against class-conditional fakes (no dropout, fixed noise): fidelity, diversity, PCA."""
+def collapse_checks(config: ConfigDict, gan: GanModel, data: GanData, state: Any, dev_embeddings: np.ndarray,
+                    generate, classify, png_path: str | None) -> dict[str, float]:
+    """Real dev embeddings against class-conditional fakes (no dropout, fixed noise): fidelity, diversity, PCA;
+    and `d_class_fidelity`, the share of fakes D's own class head gives their conditioning class (against the
+    probe's `class_fidelity`: how far G's class code is D's alone)."""
     n = min(config.gan.collapse_examples, len(dev_embeddings))
     k, per_class = data.spec.num_classes, config.gan.collapse_fakes_per_class
     fake_y = np.repeat(np.arange(k), per_class).astype(np.int32)
     noise = gan.generator.sample_noise(stream_key(config.seed, "gan_noise"), len(fake_y))
-    fake = np.asarray(jax.device_get(generate(g_params, noise, fake_y)))
-    return collapse_report(dev_embeddings[:n], data.dev.data.labels[:n], fake, fake_y, k, png_path,
-                           title=f"{data.spec.name}, labeled fraction {config.gan.labeled_fraction:g}")
+    fake = generate(state.g.params, noise, fake_y)
+    by_d = np.asarray(jax.device_get(classify(state.d.params, fake)))
+    report = collapse_report(dev_embeddings[:n], data.dev.data.labels[:n], np.asarray(jax.device_get(fake)), fake_y,
+                             k, png_path, title=f"{data.spec.name}, labeled fraction {config.gan.labeled_fraction:g}")
+    return {**report, "d_class_fidelity": float(np.mean(by_d == fake_y))}
 
 
 GAN_FAULT_HINT = ("Lower the learning rates (optim.learning_rate, gan.g_learning_rate) or set "
@@ -104,7 +108,7 @@ def train_gan(config: ConfigDict, workdir: str, data: GanData | None = None) -> 
         tag=tag, checkpoints=bool(config.gan.save_checkpoints))
     outcome = loop.run(program, config, workdir)
     dev_acc = outcome.dev["accuracy"] if outcome.dev else evaluate(outcome.state)["accuracy"]
-    collapse = collapse_checks(config, gan, data, outcome.state.g.params, dev_embeddings[0], generate,
+    collapse = collapse_checks(config, gan, data, outcome.state, dev_embeddings[0], generate, classify,
                                os.path.join(workdir, "pca.png") if jax.process_index() == 0 else None)
     writer = MetricWriter(workdir)
     writer.write(config.num_steps, {f"collapse/{k}": v for k, v in collapse.items()})
