@@ -42,7 +42,7 @@ METHODS = {
 }
 GAN_METHODS = tuple(m for m, (_, form, _) in METHODS.items() if form)
 COLUMNS = ("labeled_fraction", "labeled_examples", "method", "form", "seed", "dev_accuracy", "steps", "epochs",
-           "batch_size", "train_examples", "train_seconds", "seconds_per_step", "class_fidelity",
+           "batch_size", "train_examples", "train_seconds", "seconds_per_step", "class_fidelity", "d_class_fidelity",
            "probe_real_accuracy", "diversity_ratio", "diversity_ratio_min", "workdir")
 NOISE_NOTE = ("Dev accuracy and the GAN checks: mean ± sample standard deviation (number of seeds). Δ: a GAN "
               "method's mean minus the baseline's; `*` where |Δ| > 2 Welch standard errors from the two seed "
