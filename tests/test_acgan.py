@@ -474,6 +474,7 @@ def test_sweep_trains_gan_bert_and_the_baseline_through_the_real_trainers(demo_d
     assert json.loads((run / "config.json").read_text())["seed"] == 3
     assert os.path.getsize(run / "pca.png") > 0 and (tmp_path / "accuracy.png").exists()
     assert (tmp_path / "checks.png").exists() and (run.parent / "pca_seeds.png").exists()
+    assert (tmp_path / "pca_ganbert.png").exists() and not (tmp_path / "pca_acgan.png").exists()
     with np.load(run / "pca.npz") as points:
         assert points["real_2d"].shape == (len(points["real_y"]), 2) and len(points["fake_y"]) == 5 * 20
 

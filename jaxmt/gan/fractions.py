@@ -8,8 +8,9 @@ row a fraction: each method's dev accuracy as mean ± std over seeds, each GAN m
 the baseline marked where it exceeds seed noise, and its mode-collapse checks), DIR/accuracy.png
 (mean dev accuracy against labeled fraction, error bars one standard deviation over seeds) and
 DIR/checks.png (the GAN methods' class fidelity and diversity against labeled fraction, the same error
-bars); each GAN run keeps its PCA plot (pca.png, points in pca.npz), and DIR/fraction_F/METHOD/pca_seeds.png
-draws the class centroids of its seeds' runs with error bars. The tables are rewritten after every run.
+bars); each GAN run keeps its PCA plot (pca.png, points in pca.npz), DIR/pca_METHOD.png sets them side by
+side (a row a fraction, a column a seed), and DIR/fraction_F/METHOD/pca_seeds.png draws the class
+centroids of its seeds' runs with error bars. The tables are rewritten after every run.
 A run whose results.json exists is not trained again, so a killed sweep, or one continued later with the
 same flags (or more seeds or fractions), picks up where it stopped.
 """
@@ -163,6 +164,7 @@ def write_table(rows: list[dict], workdir: str) -> dict[str, str]:
     if any(r["method"] in GAN_METHODS for r in rows):
         plot_checks(rows, paths["checks"])
     paths.update(plot_pca_seeds(rows, workdir))
+    paths.update(pca_montages(rows, workdir))
     return paths
 
 
@@ -284,6 +286,36 @@ def plot_checks(rows: list[dict], path: str) -> str:
     spread.axhline(1.0, color="gray", lw=0.8)
     spread.set(ylabel="diversity fake / real (mean ± std over seeds)", title="spread of fakes within a class")
     return _save(fig, path)
+
+
+def pca_montages(rows: list[dict], workdir: str) -> dict[str, str]:
+    """DIR/pca_METHOD.png for each GAN method: its runs' PCA plots side by side, a row a labeled fraction and a
+    column a seed, so that what varies with labels and what with the seed can be seen at once."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = {}
+    groups = group_runs(rows)
+    for method in GAN_METHODS:
+        grid = {(fraction, r["seed"]): png for fraction, by_method in groups.items()
+                for r in by_method.get(method, []) if os.path.exists(png := os.path.join(r["workdir"], "pca.png"))}
+        if not grid:
+            continue
+        fractions, seeds = sorted({f for f, _ in grid}), sorted({s for _, s in grid})
+        fig, axes = plt.subplots(len(fractions), len(seeds), figsize=(3.2 * len(seeds), 2.7 * len(fractions)),
+                                 squeeze=False)
+        for i, fraction in enumerate(fractions):
+            for j, seed in enumerate(seeds):
+                ax = axes[i, j]
+                ax.axis("off")
+                if (fraction, seed) in grid:
+                    ax.imshow(plt.imread(grid[fraction, seed]))
+                    ax.set_title(f"fraction {fraction:g}, seed {seed}", fontsize=8)
+        fig.suptitle(f"{METHODS[method][2]}: real (o) and generated (x) dev embeddings, first two PCs of the real")
+        written[f"pca_montage/{method}"] = _save(fig, os.path.join(workdir, f"pca_{method}.png"))
+    return written
 
 
 def plot_pca_seeds(rows: list[dict], workdir: str) -> dict[str, str]:
