@@ -128,8 +128,8 @@ def pca_seeds_plot(npz_paths: list[str], num_classes: int, path: str, title: str
             ax.errorbar(mean[0], mean[1], xerr=std[0], yerr=std[1], marker=marker, ms=8, capsize=3,
                         color=colors[c], label=f"{kind} {c}")
         ax.plot(*np.stack([real[:, c].mean(0), fake[:, c].mean(0)]).T, color=colors[c], lw=0.8, alpha=0.6)
-    ax.set(xlabel="PC 1 (of each run's real embeddings)", ylabel="PC 2",
-           title=title or f"class centroids, mean ± std over {len(npz_paths)} seeds")
+    ax.set(xlabel="PC 1 (of each run's real embeddings)", ylabel="PC 2 (error bars: std over seeds)")
+    ax.set_title(title or f"class centroids over {len(npz_paths)} seeds", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -333,7 +333,6 @@ def plot_pca_seeds(rows: list[dict], workdir: str) -> dict[str, str]:
             with np.load(npz[0]) as first:
                 num_classes = int(max(first["real_y"].max(), first["fake_y"].max())) + 1
             path = os.path.join(os.path.dirname(runs[0]["workdir"]), "pca_seeds.png")
-            title = (f"{METHODS[method][2]}, labeled fraction {fraction:g}: class centroids, "
-                     f"mean ± std over {len(npz)} seed(s)")
+            title = f"{METHODS[method][2]}, fraction {fraction:g}: class centroids over {len(npz)} seed(s)"
             written[f"pca_seeds/{fraction:g}/{method}"] = pca_seeds_plot(npz, num_classes, path, title)
     return written
