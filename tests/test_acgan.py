@@ -228,10 +228,12 @@ def test_ganbert_form_is_pure_gan_bert_unless_a_g_class_weight_is_set():
 
     @jax.jit  # one compile instead of many eager ops
     def g_losses(weights):
-        fake_out, fake_feats = d(d.init(jax.random.PRNGKey(0)), jax.random.normal(jax.random.PRNGKey(1), (6, D)))
+        fake = jax.random.normal(jax.random.PRNGKey(1), (6, D))
+        fake_out, fake_feats = d(d.init(jax.random.PRNGKey(0)), fake)
+        real = jax.random.normal(jax.random.PRNGKey(3), (4, D))
         real_feats = jax.random.normal(jax.random.PRNGKey(2), (4, 8))
         return generator_losses(d, fake_out, fake_feats, real_feats, jnp.ones(4), jnp.arange(6) % K, weights,
-                                jnp.arange(4) % K, jnp.ones(4))
+                                jnp.arange(4) % K, jnp.ones(4), real, fake)
 
     total, terms = g_losses(pure)
     assert float(terms["class"]) > 0 and float(total) == pytest.approx(float(terms["fool"] + terms["feature_matching"]))

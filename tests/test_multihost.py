@@ -36,19 +36,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_multiprocess(model_dir, workdir, log_dir) -> None:
-    command = ["bash", str(ROOT / "launch" / "multiprocess.sh"), "--num-processes", "2", "--cpu-devices", "2",
-               "--port", str(free_port()), "--log-dir", str(log_dir), "--python", sys.executable, "--",
-               *trainer_flags(model_dir, workdir)]
+def train_multiprocess(flags: list[str], log_dir, module: str = "jaxmt.train") -> None:
+    """`python -m MODULE FLAGS` as 2 processes x 2 CPU devices through launch/multiprocess.sh."""
+    command = ["bash", str(ROOT / "launch" / "multiprocess.sh"), "--module", module, "--num-processes", "2",
+               "--cpu-devices", "2", "--port", str(free_port()), "--log-dir", str(log_dir), "--python",
+               sys.executable, "--", *flags]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     logs = "".join(f"--- {p}\n{open(log_dir / p).read()[-3000:]}" for p in sorted(os.listdir(log_dir)))
     assert proc.returncode == 0, proc.stderr + logs
 
 
-def train_single_process(model_dir, workdir) -> None:
+def train_single_process(flags: list[str], module: str = "jaxmt.train") -> None:
+    """`python -m MODULE FLAGS` as 1 process x 4 CPU devices."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "jaxmt.train", *trainer_flags(model_dir, workdir)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", module, *flags], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -72,8 +74,8 @@ def assert_same(got: dict, want: dict, prefix: str) -> None:
 @pytest.mark.slow
 def test_two_processes_train_checkpoint_resume_like_one(tiny_bert_dir, tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
-    train_single_process(tiny_bert_dir, single)
-    train_multiprocess(tiny_bert_dir, multi, tmp_path / "logs")
+    train_single_process(trainer_flags(tiny_bert_dir, single))
+    train_multiprocess(trainer_flags(tiny_bert_dir, multi), tmp_path / "logs")
     want_train, want_dev = read_metrics(single)
     got_train, got_dev = read_metrics(multi)
     assert sorted(want_train) == [1, 2, 3, 4, 5, 6] and sorted(want_dev) == [3, 6]
@@ -85,7 +87,7 @@ def test_two_processes_train_checkpoint_resume_like_one(tiny_bert_dir, tmp_path)
     # Resume from the step-3 checkpoint both processes wrote: each restores its own shards.
     shutil.rmtree(multi / "checkpoints" / "6")
     os.remove(multi / "metrics.jsonl")
-    train_multiprocess(tiny_bert_dir, multi, tmp_path / "logs-resumed")
+    train_multiprocess(trainer_flags(tiny_bert_dir, multi), tmp_path / "logs-resumed")
     resumed_train, resumed_dev = read_metrics(multi)
     assert json.load(open(multi / "results.json"))["resumed_from_step"] == 3
     assert_same(resumed_train, {s: want_train[s] for s in (4, 5, 6)}, "train/loss/")
@@ -152,18 +154,8 @@ def test_gan_and_baseline_on_two_processes_match_one(tiny_bert_dir, tmp_path, me
     """The GAN and baseline loops on 2 processes x 2 devices: each process puts only its own rows of a batch,
     and the logged losses and the dev accuracy are those of 1 process x 4 devices."""
     single, multi = tmp_path / "single", tmp_path / "multi"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "jaxmt.acgan", *gan_flags(tiny_bert_dir, single, method)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    log_dir = tmp_path / "logs"
-    proc = subprocess.run(["bash", str(ROOT / "launch" / "multiprocess.sh"), "--module", "jaxmt.acgan",
-                           "--num-processes", "2", "--cpu-devices", "2", "--port", str(free_port()),
-                           "--log-dir", str(log_dir), "--python", sys.executable, "--",
-                           *gan_flags(tiny_bert_dir, multi, method)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900)
-    logs = "".join(f"--- {p}\n{open(log_dir / p).read()[-3000:]}" for p in sorted(os.listdir(log_dir)))
-    assert proc.returncode == 0, proc.stderr + logs
+    train_single_process(gan_flags(tiny_bert_dir, single, method), module="jaxmt.acgan")
+    train_multiprocess(gan_flags(tiny_bert_dir, multi, method), tmp_path / "logs", module="jaxmt.acgan")
 
     def losses(workdir):
         rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]

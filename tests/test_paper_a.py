@@ -278,14 +278,9 @@ def test_recipe_is_the_triplet_reading_with_a_pair_encoding_per_task():
     import json
 
     from configs import paper_a, paper_a_triplet
+    from jaxmt.checkpointing.workdir import _flatten  # the dotted view the resume check compares configs in
 
-    def flat(config, prefix=""):
-        out = {}
-        for key, value in config.items():
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-        return out
-
-    recipe, triplet = (flat(json.loads(c.get_config().to_json())) for c in (paper_a, paper_a_triplet))
+    recipe, triplet = (_flatten(json.loads(c.get_config().to_json())) for c in (paper_a, paper_a_triplet))
     changed = {k: (triplet[k], recipe[k]) for k in recipe if recipe[k] != triplet[k]}
     assert changed == {"tasks.para.pair_mode": ("", "cross"), "tasks.sts.pair_mode": ("", "siamese")}
     assert triplet["model.pair_mode"] == "triplet" and triplet["tasks.sts.head"] == "cosine"

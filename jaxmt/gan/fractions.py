@@ -151,7 +151,7 @@ def write_table(rows: list[dict], workdir: str) -> dict[str, str]:
     method's pca_seeds.png a fraction (from process 0 only); returns their paths."""
     os.makedirs(workdir, exist_ok=True)
     paths = {"csv": os.path.join(workdir, "results.csv"), "md": os.path.join(workdir, "results.md"),
-             "png": os.path.join(workdir, "accuracy.png"), "checks": os.path.join(workdir, "checks.png")}
+             "png": os.path.join(workdir, "accuracy.png")}
     if jax.process_index() != 0:
         return paths
     with open(paths["csv"], "w", newline="") as f:
@@ -162,7 +162,7 @@ def write_table(rows: list[dict], workdir: str) -> dict[str, str]:
         f.write(markdown_table(rows) + "\n\n" + NOISE_NOTE + "\n")
     plot_accuracy(rows, paths["png"])
     if any(r["method"] in GAN_METHODS for r in rows):
-        plot_checks(rows, paths["checks"])
+        paths["checks"] = plot_checks(rows, os.path.join(workdir, "checks.png"))
     paths.update(plot_pca_seeds(rows, workdir))
     paths.update(pca_montages(rows, workdir))
     return paths

@@ -89,12 +89,11 @@ def class_feature_matching(real_feats: jax.Array, real_labels: jax.Array, labele
 
 def generator_losses(d: Discriminator, fake_out: dict, fake_feats: jax.Array, real_feats: jax.Array,
                      real_mask: jax.Array, fake_labels: jax.Array, w: LossWeights, real_labels: jax.Array,
-                     label_mask: jax.Array, real: jax.Array | None = None,
-                     fake: jax.Array | None = None) -> tuple[jax.Array, dict]:
+                     label_mask: jax.Array, real: jax.Array, fake: jax.Array) -> tuple[jax.Array, dict]:
     """G's total loss and its terms: fooling (non-saturating: -log p(real | fake)), GAN-BERT's feature
     matching (squared distance of the mean D features of real and fake rows), conditional class loss,
-    feature matching per class (`class_feature_matching`, over the labeled real rows) and, given the
-    real and fake embeddings themselves, the same per-class matching on them.
+    feature matching per class (`class_feature_matching`, over the labeled real rows) and the same
+    per-class matching on the real and fake embeddings themselves (`real`, `fake`: D's inputs).
 
     The last is what a class-faithful fake means to anyone reading the embeddings without D (a probe
     fit on real ones, the mode-collapse check): D's features and class head are D's own, and G can
@@ -107,8 +106,7 @@ def generator_losses(d: Discriminator, fake_out: dict, fake_feats: jax.Array, re
     cls = jnp.mean(class_cross_entropy(d, fake_out, fake_labels))
     class_fm = class_feature_matching(real_feats, real_labels, label_mask * real_mask, fake_feats, fake_labels,
                                       d.num_classes)
-    class_em = (class_feature_matching(real, real_labels, label_mask * real_mask, fake, fake_labels, d.num_classes)
-                if real is not None and fake is not None else jnp.zeros(()))
+    class_em = class_feature_matching(real, real_labels, label_mask * real_mask, fake, fake_labels, d.num_classes)
     total = (w.g_fool * fool + w.g_feature_matching * feature_matching + w.g_class * cls
              + w.g_class_feature_matching * class_fm + w.g_class_embedding_matching * class_em)
     return total, {"fool": fool, "feature_matching": feature_matching, "class": cls,
