@@ -388,6 +388,34 @@ def test_mean_and_max_pooling_read_only_the_attended_tokens():
                                 atol=1e-6)
 
 
+def test_token_score_head_is_a_smooth_max_over_the_attended_tokens():
+    """bigram_head='token_scores': the 'swapped' logit is the log-sum-exp of per-token scores of the attended
+    tokens (padding never counts), against a fixed 0; one high-scoring token makes the example positive."""
+    from jaxmt.pretraining.model import TokenScoreClassifier
+
+    head = TokenScoreClassifier(hidden_size=4)
+    hidden = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 4))
+    mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    params = head.init(jax.random.PRNGKey(1), hidden, mask)
+    logits = head.apply(params, hidden, mask)
+    chex.assert_shape(logits, (2, 2))
+    features = jnp.tanh(hidden @ params["params"]["dense"]["kernel"] + params["params"]["dense"]["bias"])
+    scores = (features @ params["params"]["scorer"]["kernel"] + params["params"]["scorer"]["bias"])[..., 0]
+    expected = jnp.stack([jax.nn.logsumexp(scores[0, :3]), jax.nn.logsumexp(scores[1])])
+    chex.assert_trees_all_close(logits[:, 1], expected, atol=1e-6)
+    chex.assert_trees_all_equal(logits[:, 0], jnp.zeros(2))
+    padded = hidden.at[0, 3:].set(100.0)  # the padding's contents do not reach the logits
+    chex.assert_trees_all_close(head.apply(params, padded, mask), logits, atol=1e-6)
+
+    config, batch = tiny_bert_config(), random_batch(3)
+    layers = (("bigram_shift", 1), ("mlm", 2), ("nsp", 2))
+    model = HierarchicalBert(config, layers, "none", "mean", "token_scores")
+    params = init_params(model, jax.random.PRNGKey(0), batch)
+    assert set(params["bigram_shift"]) == {"dense", "scorer"}
+    grads = jax.grad(lambda p: task_losses(model.apply({"params": p}, batch), batch)["bigram_shift"])(params)
+    assert nonzero(grads["encoder"]["layer"]["0"]) and not nonzero(grads["encoder"]["layer"]["1"])
+
+
 def test_head_learning_rate_moves_the_heads_and_pooler_not_the_pretrained_layers():
     """With optim.head_learning_rate, the pretrained embeddings and layers follow optim.learning_rate."""
     import optax
@@ -444,6 +472,7 @@ def tiny_pretrain_config(bert_dir, corpus_file, cache_dir, **overrides):
     ({"tasks.bigram_shift.layer": 0}, r"config.tasks.bigram_shift.layer = 0"),
     ({"transfer": "sideways"}, r"config.transfer = 'sideways'"),
     ({"pooling": "first"}, r"config.pooling = 'first'"),
+    ({"tasks.bigram_shift.head": "tokens"}, r"config.tasks.bigram_shift.head = 'tokens'"),
     ({"tasks.nsp.layer": 3}, r"config.tasks.nsp.layer \(3\) must be below config.tasks.mlm.layer \(3\)"),
     ({"task_names": ("mlm", "bigram_shift")}, r"must include both 'nsp' and 'mlm'"),
     ({"tasks.mlm.layer": 2, "transfer": "concat"}, r"encoder layer 3 of 3 would get no loss"),

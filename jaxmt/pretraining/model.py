@@ -29,6 +29,7 @@ from jaxmt.models.encoder import pool
 TASKS = ("mlm", "nsp", "bigram_shift")
 TRANSFER_MODES = ("none", "add_cls", "add_all", "concat")
 POOLING_MODES = ("cls", "mean", "max")  # jaxmt.models.encoder.pool's modes
+BIGRAM_HEADS = ("sentence", "token_scores")  # bigram shift: a sentence vector's classifier | per-token scores
 ENCODER_SCOPES = ("embeddings", "encoder", "pooler")  # FlaxBertModel's params; the rest are pre-training heads
 # What `optim.learning_rate` trains when `optim.head_learning_rate` is set: the pretrained embeddings and layers.
 # The pooler learns with the heads: it is NSP's first layer here, reading whichever layer NSP is placed on,
@@ -50,6 +51,29 @@ class SentenceClassifier(nn.Module):
         return nn.Dense(2, kernel_init=init, dtype=self.dtype, name="classifier")(pooled)
 
 
+class TokenScoreClassifier(nn.Module):
+    """Binary 'is something out of place' classifier from per-token scores [B, L, H] -> [B, 2].
+
+    Each attended token gets a score (dense + tanh, then one output); the positive logit is their
+    log-sum-exp, a smooth maximum, against a fixed 0. One swapped bigram is a local event: a sentence
+    vector averages it with every other token of the example, a per-token score keeps it whole, and the
+    example is positive as soon as one token scores high (multiple-instance learning on example labels).
+    """
+
+    hidden_size: int
+    initializer_range: float = 0.02
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        init = nn.initializers.normal(self.initializer_range)
+        features = nn.tanh(nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name="dense")(hidden))
+        scores = nn.Dense(1, kernel_init=init, dtype=self.dtype, name="scorer")(features)[..., 0]
+        scores = jnp.where(attention_mask > 0, scores.astype(jnp.float32), -jnp.inf)
+        positive = jax.nn.logsumexp(scores, axis=-1)
+        return jnp.stack([jnp.zeros_like(positive), positive], axis=-1)
+
+
 class HierarchicalBert(nn.Module):
     """Token ids -> each task's logits, read at `task_layers` (1-based encoder layers)."""
 
@@ -57,6 +81,7 @@ class HierarchicalBert(nn.Module):
     task_layers: tuple[tuple[str, int], ...]  # ((task, layer), ...) for the tasks trained
     transfer: str = "none"
     pooling: str = "cls"  # the sentence vector of NSP and bigram shift: 'cls' | 'mean' | 'max'
+    bigram_head: str = "sentence"  # bigram shift's head: 'sentence' (on the pooled vector) | 'token_scores'
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
@@ -70,7 +95,8 @@ class HierarchicalBert(nn.Module):
         if "mlm" in layers:
             self.mlm = BertLMHead(self.config, dtype=self.dtype)
         if "bigram_shift" in layers:
-            self.bigram_shift = SentenceClassifier(self.config.hidden_size, self.config.initializer_range, self.dtype)
+            head = SentenceClassifier if self.bigram_head == "sentence" else TokenScoreClassifier
+            self.bigram_shift = head(self.config.hidden_size, self.config.initializer_range, self.dtype)
         if self.transfer != "none":
             self.transfer_projection = nn.Dense(self.config.hidden_size, kernel_init=init, dtype=self.dtype)
 
@@ -86,7 +112,9 @@ class HierarchicalBert(nn.Module):
         for number in range(1, self.encoder.num_layers + 1):
             hidden = self.encoder.run_layer(number - 1, hidden, mask, deterministic)
             if layers.get("bigram_shift") == number:
-                outputs["bigram_shift"] = self.bigram_shift(pool(hidden, batch["attention_mask"], self.pooling))
+                outputs["bigram_shift"] = (
+                    self.bigram_shift(pool(hidden, batch["attention_mask"], self.pooling))
+                    if self.bigram_head == "sentence" else self.bigram_shift(hidden, batch["attention_mask"]))
             if layers.get("nsp") == number:
                 # BertPooler reads position 0 of what it is given: the sentence vector, as a 1-long sequence.
                 nsp_repr = self.pooler(pool(hidden, batch["attention_mask"], self.pooling)[:, None])

@@ -27,6 +27,7 @@ from jaxmt.pretraining.corpus import CorpusSpec, check_corpus_spec, load_corpus,
 from jaxmt.pretraining.examples import SWAP_UNITS, Pairs, PairStream, Vocabulary, build_pairs, make_batch
 from jaxmt.pretraining.layer_coverage import check_every_layer_trained
 from jaxmt.pretraining.model import (
+    BIGRAM_HEADS,
     POOLING_MODES,
     PRETRAINED_SCOPES,
     TASKS,
@@ -54,6 +55,7 @@ def check_config(config: ConfigDict) -> None:
         raise ConfigError(f"config.transfer = {config.transfer!r} passes NSP's representation to the MLM task: "
                           f"config.task_names must include both 'nsp' and 'mlm' (it is {names})")
     one_of(config.tasks.bigram_shift.unit, SWAP_UNITS, "tasks.bigram_shift.unit")
+    one_of(config.tasks.bigram_shift.head, BIGRAM_HEADS, "tasks.bigram_shift.head")
     one_of(config.model.dtype, tuple(DTYPES), "model.dtype")
     one_of(config.optim.gradient_surgery, ("none",), "optim.gradient_surgery")
     one_of(config.on_nonfinite, ("stop", "skip"), "on_nonfinite")
@@ -188,7 +190,8 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
         return make_batch(pairs, vocab, np.random.default_rng([config.seed, step, 2]), config.tasks.mlm.mask_rate,
                           config.tasks.mlm.max_predictions, use_bigrams, config.tasks.bigram_shift.unit)
 
-    model = HierarchicalBert(bert_config, layers, config.transfer, config.pooling, DTYPES[config.model.dtype])
+    model = HierarchicalBert(bert_config, layers, config.transfer, config.pooling, config.tasks.bigram_shift.head,
+                             DTYPES[config.model.dtype])
     tx = make_optimizer(config, config.num_steps, len(layers), encoder_scopes=PRETRAINED_SCOPES)
     init_rng, dropout_rng = stream_key(config.seed, "init"), stream_key(config.seed, "dropout")
     example = {k: v[:2] for k, v in host_batch(0).items()}
@@ -225,6 +228,7 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
         "tasks": {task: {"layer": layer, "weight": weights[task]} for task, layer in layers},
         "transfer": config.transfer,
         "pooling": config.pooling,
+        "bigram_head": config.tasks.bigram_shift.head,
         "model": {"init_from": config.model.init_from or "scratch", "layers": bert_config.num_hidden_layers,
                   "hidden_size": bert_config.hidden_size, "vocab_size": bert_config.vocab_size},
         "corpus": {"source": corpus.source, "documents": corpus.num_documents, "tokens": int(len(corpus.tokens)),
