@@ -31,7 +31,9 @@ def get_config() -> ConfigDict:
         layer=2,  # encoder layer (1-based) whose sentence vector the bigram-shift classifier reads
         weight=1.0,  # weight of the bigram-shift loss
         unit="word",  # what is swapped: two adjacent whole words (WordPieces kept together) | token
-        head="sentence",  # sentence (a classifier on config.pooling's vector) | token_scores (a score per token)
+        # sentence (a classifier on config.pooling's vector) | token_scores (a score per token, their log-sum-exp the
+        # example's logit) | token_labels (per-token scores also trained on which tokens moved; their max the logit)
+        head="sentence",
     ))
     config.pooling = "cls"  # sentence vector of NSP and bigram shift: cls ([CLS], BERT) | mean | max (over tokens)
     config.transfer = "none"  # NSP -> MLM transfer: none | add_cls | add_all | concat (see docs/pretraining.md)

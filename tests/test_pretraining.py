@@ -270,6 +270,7 @@ def test_masked_lm_targets_are_the_original_text_never_a_swapped_position(wordpi
     _, labels, moved = shift_bigrams(pairs.input_ids, pairs.token_type_ids, maskable, vocab,
                                      np.random.default_rng(7), unit)
     np.testing.assert_array_equal(batch["bigram_labels"], labels)
+    np.testing.assert_array_equal(batch["bigram_moved"], moved)  # the moved-token targets of 'token_labels'
     assert labels.mean() > 0.3
     chosen = batch["mlm_weights"] > 0
     rows = np.broadcast_to(np.arange(len(texts))[:, None], chosen.shape)[chosen]
@@ -388,32 +389,49 @@ def test_mean_and_max_pooling_read_only_the_attended_tokens():
                                 atol=1e-6)
 
 
-def test_token_score_head_is_a_smooth_max_over_the_attended_tokens():
-    """bigram_head='token_scores': the 'swapped' logit is the log-sum-exp of per-token scores of the attended
-    tokens (padding never counts), against a fixed 0; one high-scoring token makes the example positive."""
+@pytest.mark.parametrize("reduce", ["logsumexp", "max"])
+def test_token_score_head_reduces_the_attended_tokens_scores(reduce):
+    """The bigram-shift token heads: the 'swapped' logit is the log-sum-exp (token_scores) or the maximum
+    (token_labels) of per-token scores of the attended tokens (padding never counts), against a fixed 0."""
     from jaxmt.pretraining.model import TokenScoreClassifier
 
-    head = TokenScoreClassifier(hidden_size=4)
+    head = TokenScoreClassifier(hidden_size=4, reduce=reduce)
     hidden = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 4))
     mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     params = head.init(jax.random.PRNGKey(1), hidden, mask)
-    logits = head.apply(params, hidden, mask)
-    chex.assert_shape(logits, (2, 2))
+    logits, scores = head.apply(params, hidden, mask)
+    chex.assert_shape((logits, scores), ((2, 2), (2, 5)))
     features = jnp.tanh(hidden @ params["params"]["dense"]["kernel"] + params["params"]["dense"]["bias"])
-    scores = (features @ params["params"]["scorer"]["kernel"] + params["params"]["scorer"]["bias"])[..., 0]
-    expected = jnp.stack([jax.nn.logsumexp(scores[0, :3]), jax.nn.logsumexp(scores[1])])
-    chex.assert_trees_all_close(logits[:, 1], expected, atol=1e-6)
+    chex.assert_trees_all_close(
+        scores, (features @ params["params"]["scorer"]["kernel"] + params["params"]["scorer"]["bias"])[..., 0],
+        atol=1e-6)
+    reduced = jax.nn.logsumexp if reduce == "logsumexp" else jnp.max
+    chex.assert_trees_all_close(logits[:, 1], jnp.stack([reduced(scores[0, :3]), reduced(scores[1])]), atol=1e-6)
     chex.assert_trees_all_equal(logits[:, 0], jnp.zeros(2))
     padded = hidden.at[0, 3:].set(100.0)  # the padding's contents do not reach the logits
-    chex.assert_trees_all_close(head.apply(params, padded, mask), logits, atol=1e-6)
+    chex.assert_trees_all_close(head.apply(params, padded, mask)[0], logits, atol=1e-6)
 
+
+@pytest.mark.parametrize("head", ["token_scores", "token_labels"])
+def test_token_heads_train_bigram_shift_on_its_layer(head):
     config, batch = tiny_bert_config(), random_batch(3)
-    layers = (("bigram_shift", 1), ("mlm", 2), ("nsp", 2))
-    model = HierarchicalBert(config, layers, "none", "mean", "token_scores")
+    batch["bigram_moved"] = np.zeros_like(batch["input_ids"])
+    batch["bigram_moved"][batch["bigram_labels"] == 1, 4:6] = 1
+    model = HierarchicalBert(config, (("bigram_shift", 1), ("mlm", 2), ("nsp", 2)), "none", "mean", head)
     params = init_params(model, jax.random.PRNGKey(0), batch)
     assert set(params["bigram_shift"]) == {"dense", "scorer"}
-    grads = jax.grad(lambda p: task_losses(model.apply({"params": p}, batch), batch)["bigram_shift"])(params)
-    assert nonzero(grads["encoder"]["layer"]["0"]) and not nonzero(grads["encoder"]["layer"]["1"])
+    outputs = model.apply({"params": params}, batch)
+    assert ("bigram_shift_tokens" in outputs) == (head == "token_labels")
+    losses = task_losses(outputs, batch)
+    for task, loss in losses.items():
+        grads = jax.grad(lambda p, t=task: task_losses(model.apply({"params": p}, batch), batch)[t])(params)
+        if task.startswith("bigram_shift"):
+            assert nonzero(grads["encoder"]["layer"]["0"]) and not nonzero(grads["encoder"]["layer"]["1"]), task
+    if head == "token_labels":  # the moved-token loss: logistic loss summed over an example's tokens
+        scores = np.asarray(outputs["bigram_shift_tokens"], np.float64)
+        labels = batch["bigram_moved"]
+        expected = np.mean((np.logaddexp(0, scores) - scores * labels).sum(-1))
+        np.testing.assert_allclose(losses["bigram_shift_tokens"], expected, rtol=1e-5)
 
 
 def test_head_learning_rate_moves_the_heads_and_pooler_not_the_pretrained_layers():

@@ -284,12 +284,11 @@ def make_batch(pairs: Pairs, vocab: Vocabulary, rng: np.random.Generator, mask_r
     """
     maskable = ordinary_tokens(pairs.input_ids, pairs.attention_mask, vocab)
     input_ids, bigram_labels = pairs.input_ids, np.zeros(len(pairs), np.int32)
-    mlm_maskable = maskable
+    moved = np.zeros(input_ids.shape, bool)
     if bigram_shift:
         input_ids, bigram_labels, moved = shift_bigrams(input_ids, pairs.token_type_ids, maskable, vocab, rng,
                                                         swap_unit)
-        mlm_maskable = maskable & ~moved
-    masked = mask_tokens(input_ids, mlm_maskable, vocab, rng, mask_rate, max_predictions)
+    masked = mask_tokens(input_ids, maskable & ~moved, vocab, rng, mask_rate, max_predictions)
     return {**masked, "token_type_ids": pairs.token_type_ids, "attention_mask": pairs.attention_mask,
             "nsp_labels": pairs.next_sentence_label, "bigram_labels": bigram_labels,
-            "example_weights": np.ones(len(pairs), np.float32)}
+            "bigram_moved": moved.astype(np.int32), "example_weights": np.ones(len(pairs), np.float32)}

@@ -29,7 +29,9 @@ from jaxmt.models.encoder import pool
 TASKS = ("mlm", "nsp", "bigram_shift")
 TRANSFER_MODES = ("none", "add_cls", "add_all", "concat")
 POOLING_MODES = ("cls", "mean", "max")  # jaxmt.models.encoder.pool's modes
-BIGRAM_HEADS = ("sentence", "token_scores")  # bigram shift: a sentence vector's classifier | per-token scores
+# Bigram shift's head: a classifier of the sentence vector | per-token scores trained on the example's label |
+# per-token scores trained on which tokens moved (and on the example's label through their maximum).
+BIGRAM_HEADS = ("sentence", "token_scores", "token_labels")
 ENCODER_SCOPES = ("embeddings", "encoder", "pooler")  # FlaxBertModel's params; the rest are pre-training heads
 # What `optim.learning_rate` trains when `optim.head_learning_rate` is set: the pretrained embeddings and layers.
 # The pooler learns with the heads: it is NSP's first layer here, reading whichever layer NSP is placed on,
@@ -52,26 +54,28 @@ class SentenceClassifier(nn.Module):
 
 
 class TokenScoreClassifier(nn.Module):
-    """Binary 'is something out of place' classifier from per-token scores [B, L, H] -> [B, 2].
+    """Binary 'is something out of place' classifier from per-token scores: [B, L, H] -> ([B, 2], [B, L]).
 
-    Each attended token gets a score (dense + tanh, then one output); the positive logit is their
-    log-sum-exp, a smooth maximum, against a fixed 0. One swapped bigram is a local event: a sentence
-    vector averages it with every other token of the example, a per-token score keeps it whole, and the
-    example is positive as soon as one token scores high (multiple-instance learning on example labels).
+    Each attended token gets a score (dense + tanh, then one output); the example's positive logit is, against
+    a fixed 0, their log-sum-exp (`reduce='logsumexp'`, a smooth maximum) or their maximum ('max': the example
+    is positive when some token is). One swapped bigram is a local event: a sentence vector averages it with
+    every other token of the example, a per-token score keeps it whole. The scores come back too, for a loss
+    on which tokens moved.
     """
 
     hidden_size: int
     initializer_range: float = 0.02
+    reduce: str = "logsumexp"
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    def __call__(self, hidden: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
         init = nn.initializers.normal(self.initializer_range)
         features = nn.tanh(nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name="dense")(hidden))
-        scores = nn.Dense(1, kernel_init=init, dtype=self.dtype, name="scorer")(features)[..., 0]
-        scores = jnp.where(attention_mask > 0, scores.astype(jnp.float32), -jnp.inf)
-        positive = jax.nn.logsumexp(scores, axis=-1)
-        return jnp.stack([jnp.zeros_like(positive), positive], axis=-1)
+        scores = nn.Dense(1, kernel_init=init, dtype=self.dtype, name="scorer")(features)[..., 0].astype(jnp.float32)
+        masked = jnp.where(attention_mask > 0, scores, -1e9)  # padding never wins (finite: no inf - inf)
+        positive = jax.nn.logsumexp(masked, axis=-1) if self.reduce == "logsumexp" else masked.max(axis=-1)
+        return jnp.stack([jnp.zeros_like(positive), positive], axis=-1), scores
 
 
 class HierarchicalBert(nn.Module):
@@ -81,7 +85,7 @@ class HierarchicalBert(nn.Module):
     task_layers: tuple[tuple[str, int], ...]  # ((task, layer), ...) for the tasks trained
     transfer: str = "none"
     pooling: str = "cls"  # the sentence vector of NSP and bigram shift: 'cls' | 'mean' | 'max'
-    bigram_head: str = "sentence"  # bigram shift's head: 'sentence' (on the pooled vector) | 'token_scores'
+    bigram_head: str = "sentence"  # bigram shift's head, one of BIGRAM_HEADS
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
@@ -95,14 +99,20 @@ class HierarchicalBert(nn.Module):
         if "mlm" in layers:
             self.mlm = BertLMHead(self.config, dtype=self.dtype)
         if "bigram_shift" in layers:
-            head = SentenceClassifier if self.bigram_head == "sentence" else TokenScoreClassifier
-            self.bigram_shift = head(self.config.hidden_size, self.config.initializer_range, self.dtype)
+            if self.bigram_head == "sentence":
+                self.bigram_shift = SentenceClassifier(self.config.hidden_size, self.config.initializer_range,
+                                                       self.dtype)
+            else:
+                self.bigram_shift = TokenScoreClassifier(
+                    self.config.hidden_size, self.config.initializer_range,
+                    "logsumexp" if self.bigram_head == "token_scores" else "max", self.dtype)
         if self.transfer != "none":
             self.transfer_projection = nn.Dense(self.config.hidden_size, kernel_init=init, dtype=self.dtype)
 
     def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> dict[str, jax.Array]:
         """`batch` holds input_ids, token_type_ids, attention_mask and mlm_positions [B, P]; returns
-        {'mlm': [B, P, vocab], 'nsp': [B, 2], 'bigram_shift': [B, 2]} for the tasks trained."""
+        {'mlm': [B, P, vocab], 'nsp': [B, 2], 'bigram_shift': [B, 2]} for the tasks trained, and with
+        bigram_head='token_labels' 'bigram_shift_tokens': [B, L], each token's score for having moved."""
         input_ids = batch["input_ids"]
         position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
         hidden = self.embeddings(input_ids, batch["token_type_ids"], position_ids, deterministic=deterministic)
@@ -112,9 +122,12 @@ class HierarchicalBert(nn.Module):
         for number in range(1, self.encoder.num_layers + 1):
             hidden = self.encoder.run_layer(number - 1, hidden, mask, deterministic)
             if layers.get("bigram_shift") == number:
-                outputs["bigram_shift"] = (
-                    self.bigram_shift(pool(hidden, batch["attention_mask"], self.pooling))
-                    if self.bigram_head == "sentence" else self.bigram_shift(hidden, batch["attention_mask"]))
+                if self.bigram_head == "sentence":
+                    outputs["bigram_shift"] = self.bigram_shift(pool(hidden, batch["attention_mask"], self.pooling))
+                else:
+                    outputs["bigram_shift"], scores = self.bigram_shift(hidden, batch["attention_mask"])
+                    if self.bigram_head == "token_labels":
+                        outputs["bigram_shift_tokens"] = scores
             if layers.get("nsp") == number:
                 # BertPooler reads position 0 of what it is given: the sentence vector, as a 1-long sequence.
                 nsp_repr = self.pooler(pool(hidden, batch["attention_mask"], self.pooling)[:, None])

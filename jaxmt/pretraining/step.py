@@ -16,14 +16,25 @@ from jaxmt.core.state import TrainState, guarded_update, replica_mean
 from jaxmt.pretraining.model import HierarchicalBert
 
 LABELS = {"nsp": "nsp_labels", "bigram_shift": "bigram_labels"}
+# The moved-token loss of bigram_head='token_labels': logged as a task of its own, weighed as bigram shift.
+TOKEN_LABELS = "bigram_shift_tokens"
 
 
 def task_statistics(outputs: dict[str, jax.Array], batch: dict[str, jax.Array]) -> dict[str, dict[str, jax.Array]]:
     """Per task: summed cross-entropy, correct predictions and the number of predictions (masked tokens for
-    MLM, examples otherwise; padding rows and slots weigh 0)."""
+    MLM, examples otherwise; padding rows and slots weigh 0). The moved-token loss is summed over an example's
+    tokens and counted per example; an example is correct when every one of its tokens is."""
     stats = {}
     for task, logits in outputs.items():
         logits = logits.astype(jnp.float32)
+        if task == TOKEN_LABELS:  # which tokens moved: per-token logistic loss, summed over an example's tokens
+            labels = batch["bigram_moved"]
+            weights = (batch["attention_mask"] > 0) * batch["example_weights"][:, None]
+            loss = optax.sigmoid_binary_cross_entropy(jnp.where(weights > 0, logits, 0.0), labels) * weights
+            right = jnp.where(weights > 0, (logits > 0) == (labels > 0), True).all(-1)  # every token told right
+            stats[task] = {"loss_sum": loss.sum(), "correct": (right * batch["example_weights"]).sum(),
+                           "count": batch["example_weights"].sum()}
+            continue
         if task == "mlm":
             labels, weights = batch["mlm_ids"], batch["mlm_weights"] * batch["example_weights"][:, None]
         else:
@@ -68,7 +79,7 @@ def make_train_step(model: HierarchicalBert, tx: optax.GradientTransformation,
         outputs = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": rng})
         stats = task_statistics(outputs, batch)
         losses = {t: s["loss_sum"] / jnp.maximum(s["count"], 1.0) for t, s in stats.items()}
-        total = sum(weights[t] * losses[t] for t in losses)
+        total = sum(weights[t if t != TOKEN_LABELS else "bigram_shift"] * losses[t] for t in losses)
         return total, (losses, {t: s["correct"] / jnp.maximum(s["count"], 1.0) for t, s in stats.items()})
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
