@@ -30,7 +30,7 @@
 # session, committed). A killed stage resumes from its last checkpoint in $RUNS when that still exists, else
 # starts again. So after a kill, run the same command again.
 #
-# Sizing (2-core CPU, idle; measured, $ARCHIVE/timings.tsv): pre-training 16 + 16.5 minutes, probing 1.3 minutes
+# Sizing (2-core CPU, idle; measured, $ARCHIVE/timings.tsv): pre-training 16 + 15.5 minutes, probing 1.3 minutes
 # a probe seed, each SQuAD run 7.7 and each SICK run 2.75 minutes: ~33 + ~4 + 9 x 10.5 = ~2 h 20 min in all,
 # more than one 3-hour session holds next to setting up, testing and committing.
 #

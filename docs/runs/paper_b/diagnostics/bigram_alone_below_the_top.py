@@ -9,6 +9,8 @@ Made the bigram-shift sizing runs of 2026-12-05 (docs/pretraining.md), from the 
         --config.eval_every=100 --config.log_every=50 --config.checkpoint_every=100000 --config.transfer=none
 
 (mask_rate 0.001 masks one token a pair: nearly uncorrupted input; the default 0.15 gives BERT's corruption.)
+The token-head runs of the next session (bigram_alone_layer2_token_scores, _token_labels) dropped the mask_rate
+override and added `--config.tasks.bigram_shift.head=token_scores` (or `token_labels`), with --config.eval_every=250.
 """
 import jaxmt.pretraining.trainer as trainer
 
