@@ -28,7 +28,7 @@ def get_config() -> ConfigDict:
         weight=1.0,  # weight of the NSP loss
     ))
     config.tasks.bigram_shift = ConfigDict(dict(
-        layer=2,  # encoder layer (1-based) whose sentence vector the bigram-shift classifier reads
+        layer=2,  # encoder layer (1-based) whose hidden states the bigram-shift head reads
         weight=1.0,  # weight of the bigram-shift loss
         unit="word",  # what is swapped: two adjacent whole words (WordPieces kept together) | token
         # sentence (a classifier on config.pooling's vector) | token_scores (a score per token, their log-sum-exp the
