@@ -27,14 +27,11 @@ def load(name: str):
     return importlib.import_module(f"configs.{name}")
 
 
-def flat(config, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if hasattr(value, "items"):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
+def flat(config) -> dict:
+    """A config's dotted fields, as the resume check compares them (`jaxmt.checkpointing.workdir._flatten`)."""
+    from jaxmt.checkpointing.workdir import _flatten
+
+    return _flatten(config.to_dict())
 
 
 # ---------------------------------------------------------------------------------------------- configs

@@ -31,7 +31,9 @@ TRANSFER_MODES = ("none", "add_cls", "add_all", "concat")
 POOLING_MODES = ("cls", "mean", "max")  # jaxmt.models.encoder.pool's modes
 # Bigram shift's head: a classifier of the sentence vector | per-token scores trained on the example's label |
 # per-token scores trained on which tokens moved (and on the example's label through their maximum).
-BIGRAM_HEADS = ("sentence", "token_scores", "token_labels")
+# The token heads reduce their scores to the example's logit by log-sum-exp or by maximum.
+TOKEN_HEAD_REDUCE = {"token_scores": "logsumexp", "token_labels": "max"}
+BIGRAM_HEADS = ("sentence", *TOKEN_HEAD_REDUCE)
 ENCODER_SCOPES = ("embeddings", "encoder", "pooler")  # FlaxBertModel's params; the rest are pre-training heads
 # What `optim.learning_rate` trains when `optim.head_learning_rate` is set: the pretrained embeddings and layers.
 # The pooler learns with the heads: it is NSP's first layer here, reading whichever layer NSP is placed on,
@@ -103,9 +105,8 @@ class HierarchicalBert(nn.Module):
                 self.bigram_shift = SentenceClassifier(self.config.hidden_size, self.config.initializer_range,
                                                        self.dtype)
             else:
-                self.bigram_shift = TokenScoreClassifier(
-                    self.config.hidden_size, self.config.initializer_range,
-                    "logsumexp" if self.bigram_head == "token_scores" else "max", self.dtype)
+                self.bigram_shift = TokenScoreClassifier(self.config.hidden_size, self.config.initializer_range,
+                                                         TOKEN_HEAD_REDUCE[self.bigram_head], self.dtype)
         if self.transfer != "none":
             self.transfer_projection = nn.Dense(self.config.hidden_size, kernel_init=init, dtype=self.dtype)
 

@@ -30,7 +30,7 @@ def task_statistics(outputs: dict[str, jax.Array], batch: dict[str, jax.Array]) 
         if task == TOKEN_LABELS:  # which tokens moved: per-token logistic loss, summed over an example's tokens
             labels = batch["bigram_moved"]
             weights = (batch["attention_mask"] > 0) * batch["example_weights"][:, None]
-            loss = optax.sigmoid_binary_cross_entropy(jnp.where(weights > 0, logits, 0.0), labels) * weights
+            loss = optax.sigmoid_binary_cross_entropy(logits, labels) * weights  # scores are finite everywhere
             right = jnp.where(weights > 0, (logits > 0) == (labels > 0), True).all(-1)  # every token told right
             stats[task] = {"loss_sum": loss.sum(), "correct": (right * batch["example_weights"]).sum(),
                            "count": batch["example_weights"].sum()}
