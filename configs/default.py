@@ -25,6 +25,9 @@ def task(kind: str, pair: bool, num_classes: int = 1, files: tuple[str, str, str
         weight=1.0,  # this task's loss weight (loss.combination='weighted')
         batch_size=batch_size,  # examples of this task per training step (global, over all devices)
         files=dict(train=files[0], dev=files[1], test=files[2]),  # data.source='csv': file names in data.csv_dir
+        # data.source='csv': several training files, read in order and their rows concatenated (each checked on its
+        # own), e.g. ('quora-train.csv', 'quora-train-extra.csv'); replaces files.train when not empty
+        train_files=(),
         tfds=dict(
             name=tfds_name,  # data.source='tfds': the TFDS dataset, e.g. glue/sst2
             splits=dict(train="train", dev="validation", test="test"),  # our split -> the dataset's split

@@ -17,7 +17,7 @@ _UNSET_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
 # A test checks that each is expanded where it is read, and that no config has a path field missing here.
 PATH_FIELDS = {
     "configs/default.py": ("data.csv_dir", "data.tfds_data_dir", "data.sick_file", "model.name",
-                           "tasks.*.files.*"),
+                           "tasks.*.files.*", "tasks.*.train_files"),
     "configs/squad.py": ("data.train_file", "data.dev_file", "model.name"),
     "configs/pretrain_bert.py": ("data.files", "data.tfds_data_dir", "data.cache_dir", "model.init_from",
                                  "model.tokenizer"),

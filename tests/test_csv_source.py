@@ -91,3 +91,60 @@ def test_first_skipped_row_per_task_for_results_json(tmp_path):
     clean = read_csv_split(SST, write(tmp_path, "sst.csv", "\tid\tsentence\tsentiment\n0\tx\tFine .\t3\n"), "train")
     assert first_skipped_rows({"para": quora, "sst": clean}) == {
         "para": {"location": f"{tmp_path}/quora.csv:3", "reason": "is_duplicate: empty label"}}
+
+
+def _quora_config(tmp_path, train_files=(), **data):
+    """configs/default.py reading the para task from tmp_path, with `train_files` set."""
+    from configs import default
+
+    config = default.get_config()
+    config.data.source, config.data.csv_dir, config.task_names = "csv", str(tmp_path), ("para",)
+    config.tasks.para.train_files = train_files
+    config.data.update(data)
+    return config
+
+
+def test_train_files_concatenate_in_order_and_name_the_bad_rows_file_and_line(tmp_path):
+    from jaxmt.data.sources import load_split
+
+    write(tmp_path, "quora-train.csv", QUORA_EMPTY_LABEL)
+    write(tmp_path, "extra.csv", "\tid\tsentence1\tsentence2\tis_duplicate\n0\te1\tA?\tB?\t1.0\n1\te2\tC?\tD?\t0.0\n")
+    write(tmp_path, "quora-dev.csv", "\tid\tsentence1\tsentence2\tis_duplicate\n0\td1\tE?\tF?\t1.0\n")
+    config = _quora_config(tmp_path, ("quora-train.csv", f"{tmp_path}/extra.csv"))  # a name may be absolute
+    train = load_split(config, PARA, "train")
+    assert train.ids == ["ok1", "ok2", "e1", "e2"] and train.labels.tolist() == [1, 0, 1, 0]
+    assert train.text_b == ["What's up?", "Why?", "B?", "D?"]
+    assert [s.location for s in train.skipped] == [f"{tmp_path}/quora-train.csv:3"]
+    assert train.source == f"{tmp_path}/quora-train.csv + {tmp_path}/extra.csv"
+    assert load_split(config, PARA, "dev").ids == ["d1"]  # other splits keep files.<split>
+    assert load_split(_quora_config(tmp_path), PARA, "train").ids == ["ok1", "ok2"]  # () = files.train alone
+    capped = _quora_config(tmp_path, ("quora-train.csv", "extra.csv"), max_train_examples=3)
+    assert load_split(capped, PARA, "train").ids == ["ok1", "ok2", "e1"]  # the cap counts all files' rows
+
+    config.data.on_bad_row = "error"
+    config.tasks.para.train_files = ("extra.csv", "quora-train.csv")
+    with pytest.raises(DataError, match=r"quora-train\.csv:3 \(field 'is_duplicate'\): empty label"):
+        load_split(config, PARA, "train")
+    config.tasks.para.train_files = ("extra.csv", "missing.csv")
+    with pytest.raises(DataError, match=r"missing\.csv: file not found"):
+        load_split(config, PARA, "train")
+
+
+def test_train_files_expand_variables(tmp_path, monkeypatch):
+    from jaxmt.data.sources import load_split
+    from jaxmt.errors import ConfigError
+
+    write(tmp_path, "extra.csv", "\tid\tsentence1\tsentence2\tis_duplicate\n0\te1\tA?\tB?\t1.0\n")
+    monkeypatch.setenv("JAXMT_TEST_EXTRA", str(tmp_path))
+    assert load_split(_quora_config("/nowhere", ("$JAXMT_TEST_EXTRA/extra.csv",)), PARA, "train").ids == ["e1"]
+    monkeypatch.delenv("JAXMT_TEST_EXTRA")
+    with pytest.raises(ConfigError, match=r"config\.tasks\.para\.train_files\[0\] = .*JAXMT_TEST_EXTRA is not set"):
+        load_split(_quora_config("/nowhere", ("$JAXMT_TEST_EXTRA/extra.csv",)), PARA, "train")
+
+
+def test_real_extra_quora_file_reads_clean(shared_cs224n):
+    extra = read_csv_split(PARA, str(shared_cs224n / "quora-train-extra.csv"), "train", on_bad_row="error")
+    assert len(extra) == 9250 and set(extra.labels.tolist()) == {0, 1}
+    train = read_csv_split(PARA, str(shared_cs224n / "quora-train.csv"), "train", on_bad_row="skip")
+    dev = read_csv_split(PARA, str(shared_cs224n / "quora-dev.csv"), "dev")
+    assert not set(extra.ids) & (set(train.ids) | set(dev.ids))  # ids never collide across the files

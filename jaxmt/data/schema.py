@@ -134,6 +134,31 @@ class TaskData:
         )
 
 
+def concatenate(parts: Sequence[TaskData]) -> TaskData:
+    """One split made of several files' rows, in the order given (a task with several training files).
+
+    Each part was read and checked on its own, so its errors and skipped rows name its own file and line.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if any(p.spec != first.spec or p.split != first.split for p in parts):
+        raise ValueError(f"cannot concatenate splits of different tasks or splits: {[p.source for p in parts]}")
+    if len({p.labels is None for p in parts}) > 1:
+        raise ValueError(f"some files have labels, some not: {[p.source for p in parts]}")
+    return TaskData(
+        spec=first.spec,
+        split=first.split,
+        source=" + ".join(p.source for p in parts),
+        ids=[i for p in parts for i in p.ids],
+        text_a=[t for p in parts for t in p.text_a],
+        text_b=None if first.text_b is None else [t for p in parts for t in p.text_b],
+        labels=None if first.labels is None else np.concatenate([p.labels for p in parts]),
+        skipped=[row for p in parts for row in p.skipped],
+        is_demo=any(p.is_demo for p in parts),
+    )
+
+
 def row_texts(cells: Sequence[str], columns: Mapping[str, int], names: Sequence[str],
               bad: Callable[[str, str], None]) -> list[str] | None:
     """A row's stripped texts of the columns `names`; None, after `bad(field, reason)` names the first empty

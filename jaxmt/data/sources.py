@@ -10,7 +10,7 @@ from ml_collections import ConfigDict
 from jaxmt.data.csv_source import read_csv_split
 from jaxmt.data.demo import DEMO_BANNER, demo_split
 from jaxmt.data.errors import DataError
-from jaxmt.data.schema import TaskData, TaskSpec
+from jaxmt.data.schema import TaskData, TaskSpec, concatenate
 from jaxmt.errors import ConfigError
 from jaxmt.paths import expand_path
 
@@ -63,15 +63,19 @@ def _read_split(config: ConfigDict, spec: TaskSpec, split: str) -> TaskData | No
     if data_cfg.source == "demo":
         return demo_split(spec, split, max_examples=cap)
     if data_cfg.source == "csv":
-        filename = task_cfg.files[split]
-        if not filename:
+        paths = _csv_paths(config, spec.name, split)
+        if not paths:
             return None
-        path = os.path.join(expand_path(data_cfg.csv_dir, "config.data.csv_dir"),
-                            expand_path(filename, f"config.tasks.{spec.name}.files.{split}"))  # may be absolute
-        if not os.path.exists(path) and split == "test":
-            log.warning("%s: no test file, task %s gets no test predictions", path, spec.name)
+        if not os.path.exists(paths[0]) and split == "test":
+            log.warning("%s: no test file, task %s gets no test predictions", paths[0], spec.name)
             return None
-        return read_csv_split(spec, path, split, on_bad_row=data_cfg.on_bad_row, max_examples=cap)
+        parts = []
+        for path in paths:  # each file checked on its own: an error names its file and line
+            left = None if cap is None else cap - sum(len(p) for p in parts)
+            if left == 0:
+                break
+            parts.append(read_csv_split(spec, path, split, on_bad_row=data_cfg.on_bad_row, max_examples=left))
+        return concatenate(parts)
     if data_cfg.source == "tfds":
         from jaxmt.data.tfds_source import load_tfds_split
 
@@ -95,6 +99,17 @@ def _read_split(config: ConfigDict, spec: TaskSpec, split: str) -> TaskData | No
         return read_sick_split(spec, expand_path(data_cfg.sick_file, "config.data.sick_file"), split,
                                fractions=fractions, on_bad_row=data_cfg.on_bad_row, max_examples=cap)
     raise ConfigError(f"config.data.source must be one of {SOURCES}, got {data_cfg.source!r}")
+
+
+def _csv_paths(config: ConfigDict, task: str, split: str) -> list[str]:
+    """The files of one split of a csv task, in data.csv_dir unless absolute: `tasks.<task>.train_files` for
+    the train split when it names any (a config.json from before that field has none), else `files.<split>`."""
+    task_cfg, csv_dir = config.tasks[task], expand_path(config.data.csv_dir, "config.data.csv_dir")
+    names = {f"files.{split}": task_cfg.files[split]}
+    if split == "train" and task_cfg.get("train_files"):
+        names = {f"train_files[{i}]": name for i, name in enumerate(task_cfg.train_files)}
+    return [os.path.join(csv_dir, expand_path(name, f"config.tasks.{task}.{field}"))  # a name may be absolute
+            for field, name in names.items() if name]
 
 
 def load_splits(config: ConfigDict, specs: dict[str, TaskSpec], split: str) -> dict[str, TaskData]:
