@@ -57,7 +57,8 @@ def test_readme_names_the_pinned_versions_and_installs_with_them():
     section = readme[readme.index("`constraints.txt` pins"):]
     section = " ".join(section[: section.index("\n\n")].split())
     for name, version in re.findall(r"([a-z][a-z0-9-]+?)(?: and [a-z0-9-]+)? (\d+\.\d+\.\d+(?:\.\d+)?)", section):
-        assert pins[canonicalize_name(name)] == version, f"README says {name} {version}, constraints.txt {pins.get(canonicalize_name(name))}"
+        pinned = pins.get(canonicalize_name(name))
+        assert pinned == version, f"README says {name} {version}, constraints.txt {pinned}"
     quick_start = re.findall(r"^python3 -m venv .*$", readme, re.MULTILINE)
     ci = (ROOT / ".ci/run").read_text()
     for command in quick_start + re.findall(r"^python3 -m venv .*$", ci, re.MULTILINE):
