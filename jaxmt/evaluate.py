@@ -34,12 +34,14 @@ PREDICTION_COLUMNS = {"sst": "Predicted_Sentiment", "para": "Predicted_Is_Paraph
 
 def format_prediction(kind: str, value: float) -> str:
     """A value as the starter prints it: argmax class as an int, paraphrase as the rounded sigmoid
-    (a float: `1.0`), similarity as a float32."""
+    (a float: `1.0`), similarity as the model's float32 output widened to a Python float, every digit
+    of its float64 value (`2.7151050567626953`, not float32's shortest `2.715105`), so the files are
+    byte-identical to the starter's."""
     if kind == CLASSIFICATION:
         return str(int(value))
     if kind == BINARY:
         return str(float(value))
-    return str(np.float32(value))
+    return str(float(np.float32(value)))
 
 
 def write_predictions(path: str, task: str, ids: list[str], predictions, kind: str = CLASSIFICATION) -> None:

@@ -169,3 +169,18 @@ def test_exported_encoder_loads_in_flax_bert_and_mean_pools_to_the_runs_embeddin
              "token_type_ids": tokens["token_type_ids"][:, None]}
     ours = trained_model.run.model.features(trained_model.run.params, batch, rng=None, deterministic=True)[:, 0]
     np.testing.assert_allclose(pooled, jnp.asarray(ours), atol=1e-5)
+
+
+def test_sts_prediction_file_is_byte_identical_to_the_starters(tmp_path):
+    """The CS224N starter writes each STS score of its float32 output array as a Python float (its float64
+    digits: `2.7151050567626953`); jaxmt's file holds the same bytes, not float32's shortest `2.715105`."""
+    from jaxmt.data.schema import REGRESSION
+    from jaxmt.evaluate import write_predictions
+
+    scores = np.array([2.715105, 0.1, 5.0, -0.00031, 1e-7, 3.0000002], dtype=np.float32)
+    ids = [f"id{i:02d}" for i in range(len(scores))]
+    starter = "id \t Predicted_Similiary \n" + "".join(f"{i} , {s} \n" for i, s in zip(ids, scores.tolist()))
+    write_predictions(str(tmp_path / "sts-dev-output.csv"), "sts", ids, scores, kind=REGRESSION)
+    written = (tmp_path / "sts-dev-output.csv").read_bytes()
+    assert written == starter.encode()
+    assert b"id00 , 2.7151050567626953 \n" in written and b"id04 , 1.0000000116860974e-07 \n" in written

@@ -155,7 +155,7 @@ def test_prediction_files_have_the_cs224n_starter_format(trained_workdir, tmp_pa
             lines = f.readlines()
         assert lines[0] == header, task
         assert len(lines) == 49 and all(re.fullmatch(line_pattern, line) for line in lines[1:]), (task, lines[1])
-    assert format_prediction("regression", 2.3456789) == str(np.float32(2.3456789)) == "2.3456788"
+    assert format_prediction("regression", 2.3456789) == str(float(np.float32(2.3456789))) == "2.3456788063049316"
     assert format_prediction("binary", 1) == "1.0" and format_prediction("classification", 3.0) == "3"
 
 
