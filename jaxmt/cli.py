@@ -21,6 +21,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 import types
 from collections.abc import Callable
@@ -121,19 +122,48 @@ def define_config_flag(default: str, help_string: str = "Path to a config file w
 FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError)
 
 
-def exit_bad_flag(err: Exception) -> NoReturn:
+# ml_collections' error for a missing field names only the field's last part: "'learnin_rate'\nDid you mean ...".
+_MISSING_FIELD = re.compile(r"""^'*([^'\s]+)'(?:\s+Did you mean "([^"]+)" instead of)?""")
+HELP_FLAGS = ("--help", "--helpshort", "--helpfull", "--helpxml", "-?")
+
+
+def misspelt_override(message: str, argv: list[str]) -> str | None:
+    """The one-line error for a `--config.x.y=v` override whose field does not exist, naming the whole dotted
+    field (and the suggestion, whole), or None if `message` is not about a missing field of an override."""
+    match = _MISSING_FIELD.match(message)
+    if match is None:
+        return None
+    missing, suggestion = match.groups()
+    for arg in argv[1:]:
+        name = arg.lstrip("-").split("=", 1)[0]
+        parts = name.split(".")
+        if arg.startswith("--") and parts[0] == "config" and missing in parts[1:]:
+            prefix = parts[:parts.index(missing, 1)]
+            field = ".".join(prefix + [missing])
+            hint = f"; did you mean {'.'.join(prefix + [suggestion])}?" if suggestion else ""
+            return f"--{name}: the config has no field {field}{hint}"
+    return None
+
+
+def exit_bad_flag(err: Exception, argv: list[str] | None = None) -> NoReturn:
     """Prints a flag error on one line and exits 2."""
-    message = str(err).replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip("'\" ")
+    message = str(err).replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip("\" ")
+    message = misspelt_override(message, sys.argv if argv is None else argv) or message.strip("'")
     print(f"jaxmt: error: bad command-line flag: {message}", file=sys.stderr)
     raise SystemExit(2) from None
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with a misspelt or ill-typed --config.x override as a one-line error."""
+    """absl's parser, with a misspelt or ill-typed --config.x override as a one-line error. A help flag exits 0
+    (absl exits 1 after printing the help, which README's exit statuses would call a failure)."""
     try:
         return flags.FLAGS(argv)
     except FLAG_ERRORS as err:
-        exit_bad_flag(err)
+        exit_bad_flag(err, argv)
+    except SystemExit as exit_:
+        if exit_.code == 1 and any(arg.split("=", 1)[0] in HELP_FLAGS for arg in argv[1:]):
+            raise SystemExit(0) from None
+        raise
 
 
 def check_output_dir(path: str, flag: str = "--workdir") -> None:

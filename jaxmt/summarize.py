@@ -9,7 +9,7 @@ seed spreads). With two or three seeds that is a rough screen, not a significanc
 tables say so.
 
 `--probes=GLOB` tabulates `jaxmt.probe` runs instead, one a seed: per probing task, a table of the layers
-against the probed models, accuracy in % as mean ± std over the seeds, and with `--baseline` (a model's
+against the probed models, accuracy in percent as mean ± std over the seeds, and with `--baseline` (a model's
 name) each other model's difference to it, `*` where it exceeds seed noise.
 
 `--archive=DIR` copies each run's small records (results.json, config.json, metrics.jsonl) to

@@ -77,7 +77,7 @@ def run_train(*flags, devices=1, timeout=300):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--config.optim.learning_rat=1e-4"], "bad command-line flag: learning_rat' Did you mean \"learning_rate\""),
+    (["--config.optim.learning_rat=1e-4"], "config.optim.learning_rat; did you mean config.optim.learning_rate?"),
     (["--config.task_names=('sst', 'nli')"], "unknown task 'nli' in config.task_names"),
     (["--config.sampling=random"], "config.sampling = 'random'; expected one of"),
     (["--config.tasks.sst.batch_size=3"], "config.tasks.sst.batch_size = 3 is not divisible by the 2 data-parallel"),
