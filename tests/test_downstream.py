@@ -489,6 +489,48 @@ def test_span_decoding_picks_the_best_valid_span():
     assert null.text == ""
 
 
+@pytest.mark.parametrize("context, span, expected", [
+    ("the Mojave Desert", "Mo", "Mojave"),  # a span ending on a subword piece answers the whole word
+    ("The plant makes 11 megawatts.", "11 mega", "11 megawatts"),  # not the trailing full stop
+    ("It was jave-like", "jave", "jave"),  # a hyphen ends a word: nothing to widen
+    ("Steve Smith's bat", "Smith", "Smith"),  # nor across an apostrophe (the gold answers are cut so)
+    ("in (1990) and", "99", "1990"),  # widened inside the brackets, not over them
+    ("rose by 20–25% a year", "0–2", "20–25"),  # an en dash is punctuation; % an ASCII symbol
+    ("Köln und Zürich", "Zür", "Zürich"),  # letters beyond ASCII are word letters
+    ("北京大学", "京", "京"),  # a CJK ideograph is a word of its own
+    ("a b", "a b", "a b"),  # whole words stay as they are
+])
+def test_whole_word_span_widens_a_cut_word_to_its_word(context, span, expected):
+    start = context.index(span)
+    first, last = squad.whole_word_span(context, start, start + len(span))
+    assert context[first:last] == expected
+
+
+def test_decoded_answers_are_whole_words():
+    context = "the Mojave Desert"
+    offsets = [None, None, (0, 3), (4, 6), (6, 10), (11, 17), None]  # [CLS] q the mo ##jave desert [SEP]
+    ex = squad.QAExample("x", "?", context, (squad.Answer("Mojave", 4),))
+    feats = squad.QAFeatures(*(np.zeros((1, 7), np.int32),) * 4, np.zeros(1, np.int32), np.zeros(1, np.int32),
+                             np.zeros(1, np.int32), [offsets])
+    at_mo = np.eye(7, dtype=np.float32)[None, 3] * 5.0  # start and end on "mo"
+    best = squad.decode_predictions([ex], feats, at_mo, at_mo)["x"]
+    assert (best.text, best.start, best.end) == ("Mojave", 3, 3)
+    assert squad.squad_scores([ex], {"x": best.text}) == {"exact_match": 100.0, "f1": 100.0}
+
+
+def test_whole_words_keep_nearly_every_real_gold_answer(shared_squad_dev):
+    """The official gold answers are whole words in the sense of whole_word_span, all but a few cut ones
+    (6 of part2's 5,609 questions, e.g. the typo "h International ...")."""
+    examples = squad.read_squad(str(shared_squad_dev))
+    widened = {}
+    for ex in examples:
+        answer = ex.answers[0]
+        first, last = squad.whole_word_span(ex.context, answer.start, answer.start + len(answer.text))
+        if squad.max_over_gold(squad.exact_match, ex.context[first:last], [a.text for a in ex.answers]) < 1:
+            widened[answer.text] = ex.context[first:last]
+    assert len(examples) > 1000 and len(widened) <= 0.005 * len(examples), widened
+
+
 def test_span_head_masks_non_context_positions_and_loss_is_mean_of_start_and_end():
     head = init_span_head(jax.random.PRNGKey(0), 8)
     hidden = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 8))
