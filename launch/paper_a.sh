@@ -3,7 +3,8 @@
 # (configs/paper_a_triplet.py) for 3 seeds, each ablation (one switch of the triplet reading) for 2, at
 # the same step budget, then the tables. Re-run it to continue: a run whose records are archived in
 # docs/runs/paper_a/ARM/seedS (or whose workdir holds results.json) is not trained again, so the
-# ~15-25-minute runs (2-core CPU) can be spread over several sessions, committing docs/runs after each.
+# 15-51-minute runs (2-core CPU, the recipe's the shortest, no_pairing's the longest; train_seconds in
+# docs/runs/paper_a/*/seed*/results.json) can be spread over several sessions, committing docs/runs after each.
 #
 #   launch/paper_a.sh                 # everything still missing, recipe first
 #   ARMS="recipe sum" launch/paper_a.sh

@@ -4,6 +4,8 @@ sentence quotes). A claim that drifts from its source fails here, naming the fil
 
 import configparser
 import importlib.metadata
+import json
+import math
 import re
 
 from conftest import ROOT
@@ -64,3 +66,82 @@ def test_readme_names_the_pinned_versions_and_installs_with_them():
     for command in quick_start + re.findall(r"^python3 -m venv .*$", ci, re.MULTILINE):
         assert command.count("pip install") == command.count("pip install -q -c constraints.txt") + command.count(
             "pip install -c constraints.txt"), f"an install without the tested versions: {command}"
+
+
+def records(pattern: str) -> dict[str, dict]:
+    """Each results.json under docs/runs matching `pattern`, by its path."""
+    found = {str(p.relative_to(ROOT)): json.loads(p.read_text()) for p in sorted(ROOT.glob(pattern))}
+    assert found, f"no records match {pattern}"
+    return found
+
+
+def prose(path: str) -> str:
+    """The file's text with line breaks and runs of spaces as single spaces, so a claim may wrap."""
+    return " ".join((ROOT / path).read_text().split())
+
+
+def claimed(path: str, pattern: str) -> tuple:
+    match = re.search(pattern, prose(path))
+    assert match, f"{path} no longer says {pattern!r}: update this test with the sentence"
+    return match.groups()
+
+
+def test_paper_a_minutes_a_run_span_the_records():
+    """README and launch/paper_a.sh quote the span of the runs' training time (uninterrupted runs only)."""
+    seconds = [r["train_seconds"] for r in records("docs/runs/paper_a/*/seed*/results.json").values()
+               if r["resumed_from_step"] == 0]
+    span = (str(math.floor(min(seconds) / 60)), str(math.ceil(max(seconds) / 60)))
+    assert claimed("README.md", r"(\d+)-(\d+) minutes of training a run") == span
+    assert claimed("launch/paper_a.sh", r"(\d+)-(\d+)-minute runs") == span
+
+
+def step_time_cells(document: str, header: str) -> dict[str, str]:
+    """Arm name -> the last cell (s/step) of each row of the table whose header starts with `header`."""
+    text = (ROOT / document).read_text()
+    table = text[text.index(header):].split("\n\n")[0].splitlines()[2:]
+    return {re.split(r"[:( ]", row.strip("| "))[0]: row.strip().strip("|").split("|")[-1].strip() for row in table}
+
+
+def test_paper_a_tables_quote_the_records_step_times():
+    """docs/results.md's s/step cells: each arm's seconds_per_step, lowest-highest over its seeds (one value
+    when they round alike; a blank cell where the prose explains why)."""
+    tables = {"| dev, step 1,400 (mean ± std over seeds)": "docs/runs/paper_a",
+              "| arm (change to configs/paper_a_triplet.py)": "docs/runs/paper_a_screen"}
+    for header, folder in tables.items():
+        cells = step_time_cells("docs/results.md", header)
+        assert len(cells) >= 8, cells
+        for arm, cell in cells.items():
+            times = [r["seconds_per_step"] for r in records(f"{folder}/{arm}/seed*/results.json").values()]
+            low, high = f"{min(times):.2f}", f"{max(times):.2f}"
+            assert cell in ("", low if low == high else f"{low}-{high}"), (
+                f"docs/results.md, {arm} in {folder}: s/step {cell!r}, records {low}-{high}")
+
+
+def test_acgan_cost_and_probe_ranges_span_the_sweep_records():
+    runs = records("docs/runs/acgan_sweep/fraction_*/*/seed_*/results.json")
+    slowest = max(runs, key=lambda path: runs[path]["seconds_per_step"])
+    rest = [r for path, r in runs.items() if path != slowest]
+    per_step, seconds = [r["seconds_per_step"] for r in rest], [r["train_seconds"] for r in rest]
+    assert claimed("docs/acgan.md", r"(\d\.\d\d)-(\d\.\d\d) s a step and (\d+)-(\d+) s of training for (\d+) of the "
+                   r"(\d+) runs") == (f"{math.floor(min(per_step) * 100) / 100:.2f}",
+                                      f"{math.ceil(max(per_step) * 100) / 100:.2f}", str(math.floor(min(seconds))),
+                                      str(math.ceil(max(seconds))), str(len(rest)), str(len(runs)))
+    fraction, method, seed = re.search(r"fraction_([\d.]+)/(\w+)/seed_(\d)", slowest).groups()
+    name = {"baseline": "the baseline", "acgan": "AC-GAN-BERT", "ganbert": "GAN-BERT"}[method]
+    assert claimed("docs/acgan.md", r"one run, (.+?) at fraction ([\d.]+), seed (\d), took (\d\.\d\d) s a step and "
+                   r"(\d+) s") == (name, fraction, seed, f"{runs[slowest]['seconds_per_step']:.2f}",
+                                   str(math.ceil(runs[slowest]["train_seconds"])))
+    probe = [r["collapse"]["probe_real_accuracy"] for path, r in runs.items() if "/acgan/" in path]
+    assert claimed("docs/acgan.md", r"held-out real dev embeddings at (0\.\d\d)-(0\.\d\d)") == (
+        f"{math.floor(min(probe) * 100) / 100:.2f}", f"{math.ceil(max(probe) * 100) / 100:.2f}")
+
+
+def test_pretraining_doc_names_the_files_of_an_exported_encoder(tiny_bert_dir):
+    """docs/pretraining.md lists what WORKDIR/hf_model/ holds; save_hf_model (what the pre-trainer exports with,
+    and write_random_bert, which made tiny_bert_dir) writes those weights."""
+    from jaxmt.models.hf_checkpoint import MSGPACK_FILE, SAFETENSORS_FILE
+
+    (listed,) = claimed("docs/pretraining.md", r"`WORKDIR/hf_model/` \(config.json, (\S+)")
+    written = {p.name for p in tiny_bert_dir.iterdir()}
+    assert listed == SAFETENSORS_FILE and {"config.json", SAFETENSORS_FILE} <= written
+    assert MSGPACK_FILE not in written
