@@ -1,0 +1,477 @@
+"""Will a run fit a TPU pod? The real train step AOT-compiled for a TPU topology on a CPU-only host.
+
+`python -m jaxmt.compile_report --config=configs/paper_a_bert_base.py --topology=v5e:4x4
+[--config.mesh.shape=1,-1,1] [--per_device_batch=32 | --search]` (or `jaxmt-compile-report`) builds the
+step exactly as the trainers do (`jaxmt.training.step.multitask_step_runner`, or the pre-training step
+through `jaxmt.parallel.step_runner`), with the state's shardings from `jaxmt.parallel` and the batch
+shapes of the config's own data layout, lowers it for the topology's devices (`jax.experimental.topologies`
+with libtpu: `pip install -e ".[tpu]"` is enough, no TPU needed) and compiles it. It prints JSON: memory a
+device (arguments, outputs, temporaries, against the chip's HBM), FLOPs and bytes a step, every collective
+with its operand size, and a roofline step time from the chip's peak FLOP/s and HBM bandwidth.
+
+Only shapes are read, never weights: params come from `jax.eval_shape` of the init, and a model named in
+`BERT_SHAPES` (bert-base-uncased, bert-large-uncased, all-MiniLM-L6-v2) needs no files at all; any other
+name is a local Hugging Face directory, of which only config.json and the tokenizer are read. The data
+files are read: a packed batch's shape follows the data's mean length (`jaxmt.data.packing`).
+
+What the roofline leaves out: collectives (their time depends on the slice's ICI and the overlap XLA
+achieves), and float32 matmuls' lower rate (the peak is the bfloat16 matrix-unit rate), so it is a lower
+bound on the step time. Like MaxText's train_compile.py, whose idea this is (no code of it is used).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from jaxmt.errors import ConfigError
+
+GIB = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """A TPU chip's public figures: what one JAX device (a chip; megacore chips are one device) offers."""
+
+    name: str
+    peak_flops: float  # bfloat16 matrix-unit peak, FLOP/s a chip
+    hbm_bytes: int  # HBM a chip
+    hbm_bandwidth: float  # bytes/s a chip
+    megacore: bool  # two TensorCores that JAX drives as one device
+
+
+# Google Cloud's TPU system-architecture pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e), figures a chip:
+# v4: 275 TFLOP/s bf16, 32 GiB HBM2, 1,200 GB/s; v5e: 197 TFLOP/s bf16, 16 GiB HBM2, 819 GB/s;
+# v5p: 459 TFLOP/s bf16, 95 GiB HBM2e, 2,765 GB/s; v6e (Trillium): 918 TFLOP/s bf16, 32 GiB HBM, 1,640 GB/s.
+CHIPS = {
+    "v4": Chip("TPU v4", 275e12, 32 * GIB, 1200e9, megacore=True),
+    "v5e": Chip("TPU v5e", 197e12, 16 * GIB, 819e9, megacore=False),
+    "v5p": Chip("TPU v5p", 459e12, 95 * GIB, 2765e9, megacore=True),
+    "v6e": Chip("TPU v6e", 918e12, 32 * GIB, 1640e9, megacore=False),
+}
+
+# Hugging Face config.json figures of the models the docs size (so no download is needed to read a shape).
+# All three use BERT's uncased WordPiece vocabulary of 30,522 tokens, the MiniLM package's tokenizer.
+BERT_SHAPES = {
+    "bert-base-uncased": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                              intermediate_size=3072, max_position_embeddings=512),
+    "bert-large-uncased": dict(vocab_size=30522, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                               intermediate_size=4096, max_position_embeddings=512),
+    "all-MiniLM-L6-v2": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                             intermediate_size=1536, max_position_embeddings=512),
+}
+SHAPE_TOKENIZER = "minilm"  # the tokenizer of the BERT_SHAPES models (the same uncased vocabulary)
+
+# Bytes an element of each HLO element type (sub-byte types rounded up to a byte).
+HLO_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2, "f16": 2,
+             "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def chip_of(topology: str) -> Chip:
+    """The chip of a topology name 'v5e:4x4' (its part before the colon)."""
+    kind = topology.split(":", 1)[0]
+    if kind not in CHIPS or ":" not in topology:
+        raise ConfigError(f"--topology={topology}: expected CHIP:SHAPE with CHIP one of {sorted(CHIPS)}, e.g. "
+                          "v5e:4x4 (16 chips) or v4:2x2x1 (a v4-8)")
+    return CHIPS[kind]
+
+
+def topology_devices(topology: str) -> list:
+    """The devices of a TPU topology, one a chip (megacore on v4 and v5p, as JAX runs those chips), for lowering
+    and compiling on a host without TPUs; libtpu must be installed."""
+    chip = chip_of(topology)
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # a CPU process may hold libtpu's lock already
+    from jax.experimental import topologies
+
+    extra = {"chip_config_name": "megacore"} if chip.megacore else {}
+    try:
+        return list(topologies.get_topology_desc(topology_name=topology, platform="tpu", **extra).devices)
+    except Exception as err:  # jaxlib raises plain RuntimeError/XlaRuntimeError for both causes
+        raise ConfigError(f"--topology={topology}: no TPU topology ({type(err).__name__}: {str(err)[:200]}); "
+                          "it needs libtpu: pip install -e \".[tpu]\"") from None
+
+
+def bert_config_of(name: str) -> tuple[Any, str]:
+    """(transformers.BertConfig, tokenizer name or directory) of a model named in BERT_SHAPES, an alias or a
+    local directory (only its config.json is read)."""
+    from transformers import BertConfig
+
+    if name in BERT_SHAPES:
+        return BertConfig(**BERT_SHAPES[name]), SHAPE_TOKENIZER
+    from jaxmt.models.pretrained import resolve_model_dir
+
+    path = resolve_model_dir(name)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model {name!r}: {path} has no config.json")
+    return BertConfig.from_pretrained(path, local_files_only=True), str(path)
+
+
+@dataclasses.dataclass
+class Program:
+    """What is compiled: the trainer's jitted step and abstract (shape-only) arguments for it."""
+
+    runner: Any  # JitStep
+    args: tuple  # (state, batch, rng) as ShapeDtypeStructs
+    global_batch: int  # examples a step (packed: the tasks' batch sizes, the mean a step holds)
+    per_device_batch: float  # examples a device a step (fine-tuning: a task's)
+    tokens: int  # token positions a step computes (all devices)
+    params: int  # parameter count
+
+
+def _abstract(tree: Any) -> Any:
+    import jax
+
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def _param_count(state: Any) -> int:
+    import jax
+
+    return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state.params)))
+
+
+def finetune_program(config: ConfigDict, mesh) -> Program:
+    """The multitask fine-tuning step of `jaxmt.training.trainer`, with step 0's packed (or padded) batches."""
+    import jax
+
+    from jaxmt.core.rngs import stream_key
+    from jaxmt.data.packing import train_step_batches
+    from jaxmt.data.sources import load_splits, task_specs
+    from jaxmt.parallel.mesh import check_divisible, data_parallel_size
+    from jaxmt.parallel.sharding_rules import check_heads
+    from jaxmt.pretraining.trainer import load_tokenizer
+    from jaxmt.training import setup
+    from jaxmt.training.optimizer import make_optimizer
+    from jaxmt.training.step import init_state, multitask_step_runner
+    from jaxmt.training.trainer import make_sampler
+
+    setup.check_config(config)
+    specs = task_specs(config)
+    for name in config.task_names:
+        check_divisible(config.tasks[name].batch_size, mesh, f"config.tasks.{name}.batch_size")
+    bert_config, tokenizer_name = bert_config_of(config.model.name)
+    check_heads(bert_config.num_attention_heads, mesh)
+    tokenizer = load_tokenizer(tokenizer_name)
+    train_split = setup.encode_splits(config, load_splits(config, specs, "train"), tokenizer)
+    specs = {t: specs[t] for t in train_split}
+    model = setup.build_model(config, bert_config, specs)
+    groups = setup.surgery_groups(config, specs)
+    tx = make_optimizer(config, config.num_steps, len(groups))
+    init_rng = stream_key(config.seed, "init")
+    state = jax.eval_shape(lambda: init_state(model, tx, init_rng, None))  # the encoder's shapes, random or not
+    state_sharding = setup.state_shardings(state, mesh)
+    runner = multitask_step_runner(config, mesh, model, tx, setup.loss_weights(config, specs), state_sharding)
+    one_step = config.copy_and_resolve_references()
+    one_step.num_steps = 1  # the sampler places every step's draws up front; step 0's shapes are every step's
+    sampler, _ = make_sampler(one_step, train_split, {}, data_parallel_size(mesh))
+    batches = train_step_batches(train_split, sampler, 0, config.data.buckets, tokenizer.pad_token_id)
+    examples = sum(config.tasks[t].batch_size for t in batches)
+    tokens = sum(int(math.prod(b["input_ids"].shape)) for b in batches.values())
+    rng = jax.eval_shape(lambda: stream_key(config.seed, "dropout"))
+    per_device = max(config.tasks[t].batch_size for t in batches) / data_parallel_size(mesh)
+    return Program(runner, (state, _abstract(batches), rng), examples, per_device, tokens, _param_count(state))
+
+
+def pretrain_program(config: ConfigDict, mesh) -> Program:
+    """The pre-training step of `jaxmt.pretraining.trainer` on [batch_size, max_length] batches."""
+    import jax
+    import numpy as np
+
+    from jaxmt.config_checks import DTYPES
+    from jaxmt.core.rngs import stream_key
+    from jaxmt.parallel.mesh import check_divisible, data_parallel_size
+    from jaxmt.parallel.sharding_rules import check_heads
+    from jaxmt.parallel.state_sharding import state_shardings
+    from jaxmt.parallel.step_runner import make_step_runner
+    from jaxmt.pretraining import trainer
+    from jaxmt.pretraining.corpus import CorpusSpec, load_corpus, split_heldout
+    from jaxmt.pretraining.examples import PairStream, Vocabulary, make_batch
+    from jaxmt.pretraining.model import PRETRAINED_SCOPES, HierarchicalBert
+    from jaxmt.pretraining.step import init_train_state, make_train_step
+    from jaxmt.training.optimizer import make_optimizer
+
+    trainer.check_config(config)
+    if config.model.init_from:  # a checkpoint's shape, read without its weights
+        bert_config, tokenizer_name = bert_config_of(config.model.init_from)
+        tokenizer = trainer.load_tokenizer(tokenizer_name)
+    else:
+        bert_config, _, tokenizer = trainer.model_source(config)
+    layers = trainer.task_layers(config, bert_config.num_hidden_layers)
+    if config.data.max_length > bert_config.max_position_embeddings:
+        raise ConfigError(f"config.data.max_length = {config.data.max_length} exceeds the model's "
+                          f"{bert_config.max_position_embeddings} position embeddings")
+    check_divisible(config.batch_size, mesh, "config.batch_size")
+    check_heads(bert_config.num_attention_heads, mesh)
+    vocab = Vocabulary.from_tokenizer(tokenizer)
+    corpus = load_corpus(CorpusSpec.from_config(config.data), tokenizer, config.data.cache_dir or None)
+    train_corpus, _ = split_heldout(corpus, config.data.heldout_fraction, config.seed)
+    stream = PairStream(train_corpus, vocab, config.data.max_length, config.data.short_seq_prob, config.seed)
+    example = make_batch(stream.batch(0, 2), vocab, np.random.default_rng([config.seed, 0, 2]),
+                         config.tasks.mlm.mask_rate, config.tasks.mlm.max_predictions,
+                         "bigram_shift" in config.task_names, config.tasks.bigram_shift.unit)
+    batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype) for k, v in example.items()}
+    model = HierarchicalBert(bert_config, layers, config.transfer, config.pooling, config.tasks.bigram_shift.head,
+                             DTYPES[config.model.dtype])
+    tx = make_optimizer(config, config.num_steps, len(layers), encoder_scopes=PRETRAINED_SCOPES)
+    init_rng = stream_key(config.seed, "init")
+    state = jax.eval_shape(lambda: init_train_state(model, tx, init_rng, example, None))
+    state_sharding = state_shardings(state, mesh)
+    weights = {task: float(config.tasks[task].weight) for task, _ in layers}
+    runner = make_step_runner(config.parallel.mode, mesh, lambda axis: make_train_step(model, tx, weights, axis),
+                              state_sharding)
+    rng = jax.eval_shape(lambda: stream_key(config.seed, "dropout"))
+    return Program(runner, (state, batch, rng), config.batch_size, config.batch_size / data_parallel_size(mesh),
+                   config.batch_size * config.data.max_length, _param_count(state))
+
+
+def is_pretraining(config: ConfigDict) -> bool:
+    """Pre-training configs name their NSP -> MLM transfer (what `jaxmt.pretrain` checks too)."""
+    return "transfer" in config
+
+
+def with_per_device_batch(config: ConfigDict, per_device: int, data_parallel: int) -> ConfigDict:
+    """A copy of `config` whose batch (every task's, for fine-tuning) is `per_device` examples a device."""
+    config = config.copy_and_resolve_references()
+    if is_pretraining(config):
+        config.batch_size = per_device * data_parallel
+    else:
+        for name in config.task_names:
+            config.tasks[name].batch_size = per_device * data_parallel
+    return config
+
+
+def _array_bytes(shape_text: str) -> int:
+    """Bytes of every array in an HLO shape ('f32[768,3072]{1,0}', or a tuple of them)."""
+    total = 0
+    for dtype, dims in re.findall(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]", shape_text):
+        if dtype in HLO_BYTES:
+            total += HLO_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+    return total
+
+
+INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w\-]*)\((.*)$")
+
+
+def collectives(hlo_text: str) -> list[dict[str, Any]]:
+    """Every collective of a compiled (partitioned) HLO module: kind, operand bytes, result shape, groups.
+
+    Operand sizes come from the operands' own definitions (the compiled text names operands without their
+    shapes); asynchronous pairs are counted once, at their '-start'. A collective inside a loop body is
+    listed once, however often the loop runs.
+    """
+    shapes, found = {}, []
+    for line in hlo_text.splitlines():
+        match = INSTRUCTION.match(line)
+        if not match:
+            continue
+        name, shape, op, rest = match.groups()
+        shapes[name] = shape
+        kind = op[:-len("-start")] if op.endswith("-start") else op
+        if kind not in COLLECTIVES:
+            continue
+        operand_text = rest.split(")", 1)[0]
+        operands = re.findall(r"%([\w.\-]+)", operand_text)
+        groups = re.search(r"replica_groups=(\[[^\]]*\]<=\[[^\]]*\](?:T\([^)]*\))?|\{[^}]*\}(?:\}|)|mesh\[[^\]]*\]"
+                           r"(?: \{[^}]*\})?)", line)
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        found.append({
+            "kind": kind,
+            "operand_bytes": sum(_array_bytes(shapes.get(o, "")) for o in operands),
+            "result": re.sub(r"\{[^}]*\}", "", shape),
+            "replica_groups": groups.group(1) if groups else "",
+            "op_name": op_name.group(1) if op_name else "",
+        })
+    return found
+
+
+def summarize(compiled, chip: Chip, compile_seconds: float, program: Program, mesh) -> dict[str, Any]:
+    """The report's figures from a compiled step."""
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    args, outputs = memory.argument_size_in_bytes, memory.output_size_in_bytes
+    aliased, temps, code = memory.alias_size_in_bytes, memory.temp_size_in_bytes, memory.generated_code_size_in_bytes
+    total = args + outputs - aliased + temps + code
+    flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+    compute_s, memory_s = flops / chip.peak_flops, accessed / chip.hbm_bandwidth
+    step_s = max(compute_s, memory_s)
+    found = collectives(compiled.as_text())
+    by_kind: dict[str, dict[str, int]] = {}
+    for c in found:
+        entry = by_kind.setdefault(c["kind"], {"count": 0, "operand_bytes": 0})
+        entry["count"] += 1
+        entry["operand_bytes"] += c["operand_bytes"]
+    return {
+        "fits": total <= chip.hbm_bytes,
+        "compile_seconds": round(compile_seconds, 1),
+        "memory_per_device": {
+            "arguments_bytes": args, "outputs_bytes": outputs, "aliased_bytes": aliased,
+            "temporaries_bytes": temps, "generated_code_bytes": code, "total_bytes": total,
+            "total_gib": round(total / GIB, 3), "hbm_bytes": chip.hbm_bytes,
+            "hbm_fraction": round(total / chip.hbm_bytes, 4),
+        },
+        "cost_per_device": {"flops": flops, "bytes_accessed": accessed,
+                            "transcendentals": float(cost.get("transcendentals", 0.0))},
+        "roofline": {
+            "peak_flops": chip.peak_flops, "hbm_bandwidth": chip.hbm_bandwidth,
+            "compute_seconds": compute_s, "memory_seconds": memory_s, "step_seconds": step_s,
+            "bound": "compute" if compute_s >= memory_s else "memory",
+            "examples_per_second": program.global_batch / step_s if step_s else None,
+            "note": "max(FLOPs / peak bf16 FLOP/s, bytes accessed / HBM bandwidth); collectives and float32 "
+                    "matmul rates not included: a lower bound on the step time",
+        },
+        "collectives": {"by_kind": by_kind, "total_operand_bytes": sum(c["operand_bytes"] for c in found),
+                        "each": found},
+        "mesh": dict(mesh.shape),
+    }
+
+
+def _out_of_memory(err: Exception) -> str | None:
+    """The compiler's out-of-memory line, if that is why compilation failed."""
+    text = str(err)
+    if "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text or "exceeds" in text and "memory" in text:
+        lines = [line for line in text.splitlines() if "memory" in line.lower()]
+        return (lines[0] if lines else text.splitlines()[0])[:500]
+    return None
+
+
+def compile_once(config: ConfigDict, topology: str, devices: list) -> dict[str, Any]:
+    """Builds the config's train step for the topology's mesh, compiles it and returns its figures (or, when the
+    compiler runs out of HBM, `fits: False` and its message)."""
+    from jaxmt.parallel.mesh import data_parallel_size, make_mesh
+
+    if config.parallel.mode != "jit":
+        raise ConfigError(f"config.parallel.mode = {config.parallel.mode!r}: the compile report compiles the sharded "
+                          "jit step (set --config.parallel.mode=jit)")
+    chip = chip_of(topology)
+    mesh = make_mesh(config.mesh.axes, config.mesh.shape, devices)
+    program = pretrain_program(config, mesh) if is_pretraining(config) else finetune_program(config, mesh)
+    start = time.perf_counter()
+    lowered = program.runner.lower(*program.args)
+    shape = {
+        "topology": topology, "chip": chip.name, "devices": len(devices), "mesh": dict(mesh.shape),
+        "data_parallel": data_parallel_size(mesh), "global_batch": program.global_batch,
+        "per_device_batch": program.per_device_batch, "tokens_per_step": program.tokens,
+        "params": program.params,
+        "batch_shapes": {"/".join(str(getattr(k, "key", k)) for k in path): [list(x.shape), str(x.dtype)]
+                         for path, x in _leaves_with_path(program.args[1])},
+    }
+    try:
+        compiled = lowered.compile()
+    except Exception as err:  # XlaRuntimeError; only an out-of-memory verdict is an answer, anything else re-raises
+        reason = _out_of_memory(err)
+        if reason is None:
+            raise
+        return {**shape, "fits": False, "compile_seconds": round(time.perf_counter() - start, 1),
+                "compiler_error": reason}
+    return {**shape, **summarize(compiled, chip, time.perf_counter() - start, program, mesh)}
+
+
+def _leaves_with_path(tree: Any):
+    import jax
+
+    return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+def search_per_device_batch(config: ConfigDict, topology: str, devices: list, start: int = 8,
+                            log=print) -> tuple[int | None, dict[int, dict]]:
+    """The largest power-of-two per-device batch whose step fits the chip's HBM, and every compile's report.
+
+    Memory grows about linearly with the batch, so two compiles (`start`, 2 * `start`) predict the answer;
+    compiles then confirm it fits and that twice it does not, walking on where the prediction was off.
+    """
+    from jaxmt.parallel.mesh import data_parallel_size, make_mesh
+
+    data_parallel = data_parallel_size(make_mesh(config.mesh.axes, config.mesh.shape, devices))
+    reports: dict[int, dict] = {}
+
+    def fits(per_device: int) -> bool:
+        if per_device not in reports:
+            reports[per_device] = compile_once(with_per_device_batch(config, per_device, data_parallel), topology,
+                                               devices)
+            r = reports[per_device]
+            log(f"per-device batch {per_device}: fits={r['fits']} "
+                f"({r.get('memory_per_device', {}).get('total_gib', '-')} GiB, {r['compile_seconds']} s to compile)")
+        return reports[per_device]["fits"]
+
+    low = start
+    while not fits(low):
+        if low == 1:
+            return None, reports
+        low //= 2
+    if fits(2 * low):
+        a, b = (reports[x]["memory_per_device"]["total_bytes"] for x in (low, 2 * low))
+        per_example = (b - a) / low
+        if per_example > 0:
+            hbm = chip_of(topology).hbm_bytes
+            predicted = (hbm - (a - per_example * low)) / per_example
+            guess = 2 ** max(0, int(math.floor(math.log2(max(predicted, 1)))))
+            low = max(2 * low, guess)
+            while not fits(low):
+                low //= 2
+        else:
+            low *= 2
+    while fits(2 * low):
+        low *= 2
+    return low, reports
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The command line (see the module docstring)."""
+    from absl import app, flags
+
+    from jaxmt.cli import define_config_flag, parse_flags, setup_logging
+
+    define_config_flag("configs/paper_a_bert_base.py")
+    flags.DEFINE_string("topology", "v5e:2x2", "TPU topology CHIP:SHAPE, e.g. v4:2x2x1 (v4-8), v5e:4x4, v5e:16x16.")
+    flags.DEFINE_integer("per_device_batch", 0, "Examples a device a step (0 = the config's own batch sizes).")
+    flags.DEFINE_boolean("search", False, "Find the largest power-of-two per-device batch that fits the HBM.")
+    flags.DEFINE_string("output", "", "Also write the JSON to this file.")
+
+    def main(argv_: list[str]) -> None:
+        del argv_
+        setup_logging()
+        from jaxmt.training.faults import user_facing_errors
+
+        FLAGS = flags.FLAGS
+        config = FLAGS.config
+        with user_facing_errors():
+            if config.model.get("dtype") == "auto":  # 'auto' is bfloat16 on a TPU, whatever this host is
+                config.model.dtype = "bfloat16"
+            devices = topology_devices(FLAGS.topology)
+            from jaxmt.parallel.mesh import data_parallel_size, make_mesh
+
+            data_parallel = data_parallel_size(make_mesh(config.mesh.axes, config.mesh.shape, devices))
+            if FLAGS.search:
+                best, reports = search_per_device_batch(
+                    config, FLAGS.topology, devices, max(FLAGS.per_device_batch, 1) if FLAGS.per_device_batch else 8,
+                    log=lambda m: print(m, file=sys.stderr))
+                report = {**(reports[best] if best else {}), "largest_per_device_batch": best,
+                          "search": {str(k): {"fits": r["fits"], "total_gib": r.get("memory_per_device", {})
+                                              .get("total_gib"), "compile_seconds": r["compile_seconds"]}
+                                     for k, r in sorted(reports.items())}}
+            else:
+                if FLAGS.per_device_batch:
+                    config = with_per_device_batch(config, FLAGS.per_device_batch, data_parallel)
+                report = compile_once(config, FLAGS.topology, devices)
+        report["command"] = " ".join(["python -m jaxmt.compile_report"] + sys.argv[1:])
+        text = json.dumps(report, indent=2, sort_keys=True)
+        if FLAGS.output:
+            with open(FLAGS.output, "w") as f:
+                f.write(text + "\n")
+        print(text)
+
+    app.run(main, argv=argv, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()
