@@ -6,6 +6,10 @@ refused by `check_resume_config` unless only `RESUMABLE_FIELDS` changed or the c
 allowed (`config.allow_config_change`); accepted changes are appended to `config_changes.jsonl`
 and config.json then holds the new config. JSON files are written through a temporary file,
 so a crash never leaves half a file.
+
+A workdir is any `etils.epath` path: a local folder, or `gs://...` on a pod (every read and write here goes through
+epath). `has_trained` tells a workdir that holds training (checkpoints, results) from one that only holds the
+config of a start that failed while loading, which the next start replaces (`jaxmt.training.loop.prepare_workdir`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import time
 from typing import Any
 
+from etils import epath
 from ml_collections import ConfigDict
 
 from jaxmt.errors import ConfigError
@@ -39,6 +44,8 @@ RESUMABLE_FIELDS = (
     "checkpoint_every",
     "keep_checkpoints",
     "on_nonfinite",
+    "compilation_cache",
+    "profile_steps",
     "mesh.shape",
     "parallel.distributed",
     "parallel.coordinator_address",
@@ -48,36 +55,51 @@ RESUMABLE_FIELDS = (
 _ABSENT = object()
 
 
-def write_json(path: str, payload: dict) -> None:
-    """Writes `payload` atomically (a temporary file, then a rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` atomically: a temporary file, then a rename (on object stores an upload is atomic anyway)."""
+    path = epath.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
-def write_run_config(workdir: str, config: ConfigDict) -> None:
-    """Records `config` in a new workdir; a workdir that has one keeps it."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+def write_json(path: str | os.PathLike, payload: dict) -> None:
+    """Writes `payload` atomically."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True))
+
+
+def write_run_config(workdir: str | os.PathLike, config: ConfigDict, replace: bool = False) -> None:
+    """Records `config` in a new workdir; a workdir that has one keeps it unless `replace`."""
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    path = epath.Path(workdir) / CONFIG_FILE
+    if replace or not path.exists():
         _write_config(path, config)
 
 
-def _write_config(path: str, config: ConfigDict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, path)
+def _write_config(path: epath.Path, config: ConfigDict) -> None:
+    write_text(path, config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def read_run_config(workdir: str) -> ConfigDict:
+def read_run_config(workdir: str | os.PathLike) -> ConfigDict:
     """The config a workdir's run was started with."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / CONFIG_FILE
+    if not path.exists():
         raise FileNotFoundError(f"{path}: not found; is {workdir} a jaxmt training workdir?")
-    with open(path) as f:
-        return ConfigDict(json.load(f))
+    return ConfigDict(json.loads(path.read_text()))
+
+
+def has_trained(workdir: str | os.PathLike) -> bool:
+    """Whether the workdir holds anything a run trained: a checkpoint (latest or best) or results.json.
+
+    Orbax names a finished checkpoint by its step (`checkpoints/200`); a save cut short leaves only a temporary
+    folder, which counts as nothing trained, as Orbax itself ignores it on restore."""
+    root = epath.Path(workdir)
+    if (root / RESULTS_FILE).exists():
+        return True
+    for folder in ("checkpoints", "best"):
+        if (root / folder).is_dir() and any(p.name.isdigit() for p in (root / folder).iterdir()):
+            return True
+    return False
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -101,11 +123,10 @@ def check_resume_config(workdir: str, config: ConfigDict, allow_changes: bool) -
     to `config`) and returned. Anything else is a `ConfigError` listing every changed field, so a
     resumed run never mixes two configs silently.
     """
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / CONFIG_FILE
+    if not path.exists():
         return []
-    with open(path) as f:
-        recorded = _flatten(json.load(f))
+    recorded = _flatten(json.loads(path.read_text()))
     current = _flatten(json.loads(config.to_json_best_effort()))
     changed = [key for key in sorted(set(recorded) | set(current))
                if recorded.get(key, _ABSENT) != current.get(key, _ABSENT)]
@@ -123,8 +144,10 @@ def check_resume_config(workdir: str, config: ConfigDict, allow_changes: bool) -
     import jax
 
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, CONFIG_CHANGES_FILE), "a") as f:
-            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": changes,
-                                "allowed_by": "allow_config_change" if fixed else "resumable fields"}) + "\n")
+        log_file = epath.Path(workdir) / CONFIG_CHANGES_FILE  # appended by a read and a rewrite: GCS cannot append
+        earlier = log_file.read_text() if log_file.exists() else ""
+        write_text(log_file, earlier + json.dumps({
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": changes,
+            "allowed_by": "allow_config_change" if fixed else "resumable fields"}) + "\n")
         _write_config(path, config)
     return changes

@@ -24,7 +24,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from jaxmt.checkpointing.manager import Checkpoints
-from jaxmt.checkpointing.workdir import RESULTS_FILE, check_resume_config, write_json, write_run_config
+from jaxmt.checkpointing.workdir import RESULTS_FILE, check_resume_config, has_trained, write_json, write_run_config
 from jaxmt.config_checks import check_ranges
 from jaxmt.training.faults import PreemptionGuard, StopVote, check_finite, save_or_stop
 from jaxmt.training.metric_writers import MetricWriter
@@ -116,11 +116,17 @@ def _read_back(unread: list[tuple[int, Metrics]]) -> list[tuple[int, dict[str, f
 
 
 def prepare_workdir(config: ConfigDict, workdir: str) -> None:
-    """Checks the config's ranges and that it matches the one the workdir was started with, then records it."""
+    """Checks the config's ranges and that it matches the one the workdir was trained with, then records it.
+
+    Only a workdir that holds training (a checkpoint or results) binds the config: one whose earlier start
+    failed while loading (a bad data path, a bad row, a mesh error) left only its config.json, and the
+    corrected start replaces it, as nothing was trained with it."""
     check_ranges(config)
-    check_resume_config(workdir, config, allow_changes=bool(config.get("allow_config_change", False)))
+    trained = has_trained(workdir)
+    if trained:
+        check_resume_config(workdir, config, allow_changes=bool(config.get("allow_config_change", False)))
     if jax.process_index() == 0:
-        write_run_config(workdir, config)
+        write_run_config(workdir, config, replace=not trained)
 
 
 def run(program: Program, config: ConfigDict, workdir: str) -> Outcome:
