@@ -16,7 +16,7 @@ from jaxmt.data.packing import (
     packed_eval_batches,
     place,
 )
-from jaxmt.data.sampling import eval_batches
+from jaxmt.data.sampling import TaskSampler, eval_batches
 from jaxmt.data.sources import load_splits, task_specs
 from jaxmt.data.tokenization import make_batch
 from jaxmt.training import setup
@@ -55,7 +55,7 @@ def test_pack_batch_segments_positions_and_token_types():
     np.testing.assert_array_equal(batch["position_ids"][0], [0, 1, 2, 3, 0, 1, 2, 0])
     np.testing.assert_array_equal(batch["token_type_ids"][0], [0, 0, 1, 1, 0, 0, 0, 0])
     np.testing.assert_array_equal(batch["segment_ids"][1], [1, 1, 1, 1, 1, 1, 0, 0])
-    np.testing.assert_array_equal(batch["example_segments"][:, 0], [1, 2, 9, 0])  # row * 8 + segment
+    np.testing.assert_array_equal(batch["example_segments"][0, :, 0], [1, 2, 9, 0])  # row * 8 + segment
     np.testing.assert_array_equal(batch["labels"], [1, 2, 3, 0])
     np.testing.assert_array_equal(batch["example_mask"], [1, 1, 1, 0])
     # A fourth example of 6 tokens fits no row: a draw stops before it.
@@ -65,21 +65,29 @@ def test_pack_batch_segments_positions_and_token_types():
 
 def test_packed_draws_are_a_pure_function_of_the_step_and_cover_the_stream(packed_setup):
     config, splits, *_ = packed_setup
-    layouts = {t: layout_for(s, 8, 128) for t, s in splits.items()}
-    one = PackedTaskSampler(splits, layouts, "all", 0, 20)
-    two = PackedTaskSampler(splits, layouts, "all", 0, 20)
-    for task, split in splits.items():
-        drawn = np.concatenate([one.indices(task, s) for s in range(20)])
-        for step in (0, 7, 19):
-            np.testing.assert_array_equal(one.indices(task, step), two.indices(task, step))
-        n = len(split.data)
-        first_epoch = drawn[:n]
-        assert sorted(first_epoch.tolist()) == list(range(n))  # each example once per epoch, in the sampler's order
-        for step in range(20):  # every draw fits its layout, and the next example would not
-            idx = one.indices(task, step)
-            assert 1 <= len(idx) <= layouts[task].max_examples
-            pack_batch(split, idx, layouts[task], 0)
-    assert 4 <= np.mean(list(one.examples_per_step().values())) <= 16
+    batch_sizes = {t: 8 for t in splits}
+    for groups in (1, 2):
+        layouts = {t: layout_for(s, 8, 128, groups) for t, s in splits.items()}
+        one = PackedTaskSampler(splits, layouts, batch_sizes, "all", 0, 20)
+        two = PackedTaskSampler(splits, layouts, batch_sizes, "all", 0, 20)
+        padded = TaskSampler({t: len(s.data) for t, s in splits.items()}, batch_sizes, "all", 0, 20)
+        for task, split in splits.items():
+            for step in (0, 7, 19):
+                np.testing.assert_array_equal(one.indices(task, step), two.indices(task, step))
+            drawn = np.concatenate([one.indices(task, s) for s in range(20)])
+            dropped = sum(one.dropped(task, s) for s in range(20))
+            stream = np.concatenate([padded.indices(task, s) for s in range(20)])
+            # The padded sampler's examples, each in its own draw or (carried) the next unless dropped.
+            assert len(set(stream[:19 * 8].tolist()) - set(drawn.tolist())) <= dropped
+            assert len(drawn) >= 19 * 8 - dropped and set(drawn.tolist()) <= set(stream.tolist())
+            for step in range(20):  # every draw fits its layout; a group's examples lie in its rows
+                batch = one.batch(task, step, 0)
+                layout = layouts[task]
+                assert batch["input_ids"].shape == (layout.array_rows, 128)
+                assert batch["example_segments"].shape == (groups, layout.max_examples, split.num_sequences)
+                assert batch["example_mask"].sum() == len(one.indices(task, step))
+                assert batch["example_segments"].max() < layout.rows * 128
+        assert one.examples_per_step() == {t: 8.0 for t in splits}
 
 
 def padded_and_packed(splits, task, idx, pad_id, length=128):
@@ -123,7 +131,7 @@ def test_no_attention_crosses_a_segment_boundary(packed_setup):
     ids[target] = 7
     changed["input_ids"] = ids
     before, after = model.outputs(params, "sts", batch), model.outputs(params, "sts", changed)
-    row_mates = [e for e in range(5) if all(s % 128 != 1 for s in batch["example_segments"][e])]
+    row_mates = [e for e in range(5) if all(s % 128 != 1 for s in batch["example_segments"][0, e])]
     assert row_mates and len(row_mates) < 5
     np.testing.assert_allclose(after[np.asarray(row_mates)], before[np.asarray(row_mates)], atol=1e-6)
     assert not np.allclose(after, before)

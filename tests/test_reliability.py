@@ -167,8 +167,8 @@ def poisoned_batches(bad_step):
     """The trainer's `train_step_batches` with NaN similarity labels for sts at `bad_step`."""
     from jaxmt.data.packing import train_step_batches as clean
 
-    def batches(splits, sampler, step, buckets, pad_id):
-        host = clean(splits, sampler, step, buckets, pad_id)
+    def batches(splits, sampler, step, buckets, pad_id, *shard):
+        host = clean(splits, sampler, step, buckets, pad_id, *shard)
         if step + 1 == bad_step:
             host["sts"]["labels"] = np.full_like(host["sts"]["labels"], np.nan)
         return host

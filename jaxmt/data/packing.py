@@ -1,56 +1,65 @@
-"""Packed batches: several examples in each row of a fixed `[rows, length]` array.
+"""Packed batches: several examples in each row of fixed `[rows, length]` arrays, rows in groups.
 
-Each sequence of an example (one, or two for siamese pairs) is a segment of a row: `segment_ids`
+Each sequence of an example (one, two siamese, three triplet) is a segment of a row: `segment_ids`
 number the segments of a row from 1 (0 is padding), so a token attends only to its own segment;
-`position_ids` restart at 0 in every segment; token types are the sequence's own. The per-example
-arrays (`labels`, `example_mask`, and `example_segments` [E, S], the flat index `row * length +
-segment` of each of an example's sequences) have a fixed size E too, so a task's batches always
-have one shape and the train step compiles once.
+`position_ids` restart at 0 in every segment; token types are the sequence's own.
 
-Training batches are token budgets, as TPU training stacks pack: a task's k-th draw takes the next
-examples of its shuffled stream, in order, for as long as they fit the rows (first fit) and E
-allows; `rows` is set so that `batch_size` examples fit on average. Which examples a draw takes is
-computed once for the whole run from the seed, so the batch of any step is a pure function of
-(seed, step), as with padded batches, and a resumed run sees the same data.
+The rows come in `groups` of `rows` rows, and an example lives inside one group: all its sequences
+are in that group's rows, and its label, mask and `example_segments` (which segment of the group holds
+each of its sequences: row-in-group * length + segment) are in that group's `max_examples` example
+slots. Token arrays are [groups * rows, length], `labels` and `example_mask` [groups * max_examples] and
+`example_segments` [groups, max_examples, S], so every array splits along its leading axis into whole
+groups: with the groups a multiple of the data-parallel devices, a device pools, pairs, scores and
+takes the losses of its own examples from its own rows, and only parameters' gradients cross devices.
 
-Why not grain's packers: they pack one stateful stream into rows and are resumed from a saved
-iterator state; here every task draws its own examples per step and any step's batch must be
-computable on its own (resumption, and each process building only its rows), which a 60-line
-first-fit over a step's examples gives directly.
+Training draws take a fixed number of stream examples: a task's k-th draw takes its stream's examples
+k * batch_size .. (k + 1) * batch_size - 1 (the padded sampler's draw), split evenly over the groups, so
+which examples a group gets, and so any step's batch, is computed from (seed, step) alone, in constant
+time, by the process whose devices hold that group. A group's rows are sized so its share fits in most
+draws; the examples that do not fit (first fit decreasing) are carried to the same group of the next
+draw and placed in the room its own examples leave. A carried example that does not fit there either
+is dropped (`PackedTaskSampler.dropped` counts them; rare by the rows' sizing). The carry is recomputed
+from the previous draw's own examples, never chained further back, so a draw needs no earlier draw.
+
+Why not grain's packers: they pack one stateful stream into rows and are resumed from a saved iterator
+state; here every task draws its own examples per step, any step's batch must be computable on its own
+(resumption, and each process building only its groups), and an example's sequences must share a group.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from jaxmt.data.sampling import TaskSampler, train_batches
 from jaxmt.data.tokenization import EncodedSplit
 
+# (example index, [(row, start) of each of its sequences]) in slot order: where a group's examples lie.
+Placement = list[tuple[int, list[tuple[int, int]]]]
+ROWS_QUANTILE = 0.9  # a group's rows hold its share of a draw in this fraction of draws (the rest is carried)
+
 
 @dataclasses.dataclass(frozen=True)
 class PackLayout:
-    """The static shape of one task's packed batches.
+    """The static shape of one task's packed batches: `groups` groups of `rows` rows of `length` tokens, each
+    group with `max_examples` example slots. `groups` is a multiple of the data-parallel devices, so no group
+    is split over devices, and is fixed by the config, so which examples a batch holds, and so the losses,
+    do not depend on the number of devices."""
 
-    Examples are placed in `rows` rows and at most `max_examples` a batch; the arrays are then padded with
-    empty rows and masked examples to a multiple of `multiple` (the data-parallel devices), so which
-    examples a batch holds, and so the losses, do not depend on the number of devices.
-    """
-
-    rows: int  # rows of `length` tokens that examples are placed in
+    rows: int  # rows of `length` tokens a group
     length: int  # tokens a row
-    max_examples: int  # examples a batch holds at most
-    multiple: int = 1  # array rows and examples are rounded up to this
+    max_examples: int  # example slots a group
+    groups: int = 1  # row groups a batch
 
     @property
     def array_rows(self) -> int:
-        return -(-self.rows // self.multiple) * self.multiple
+        return self.groups * self.rows
 
     @property
     def array_examples(self) -> int:
-        return -(-self.max_examples // self.multiple) * self.multiple
+        return self.groups * self.max_examples
 
 
 def example_tokens(split: EncodedSplit) -> np.ndarray:
@@ -58,18 +67,37 @@ def example_tokens(split: EncodedSplit) -> np.ndarray:
     return np.asarray([sum(len(s) for s in seqs) for seqs in split.input_ids], dtype=np.int64)
 
 
-def layout_for(split: EncodedSplit, batch_size: int, length: int, multiple: int = 1) -> PackLayout:
-    """Rows for `batch_size` examples of this split's mean size (at least one example's worth), at most twice
-    `batch_size` examples; arrays padded to `multiple` (the data-parallel devices)."""
+def _rows_needed(split: EncodedSplit, indices: np.ndarray, length: int) -> int:
+    """Rows that first fit decreasing fills with the examples at `indices` (no row limit)."""
+    free: list[int] = []
+    for index in _decreasing(split, indices):
+        for seq in split.input_ids[index]:
+            row = next((r for r, room in enumerate(free) if room >= len(seq)), None)
+            if row is None:
+                free.append(length)
+                row = len(free) - 1
+            free[row] -= len(seq)
+    return len(free)
+
+
+def layout_for(split: EncodedSplit, batch_size: int, length: int, groups: int = 1) -> PackLayout:
+    """Groups of rows for `batch_size` examples a batch, `batch_size / groups` a group: as many rows as hold a
+    random group's share in ROWS_QUANTILE of draws (measured on 256 draws of this split, seeded), at least one
+    example's worth; twice a group's share of example slots (room for carried examples)."""
     longest = int(split.lengths.max())
     if longest > length:
         raise ValueError(f"a sequence of {longest} tokens does not fit a packed row of {length}")
-    rows = max(math.ceil(batch_size * float(example_tokens(split).mean()) / length), split.num_sequences)
-    return PackLayout(rows=rows, length=length, max_examples=2 * batch_size, multiple=multiple)
+    if batch_size % groups:
+        raise ValueError(f"a batch of {batch_size} examples does not split into {groups} row groups")
+    share = batch_size // groups
+    rng = np.random.default_rng(0)
+    needed = [_rows_needed(split, rng.choice(len(split.data), share), length) for _ in range(256)]
+    rows = max(int(np.ceil(np.quantile(needed, ROWS_QUANTILE))), split.num_sequences)
+    return PackLayout(rows=rows, length=length, max_examples=2 * share, groups=groups)
 
 
 def place(split: EncodedSplit, indices: np.ndarray, layout: PackLayout) -> tuple[list[tuple[int, int]], int]:
-    """First fit of the examples at `indices`, in order, into the layout's rows.
+    """First fit of the examples at `indices`, in order, into one group's rows.
 
     Returns each placed sequence's (row, start) in example order and the number of examples placed: all
     of them, or those before the first that does not fit (whole) or past `max_examples`.
@@ -79,99 +107,202 @@ def place(split: EncodedSplit, indices: np.ndarray, layout: PackLayout) -> tuple
     for count, index in enumerate(indices):
         if count == layout.max_examples:
             return placed, count
-        spots = []
-        for seq in split.input_ids[index]:
-            row = next((r for r in range(layout.rows) if free[r] >= len(seq)), None)
-            if row is None:
-                return placed, count
-            spots.append((row, layout.length - free[row]))
-            free[row] -= len(seq)
+        spots = _fit(split.input_ids[index], free, layout.length)
+        if spots is None:
+            return placed, count
         placed.extend(spots)
     return placed, len(indices)
 
 
-def pack_batch(split: EncodedSplit, indices: np.ndarray, layout: PackLayout, pad_id: int) -> dict[str, np.ndarray]:
-    """The packed arrays of the examples at `indices` (all must fit: see `place`)."""
-    placed, count = place(split, indices, layout)
-    if count != len(indices):
-        raise ValueError(f"{len(indices)} examples do not fit {layout}")
-    r, n, s = layout.array_rows, layout.length, split.num_sequences
+def _fit(seqs: Sequence[np.ndarray], free: list[int], length: int) -> list[tuple[int, int]] | None:
+    """First fit of one example's sequences into rows with `free` tokens left (updated), or None (unchanged)."""
+    trial, spots = list(free), []
+    for seq in seqs:
+        row = next((r for r, room in enumerate(trial) if room >= len(seq)), None)
+        if row is None:
+            return None
+        spots.append((row, length - trial[row]))
+        trial[row] -= len(seq)
+    free[:] = trial
+    return spots
+
+
+def _decreasing(split: EncodedSplit, indices: np.ndarray) -> list[int]:
+    """`indices` longest example first (ties in the given order): first fit decreasing fills rows tighter."""
+    tokens = [sum(len(s) for s in split.input_ids[i]) for i in indices]
+    return [int(indices[j]) for j in sorted(range(len(indices)), key=lambda j: -tokens[j])]
+
+
+def _fit_decreasing(split: EncodedSplit, indices: np.ndarray, free: list[int], slots: int,
+                    length: int) -> tuple[Placement, list[int]]:
+    """First fit decreasing of the examples at `indices` into rows with `free` room (updated), at most `slots`
+    examples: (their placement, the example indices that did not fit), each in stream order."""
+    placed, left = {}, []
+    for index in _decreasing(split, indices):
+        spots = _fit(split.input_ids[index], free, length) if len(placed) < slots else None
+        if spots is None:
+            left.append(index)
+        else:
+            placed[index] = spots
+    order = {int(i): k for k, i in enumerate(indices)}
+    return sorted(placed.items(), key=lambda p: order[p[0]]), sorted(left, key=order.__getitem__)
+
+
+def group_placement(split: EncodedSplit, own: np.ndarray, previous: np.ndarray | None,
+                    layout: PackLayout) -> tuple[Placement, int]:
+    """One group of a training draw: its `own` stream examples first (first fit decreasing into empty rows), then
+    those of `previous` (the group's share of the draw before) that did not fit theirs, into the room left.
+
+    Returns the placement (own examples, then carried ones) and how many carried examples found no room.
+    """
+    free = [layout.length] * layout.rows
+    placed, _ = _fit_decreasing(split, own, free, layout.max_examples, layout.length)
+    if previous is None:
+        return placed, 0
+    _, carried = _fit_decreasing(split, previous, [layout.length] * layout.rows, layout.max_examples, layout.length)
+    more, dropped = _fit_decreasing(split, np.asarray(carried, np.int64), free, layout.max_examples - len(placed),
+                                    layout.length)
+    return placed + more, len(dropped)
+
+
+def pack_group(split: EncodedSplit, placement: Placement, layout: PackLayout,
+               pad_id: int) -> dict[str, np.ndarray]:
+    """One group's arrays: tokens [rows, length], labels and example_mask [max_examples], example_segments
+    [1, max_examples, S] (row-in-group * length + segment of each sequence)."""
+    r, n, s = layout.rows, layout.length, split.num_sequences
     ids = np.full((r, n), pad_id, np.int32)
     types = np.zeros((r, n), np.int32)
     positions = np.zeros((r, n), np.int32)
     segments = np.zeros((r, n), np.int32)
     used = np.zeros(r, np.int32)  # segments so far in each row
-    example_segments = np.zeros((layout.array_examples, s), np.int32)
-    k = 0
-    for e, index in enumerate(indices):
-        for j, (seq, seq_types) in enumerate(zip(split.input_ids[index], split.token_type_ids[index])):
-            row, start = placed[k]
-            k += 1
+    example_segments = np.zeros((1, layout.max_examples, s), np.int32)
+    for e, (index, spots) in enumerate(placement):
+        for j, ((row, start), seq, seq_types) in enumerate(zip(spots, split.input_ids[index],
+                                                               split.token_type_ids[index])):
             used[row] += 1
             stop = start + len(seq)
             ids[row, start:stop], types[row, start:stop] = seq, seq_types
             positions[row, start:stop] = np.arange(len(seq))
             segments[row, start:stop] = used[row]
-            example_segments[e, j] = row * n + used[row]
-    labels = np.zeros(layout.array_examples, split.data.spec.label_dtype)
+            example_segments[0, e, j] = row * n + used[row]
+    indices = np.asarray([index for index, _ in placement], np.int64)
+    labels = np.zeros(layout.max_examples, split.data.spec.label_dtype)
     if split.data.labels is not None:
         labels[: len(indices)] = split.data.labels[indices]
-    example_mask = np.zeros(layout.array_examples, np.float32)
+    example_mask = np.zeros(layout.max_examples, np.float32)
     example_mask[: len(indices)] = 1.0
     return {"input_ids": ids, "token_type_ids": types, "position_ids": positions, "segment_ids": segments,
             "example_segments": example_segments, "labels": labels, "example_mask": example_mask}
 
 
+def concat_groups(groups: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Groups' arrays joined along their leading axes, in order."""
+    return {k: np.concatenate([g[k] for g in groups]) for k in groups[0]}
+
+
+def split_in_order(split: EncodedSplit, indices: np.ndarray, layout: PackLayout) -> list[np.ndarray]:
+    """The examples at `indices`, in order, filling group after group (each by `place`): per group its indices.
+    Raises if they do not all fit the layout's groups."""
+    parts, start = [], 0
+    for _ in range(layout.groups):
+        count = place(split, indices[start:], layout)[1]
+        parts.append(np.asarray(indices[start:start + count]))
+        start += count
+    if start != len(indices):
+        raise ValueError(f"{len(indices)} examples do not fit {layout}")
+    return parts
+
+
+def pack_batch(split: EncodedSplit, indices: np.ndarray | Sequence[np.ndarray], layout: PackLayout,
+               pad_id: int) -> dict[str, np.ndarray]:
+    """The packed arrays of the examples at `indices`: a flat array fills the groups in order (first fit in
+    order; all must fit, see `place`), a sequence of `layout.groups` arrays gives each group its own."""
+    parts = split_in_order(split, np.asarray(indices), layout) if isinstance(indices, np.ndarray) else indices
+    if len(parts) != layout.groups:
+        raise ValueError(f"{len(parts)} groups of examples for a layout of {layout.groups}")
+    groups = []
+    for part in parts:
+        spots, count = place(split, part, layout)
+        if count != len(part):
+            raise ValueError(f"{len(part)} examples do not fit a group of {layout}")
+        per_example = [len(split.input_ids[i]) for i in part]
+        bounds = np.cumsum([0] + per_example)
+        groups.append(pack_group(split, [(int(i), spots[bounds[k]:bounds[k + 1]]) for k, i in enumerate(part)],
+                                 layout, pad_id))
+    return concat_groups(groups)
+
+
 class PackedTaskSampler(TaskSampler):
-    """`TaskSampler` whose draws are token budgets: a task's k-th draw takes the next examples of its
-    stream that fit its `PackLayout`; the draws' stream positions are computed once for `num_steps`."""
+    """`TaskSampler` whose draws fill packed row groups: a task's k-th draw takes the stream examples of the
+    padded sampler's k-th draw, a group's share each, plus the examples the group carried from draw k - 1.
+    A draw is computed on its own in constant time (no placement of earlier draws)."""
 
-    def __init__(self, splits: dict[str, EncodedSplit], layouts: dict[str, PackLayout], mode: str, seed: int,
-                 num_steps: int) -> None:
-        super().__init__({t: len(s.data) for t, s in splits.items()}, {t: 1 for t in splits}, mode, seed, num_steps)
-        self.layouts = layouts
-        draws = {t: 0 for t in self.tasks}
-        for step in range(num_steps):
-            for task in self.tasks_at(step):
-                draws[task] += 1
-        self._starts = {}
-        for i, task in enumerate(self.tasks):
-            starts, position = [0], 0
-            for _ in range(draws[task]):
-                ahead = self._stream(i, position, layouts[task].max_examples)
-                position += place(splits[task], ahead, layouts[task])[1]
-                starts.append(position)
-            self._starts[task] = np.asarray(starts, np.int64)
+    def __init__(self, splits: dict[str, EncodedSplit], layouts: dict[str, PackLayout], batch_sizes: dict[str, int],
+                 mode: str, seed: int, num_steps: int) -> None:
+        for task, layout in layouts.items():
+            if batch_sizes[task] % layout.groups:
+                raise ValueError(f"task {task!r}: a batch of {batch_sizes[task]} does not split into "
+                                 f"{layout.groups} row groups")
+        super().__init__({t: len(s.data) for t, s in splits.items()}, batch_sizes, mode, seed, num_steps)
+        self.splits, self.layouts = splits, layouts
 
-    def _stream(self, task_index: int, start: int, count: int) -> np.ndarray:
-        """Example indices at stream positions start .. start + count - 1 (one shuffled epoch after another)."""
-        return self._at(task_index, start + np.arange(count))
+    def _share(self, task: str, draw: int, group: int) -> np.ndarray:
+        """The stream examples of group `group`'s share of the task's `draw`-th draw."""
+        share = self.batch_sizes[task] // self.layouts[task].groups
+        positions = draw * self.batch_sizes[task] + group * share + np.arange(share)
+        return self._at(self.tasks.index(task), positions)
 
-    def _positions(self, task: str, draw: int) -> np.ndarray:
-        starts = self._starts[task]
-        return np.arange(starts[draw], starts[draw + 1])
+    def placements(self, task: str, step: int, groups: slice | None = None) -> list[tuple[Placement, int]]:
+        """(placement, carried examples dropped) of each group in `groups` (default all) of `task` at `step`."""
+        draw = self._draw_count(step)
+        layout = self.layouts[task]
+        out = []
+        for g in range(layout.groups)[groups or slice(None)]:
+            previous = self._share(task, draw - 1, g) if draw > 0 else None
+            out.append(group_placement(self.splits[task], self._share(task, draw, g), previous, layout))
+        return out
 
-    def examples_per_step(self) -> dict[str, float]:
-        """Mean examples a draw of each task holds."""
-        return {t: float(np.mean(np.diff(s))) for t, s in self._starts.items()}
+    def indices(self, task: str, step: int) -> np.ndarray:
+        """The example indices `task` trains on at `step`, in slot order (group after group)."""
+        return np.asarray([i for placement, _ in self.placements(task, step) for i, _ in placement], np.int64)
+
+    def dropped(self, task: str, step: int) -> int:
+        """Carried examples of `task` that found no room at `step` (not trained on)."""
+        return sum(d for _, d in self.placements(task, step))
+
+    def batch(self, task: str, step: int, pad_id: int, groups: slice | None = None) -> dict[str, np.ndarray]:
+        """`task`'s packed arrays at `step`, of the groups in `groups` only (default all)."""
+        return concat_groups([pack_group(self.splits[task], placement, self.layouts[task], pad_id)
+                              for placement, _ in self.placements(task, step, groups)])
 
 
 def train_step_batches(splits: dict[str, EncodedSplit], sampler: TaskSampler, step: int, buckets,
-                       pad_id: int) -> dict[str, dict[str, np.ndarray]]:
+                       pad_id: int, shard: tuple[int, int] = (0, 1)) -> dict[str, dict[str, np.ndarray]]:
     """Step `step`'s host batch of every task it trains: packed (a `PackedTaskSampler`), else padded to the
-    smallest bucket that fits all of them (`jaxmt.data.sampling.train_batches`)."""
+    smallest bucket that fits all of them (`jaxmt.data.sampling.train_batches`).
+
+    `shard` = (i, n): only the i-th of n equal blocks of the batch's leading axes (row groups, or rows of a
+    padded batch) is built, the block the devices of process i of n hold."""
+    i, n = shard
     if isinstance(sampler, PackedTaskSampler):
-        return {t: pack_batch(splits[t], sampler.indices(t, step), sampler.layouts[t], pad_id)
-                for t in sampler.tasks_at(step)}
-    return train_batches(splits, sampler, step, buckets, pad_id)
+        out = {}
+        for t in sampler.tasks_at(step):
+            per = sampler.layouts[t].groups // n
+            out[t] = sampler.batch(t, step, pad_id, slice(i * per, (i + 1) * per))
+        return out
+    return train_batches(splits, sampler, step, buckets, pad_id, shard)
 
 
 def packed_eval_batches(split: EncodedSplit, layout: PackLayout, pad_id: int):
-    """Yields (indices, packed batch) over a whole split, shortest examples first (as the padded path)."""
+    """Yields (indices, packed batch) over a whole split, shortest examples first (as the padded path); the
+    indices are in slot order, the slots of `batch['example_mask'] > 0`."""
     order = np.argsort(split.lengths, kind="stable")
     start = 0
     while start < len(order):
-        count = place(split, order[start:start + layout.max_examples], layout)[1]
-        idx = order[start:start + count]
-        yield idx, pack_batch(split, idx, layout, pad_id)
-        start += count
+        parts = []
+        for _ in range(layout.groups):
+            count = place(split, order[start:start + layout.max_examples], layout)[1]
+            parts.append(order[start:start + count])
+            start += count
+        yield np.concatenate(parts), pack_batch(split, parts, layout, pad_id)
+

@@ -89,17 +89,20 @@ class TaskSampler:
 
 
 def train_batches(
-    splits: dict[str, EncodedSplit], sampler: TaskSampler, step: int, buckets: Sequence[int], pad_id: int
+    splits: dict[str, EncodedSplit], sampler: TaskSampler, step: int, buckets: Sequence[int], pad_id: int,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, dict[str, np.ndarray]]:
     """The padded batches of `step`, one per task trained then, all padded to one common bucket.
 
     One bucket for all tasks of a step keeps the number of compiled train steps at the
-    number of buckets (not buckets ** tasks).
+    number of buckets (not buckets ** tasks). `shard` = (i, n): only the i-th of n equal blocks of
+    each batch's rows is built (the bucket is still the whole step's).
     """
     chosen = {task: sampler.indices(task, step) for task in sampler.tasks_at(step)}
     longest = max(int(splits[t].lengths[idx].max()) for t, idx in chosen.items())
     length = bucket_length(longest, buckets)
-    return {t: make_batch(splits[t], idx, length, pad_id) for t, idx in chosen.items()}
+    i, n = shard
+    return {t: make_batch(splits[t], np.array_split(idx, n)[i], length, pad_id) for t, idx in chosen.items()}
 
 
 def eval_batches(split: EncodedSplit, batch_size: int, buckets: Sequence[int], pad_id: int):

@@ -48,18 +48,25 @@ def pool(hidden, attention_mask, mode: str):
     raise ValueError(f"pooling must be 'mean', 'cls' or 'max', got {mode!r}")
 
 
-def pool_segments(hidden: jax.Array, segment_ids: jax.Array, position_ids: jax.Array, mode: str) -> jax.Array:
-    """Per-segment embeddings of packed rows: [R, L, H] -> [R * L, H], the segment k of row r at r * L + k
-    (segment 0, the padding, is never read). 'mean' averages a segment's own tokens; 'cls' takes its first."""
+def pool_segments(hidden: jax.Array, segment_ids: jax.Array, position_ids: jax.Array, example_segments: jax.Array,
+                  mode: str) -> jax.Array:
+    """Per-sequence embeddings of packed rows, computed within each row group: hidden [G * R, L, H] of G groups of
+    R rows, `example_segments` [G, K] (row-in-group * L + segment of each wanted sequence; 0 for none) ->
+    [G, K, H]. 'mean' averages a segment's own tokens; 'cls' takes its first; an empty slot gets zeros.
+
+    A [G, K, R * L] one-hot matmul per group rather than a scatter into a flat [G * R * L, H] table: every
+    operand keeps the group axis in front, so a group's pooling stays on the device that holds its rows."""
+    groups, slots = example_segments.shape
     rows, length, width = hidden.shape
-    index = (jnp.arange(rows)[:, None] * length + segment_ids).reshape(-1)
+    per_group = rows // groups
     if mode == "cls":
         weights = (position_ids == 0) & (segment_ids > 0)
     elif mode == "mean":
         weights = segment_ids > 0
     else:
         raise ValueError(f"pooling must be 'mean' or 'cls', got {mode!r}")
-    weights = weights.reshape(-1, 1).astype(hidden.dtype)
-    sums = jax.ops.segment_sum(hidden.reshape(-1, width) * weights, index, num_segments=rows * length)
-    counts = jax.ops.segment_sum(weights, index, num_segments=rows * length)
-    return sums / jnp.maximum(counts, 1.0)
+    key = jnp.arange(per_group)[:, None] * length + segment_ids.reshape(groups, per_group, length)
+    key = jnp.where(weights.reshape(groups, per_group, length), key, -1).reshape(groups, 1, per_group * length)
+    onehot = (example_segments[:, :, None] == key).astype(hidden.dtype)  # [G, K, R * L]
+    sums = jnp.einsum("gkt,gth->gkh", onehot, hidden.reshape(groups, per_group * length, width))
+    return sums / jnp.maximum(onehot.sum(axis=-1, keepdims=True), 1.0)

@@ -1,14 +1,17 @@
 """Host arrays to global device arrays, each process touching only what its devices hold.
 
-Training batches: every process computes the step's host batch (a pure function of the step, see
-`jaxmt.data.sampling`), hands over only the rows its own devices hold, and
-`jax.make_array_from_process_local_data` joins the processes' rows into one global batch.
+Training batches: each process builds only its block of the step's batch (a pure function of the step,
+see `jaxmt.data.sampling` and `jaxmt.data.packing`): the rows, or packed row groups, its own devices
+hold (`process_block`), and `jax.make_array_from_process_local_data` joins the processes' blocks into
+one global batch (`put_process_block`). A batch built whole (evaluation) goes through `put_host_batch`,
+each process handing over its rows of it.
 Pretrained weights: each device receives only its shard (`jax.make_array_from_callback`), so a
 sharded model is never first materialised whole on any device.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -50,3 +53,27 @@ def put_host_batch(batch: Any, sharding: NamedSharding) -> Any:
         return jax.make_array_from_process_local_data(sharding, v[process_rows(len(v), sharding)], v.shape)
 
     return jax.tree_util.tree_map(one, batch)
+
+
+def process_block(sharding: NamedSharding) -> tuple[int, int]:
+    """(i, n): this process's devices hold the i-th of n equal blocks of any array split along its leading axis by
+    `sharding` (n = the processes, for a mesh whose processes' devices are adjacent along the batch axes)."""
+    shards = math.prod(sharding.mesh.shape[a] for a in _leading_axes(sharding))
+    rows = process_rows(shards, sharding)
+    size = rows.stop - rows.start
+    return rows.start // size, shards // size
+
+
+def _leading_axes(sharding: NamedSharding) -> tuple[str, ...]:
+    spec = sharding.spec[0] if len(sharding.spec) else None
+    return () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+
+
+def put_process_block(block: Any, sharding: NamedSharding, blocks: int) -> Any:
+    """This process's block (a tree of numpy arrays, `process_block`'s i-th of `blocks`) as global arrays split
+    along their leading axis by `sharding`, the global leading size `blocks` times the block's."""
+    def one(v):
+        v = np.asarray(v)
+        return jax.make_array_from_process_local_data(sharding, v, (v.shape[0] * blocks,) + v.shape[1:])
+
+    return jax.tree_util.tree_map(one, block)

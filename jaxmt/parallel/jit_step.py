@@ -12,7 +12,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from jaxmt.parallel.host_data import put_host_batch
+from jaxmt.parallel.host_data import process_block, put_host_batch, put_process_block
 from jaxmt.parallel.mesh import batch_sharding, replicated
 
 
@@ -37,6 +37,15 @@ class JitStep:
         """A host batch (a tree of [rows, ...] numpy arrays, the same on every process) as global arrays split
         over the data axes; each process hands over only the rows its devices hold."""
         return put_host_batch(batch, self.data_sharding)
+
+    @property
+    def block(self) -> tuple[int, int]:
+        """(i, n): this process builds the i-th of n equal blocks of a batch's leading axes (`put_block`)."""
+        return process_block(self.data_sharding)
+
+    def put_block(self, block: Any) -> Any:
+        """This process's block of a batch (`block`) as global arrays split over the data axes."""
+        return put_process_block(block, self.data_sharding, self.block[1])
 
     def step(self, state: Any, batches: Any, rng: jax.Array) -> tuple[Any, dict]:
         return self._step(state, batches, rng)

@@ -1,7 +1,9 @@
-"""The jax.pmap train step: data parallelism with replicated params, gradients averaged by lax.pmean.
+"""The jax.pmap train step: data parallelism with replicated params, gradients summed by lax.psum.
 
 The same pure step as the jit path, built with `axis_name`, which makes the step
-average losses and gradients across devices before the optimizer (and PCGrad) see them. The
+sum losses and gradients across devices (each device's loss its share of the batch's examples) before
+the optimizer (and PCGrad) see them. Packed batches split into whole row groups, so a device
+pools and scores its own examples from its own rows. The
 state goes in and comes out unmapped (`in_axes=None`, `out_axes=None`): one replicated copy per
 device, in the same layout as the jit path's replicated state, so checkpoints, evaluation and
 logging read it unchanged. Each device draws its own dropout masks.
@@ -18,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxmt.errors import ConfigError
-from jaxmt.parallel.host_data import process_rows
+from jaxmt.parallel.host_data import process_block, process_rows
 
 AXIS = "batch"
 
@@ -58,6 +60,16 @@ class PmapStep:
             return v.reshape((n, v.shape[0] // n) + v.shape[1:])
 
         return jax.tree_util.tree_map(local, batch)
+
+    @property
+    def block(self) -> tuple[int, int]:
+        """(i, n): this process builds the i-th of n equal blocks of a batch's leading axes (`put_block`)."""
+        return process_block(self._row_sharding)
+
+    def put_block(self, block: Any) -> Any:
+        """This process's block of a batch (`block`) as [local devices, rows per device, ...]."""
+        n = self.local_devices
+        return jax.tree_util.tree_map(lambda v: v.reshape((n, v.shape[0] // n) + v.shape[1:]), block)
 
     def step(self, state: Any, batches: Any, rng: jax.Array) -> tuple[Any, dict]:
         if jax.tree_util.tree_leaves(state)[0].sharding != self._replicated:

@@ -47,13 +47,9 @@ def check_config(config: ConfigDict) -> None:
     if config.data.max_length > max(buckets):
         raise ConfigError(f"config.data.max_length = {config.data.max_length} is longer than the largest bucket "
                           f"{max(buckets)}")
-    if config.data.get("packing", False):
-        if config.data.pack_length < config.data.max_length:
-            raise ConfigError(f"config.data.pack_length = {config.data.pack_length} is shorter than "
-                              f"config.data.max_length = {config.data.max_length}: a sequence must fit a packed row")
-        if config.parallel.mode == "pmap":
-            raise ConfigError("config.data.packing=True needs the jit path (a packed example's tokens may lie on "
-                              "another device); set --config.parallel.mode=jit or --config.data.packing=False")
+    if config.data.get("packing", False) and config.data.pack_length < config.data.max_length:
+        raise ConfigError(f"config.data.pack_length = {config.data.pack_length} is shorter than "
+                          f"config.data.max_length = {config.data.max_length}: a sequence must fit a packed row")
     if config.num_steps < 1:
         raise ConfigError("config.num_steps must be >= 1")
     for name in config.task_names:

@@ -66,20 +66,19 @@ def _nonfinite_tasks(flags: dict) -> str:
 
 
 def make_sampler(config: ConfigDict, train: dict[str, EncodedSplit], dev: dict[str, EncodedSplit],
-                 multiple: int) -> tuple[TaskSampler, dict[str, PackLayout] | None]:
-    """The training sampler and the dev sets' packed layouts: token budgets of `data.pack_length`-token rows
-    sized for each task's batch size (rows and examples a multiple of the data-parallel devices), or
-    fixed-size padded batches (layouts None) when `data.packing` is off."""
+                 groups: int) -> tuple[TaskSampler, dict[str, PackLayout] | None]:
+    """The training sampler and the dev sets' packed layouts: each task's batch size of examples a step in
+    `groups` row groups (one or more a data-parallel device) of `data.pack_length`-token rows, or fixed-size
+    padded batches (layouts None) when `data.packing` is off."""
     batch_sizes = {t: config.tasks[t].batch_size for t in train}
     if not config.data.packing:
         return TaskSampler({t: len(s.data) for t, s in train.items()}, batch_sizes, config.sampling, config.seed,
                            config.num_steps), None
     length = config.data.pack_length
-    layouts = {t: layout_for(s, batch_sizes[t], length, multiple) for t, s in train.items()}
-    sampler = PackedTaskSampler(train, layouts, config.sampling, config.seed, config.num_steps)
-    log.info("packed batches: %s; examples a step %s", {t: f"{v.rows}x{v.length}" for t, v in layouts.items()},
-             {t: round(v, 1) for t, v in sampler.examples_per_step().items()})
-    return sampler, {t: layout_for(s, config.eval_batch_size, length, multiple) for t, s in dev.items()}
+    layouts = {t: layout_for(s, batch_sizes[t], length, groups) for t, s in train.items()}
+    sampler = PackedTaskSampler(train, layouts, batch_sizes, config.sampling, config.seed, config.num_steps)
+    log.info("packed batches: %s", {t: f"{v.groups}x{v.rows}x{v.length}" for t, v in layouts.items()})
+    return sampler, {t: layout_for(s, config.eval_batch_size, length, groups) for t, s in dev.items()}
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
@@ -121,8 +120,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         abstract_state=abstract_state,
         state_sharding=state_sharding,
         init=lambda: init(put_global(encoder, encoder_shardings(encoder, mesh))),
-        batch=lambda step: runner.put_host(
-            train_step_batches(train_split, sampler, step, config.data.buckets, tokenizer.pad_token_id)),
+        batch=lambda step: runner.put_block(  # this process's rows (row groups) only
+            train_step_batches(train_split, sampler, step, config.data.buckets, tokenizer.pad_token_id,
+                               runner.block)),
         step=lambda state, batch: runner.step(state, batch, dropout_rng),
         evaluate=lambda state: predictor.evaluate(state.params, dev_split)[0],
         best_metric="mean",
