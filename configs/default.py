@@ -107,10 +107,21 @@ def get_config() -> ConfigDict:
     # placement (jaxmt.checkpointing.workdir.RESUMABLE_FIELDS) is an error; True accepts the change and records it
     # in WORKDIR/config_changes.jsonl (e.g. a longer num_steps, knowing that it stretches the LR schedule).
     config.allow_config_change = False  # True: resume with a changed config, recorded
+    add_run_options(config)  # compilation cache and profiling (below)
 
     config.mesh, config.parallel = mesh_config(), parallel_config()  # device mesh and parallel path (below)
     config.lock()  # a misspelt field is an error, not a silently ignored new one
     return config
+
+
+def add_run_options(config: ConfigDict) -> None:
+    """Fields of every trainer's config that change how a run executes, never what it computes."""
+    # Persistent XLA compilation cache (jaxmt.compilation_cache): a restart loads its compiled steps instead of
+    # compiling them again. auto = $XDG_CACHE_HOME/jaxmt/xla (else ~/.cache/jaxmt/xla) | a folder | '' = off
+    config.compilation_cache = "auto"
+    # (first step, number of steps): a jax.profiler trace of those steps (numbered as in metrics.jsonl) in
+    # WORKDIR/profile, for TensorBoard's profiler or Perfetto (docs/performance.md); (0, 0) = off
+    config.profile_steps = (0, 0)
 
 
 def mesh_config() -> ConfigDict:

@@ -48,6 +48,7 @@ def get_config() -> ConfigDict:
     # placement (jaxmt.checkpointing.workdir.RESUMABLE_FIELDS) is an error; True accepts the change and records it
     # in WORKDIR/config_changes.jsonl (e.g. a longer num_steps, knowing that it stretches the LR schedule).
     config.allow_config_change = False  # True: resume with a changed config, recorded
+    default.add_run_options(config)  # compilation cache and profiling
     config.mesh, config.parallel = default.mesh_config(), default.parallel_config()  # as the fine-tuning configs
     config.lock()
     return config

@@ -211,7 +211,10 @@ def trainer_command(default_config: str, default_workdir: str, trainer: str, kin
                 raise ConfigError(kind[1])
             check_run_inputs(config, flags.FLAGS.workdir)
             module, function = trainer.split(":")
-            results = getattr(importlib.import_module(module), function)(config, flags.FLAGS.workdir)
+            from jaxmt.compilation_cache import AUTO, persistent_compilation_cache
+
+            with persistent_compilation_cache(config.get("compilation_cache", AUTO)):
+                results = getattr(importlib.import_module(module), function)(config, flags.FLAGS.workdir)
         print(json.dumps({k: v for k, v in results.items() if k not in hidden_results}, indent=2, sort_keys=True))
 
     def run() -> None:

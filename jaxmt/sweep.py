@@ -8,8 +8,6 @@ accuracy.png (see `jaxmt.gan.fractions`).
 
 from __future__ import annotations
 
-import os
-
 from absl import app, flags
 
 from jaxmt.cli import check_run_inputs, define_config_flag, parse_flags, setup_logging
@@ -25,8 +23,9 @@ def define_flags() -> None:
                       "methods ('' = config.seed).")
     flags.DEFINE_float("epochs", 0.0, "> 0: each run trains this many passes over the whole training file at "
                        "the task's batch size (its num_steps); 0 = config.num_steps.", lower_bound=0.0)
-    flags.DEFINE_string("compilation_cache", "", "Persistent XLA compilation cache ('' = WORKDIR/xla_cache, "
-                        "'off' = none): a method's runs at different fractions compile the same programs.")
+    flags.DEFINE_string("compilation_cache", "", "Overrides config.compilation_cache, the persistent XLA "
+                        "compilation cache ('' = the config's, 'off' = none, else a folder): a method's runs at "
+                        "different fractions compile the same programs.")
 
 
 def parse_fractions(items: list[str]) -> list[float]:
@@ -65,14 +64,12 @@ def main(argv: list[str]) -> None:
         fractions = parse_fractions(f.fractions)
         seeds = parse_seeds(f.seeds)
         check_run_inputs(f.config, f.workdir)
-        if f.compilation_cache != "off":
-            import jax
-
-            jax.config.update("jax_compilation_cache_dir", f.compilation_cache or os.path.join(f.workdir, "xla_cache"))
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        from jaxmt.compilation_cache import AUTO, persistent_compilation_cache
         from jaxmt.gan.fractions import markdown_table, run_sweep
 
-        rows = run_sweep(f.config, f.workdir, fractions, tuple(f.methods), seeds, f.epochs)
+        cache = {"": f.config.get("compilation_cache", AUTO), "off": ""}.get(f.compilation_cache, f.compilation_cache)
+        with persistent_compilation_cache(cache):
+            rows = run_sweep(f.config, f.workdir, fractions, tuple(f.methods), seeds, f.epochs)
     print(markdown_table(rows))
 
 
