@@ -94,10 +94,13 @@ def get_config() -> ConfigDict:
     config.sampling = "all"  # tasks per step: all | round_robin | proportional (to training set size)
 
     config.num_steps = 200  # training steps
+    # > 0: train this many epochs of the largest task instead (num_steps is then set from it), an epoch counted as
+    # eval_every_epochs counts it, so num_epochs=3 with eval_every_epochs=1 evaluates 3 times; results.json: steps.
+    config.num_epochs = 0.0
     config.log_every = 10  # steps between training-metric logs
     config.eval_every = 100  # steps between dev evaluations (and best-checkpoint updates); 0 = at the end only
-    # An epoch = ceil(train size / examples a step) steps of the largest task (a packed step's mean draw, else the
-    # batch size), as sampling='all' sees it; results.json holds the step interval.
+    # An epoch = ceil(train size / batch size) steps of the largest task (packed or not: a packed step trains its
+    # draw of batch-size examples), as sampling='all' sees it; results.json holds the step interval.
     config.eval_every_epochs = 0.0  # > 0: evaluate every this many epochs instead of every eval_every steps
     config.eval_batch_size = 64  # evaluation batch (global)
     config.checkpoint_every = 100  # steps between checkpoints for resumption

@@ -99,6 +99,7 @@ RANGE_RULES: tuple[tuple[str, Range], ...] = (
     ("tasks.*.layer", AT_LEAST_ONE),  # checked against the encoder's depth once the model is known
     ("eval_every", NON_NEGATIVE),  # 0 = at the end only
     ("eval_every_epochs", NON_NEGATIVE),  # 0 = off (eval_every decides)
+    ("num_epochs", NON_NEGATIVE),  # 0 = off (num_steps decides)
     ("optim.head_learning_rate", NON_NEGATIVE),  # 0 = optim.learning_rate
     # Generic rules, by leaf name.
     ("*learning_rate", POSITIVE),

@@ -145,3 +145,15 @@ def test_pretraining_doc_names_the_files_of_an_exported_encoder(tiny_bert_dir):
     written = {p.name for p in tiny_bert_dir.iterdir()}
     assert listed == SAFETENSORS_FILE and {"config.json", SAFETENSORS_FILE} <= written
     assert MSGPACK_FILE not in written
+
+
+def test_results_epoch_example_counts_the_quora_rows_the_runs_trained_on():
+    from configs import paper_a_bert_base
+
+    config = paper_a_bert_base.get_config()
+    (rows,) = {r["data"]["train_sizes"]["para"] for r in records("docs/runs/paper_a/*/seed*/results.json").values()}
+    epochs, batch, pairs, steps = claimed("docs/results.md", r"`num_epochs` \(the paper's config: (\d+)\).*?with "
+                                          r"batches of (\d+) on the shared Quora file's ([\d,]+) labelled pairs, "
+                                          r"([\d,]+) steps an epoch")
+    assert (float(epochs), int(batch)) == (config.num_epochs, config.tasks.para.batch_size)
+    assert (int(pairs.replace(",", "")), int(steps.replace(",", ""))) == (rows, math.ceil(rows / int(batch)))

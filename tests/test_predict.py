@@ -29,7 +29,7 @@ def paper_a_run(tmp_path_factory, tiny_bert_dir):
         "model.name": str(tiny_bert_dir), "data.source": "demo", "tasks.sts.head": "cosine",
         "tasks.para.pair_mode": "cross", "optim.surgery_groups": (("sst",), ("para", "sts")),
         "optim.head_learning_rate": 1e-3,
-        "num_steps": 4, "log_every": 2, "checkpoint_every": 4, "eval_every_epochs": 0.25,
+        "num_epochs": 0.5, "log_every": 2, "checkpoint_every": 4, "eval_every_epochs": 0.25,
         "data.max_train_examples": 64, "data.max_eval_examples": 32, "eval_batch_size": 32,
         "data.buckets": (16, 32, 64), "data.max_length": 64})
     workdir = str(tmp_path_factory.mktemp("paper_a") / "run")
@@ -41,15 +41,17 @@ def test_paper_a_config_states_the_papers_settings():
 
     config = paper_a_bert_base.get_config()
     assert (config.optim.learning_rate, config.model.dropout, config.model.pair_mode) == (1e-5, 0.3, "siamese")
-    assert config.optim.gradient_surgery == "pcgrad" and config.sampling == "all"
+    assert config.optim.gradient_surgery == "pcgrad" and config.sampling == "all" and config.num_epochs == 3
     assert {config.tasks[t].batch_size for t in config.task_names} == {8}
     setup.check_config(config)
 
 
-def test_paper_a_config_trains_evaluating_every_quarter_epoch(paper_a_run):
+def test_paper_a_config_trains_its_epochs_evaluating_every_quarter_epoch(paper_a_run):
+    """num_epochs sets num_steps with the epoch eval_every_epochs counts: half an epoch is two quarter-epoch
+    intervals, ceil(64 / 8) = 8 steps an epoch."""
     workdir, config, results = paper_a_run
     assert results["steps"] == 4 and results["data"]["train_sizes"] == {"sst": 64, "para": 64, "sts": 64}
-    assert results["eval_every"] == 2  # a quarter of ceil(64 / 8) = 8 steps
+    assert results["eval_every"] == 2
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in rows if "dev/mean" in r] == [2, 4]
     train_rows = [r for r in rows if "train/loss/total" in r]
@@ -184,3 +186,20 @@ def test_sts_prediction_file_is_byte_identical_to_the_starters(tmp_path):
     written = (tmp_path / "sts-dev-output.csv").read_bytes()
     assert written == starter.encode()
     assert b"id00 , 2.7151050567626953 \n" in written and b"id04 , 1.0000000116860974e-07 \n" in written
+
+
+def test_num_epochs_is_a_whole_number_of_epoch_evaluations():
+    """3 epochs train exactly 3 of eval_every_epochs=1's intervals, whatever a step's examples (packed draws hold a
+    fractional mean); half an epoch rounds up to a step."""
+    from ml_collections import ConfigDict
+
+    from jaxmt.training.trainer import epoch_eval_every, epoch_num_steps
+
+    sizes = {"sst": 7544, "para": 29719, "sts": 5240}
+    for per_step in (8.0, 9.43, 16.0):
+        examples = dict.fromkeys(sizes, per_step)
+        config = ConfigDict({"num_epochs": 3.0, "eval_every_epochs": 1.0})
+        assert epoch_num_steps(config, sizes, examples) == 3 * epoch_eval_every(config, sizes, examples)
+    config = ConfigDict({"num_epochs": 0.5})
+    assert epoch_num_steps(config, {"a": 9}, {"a": 8.0}) == 1  # an epoch of 2 steps
+    assert epoch_num_steps(config, {"a": 24}, {"a": 8.0}) == 2

@@ -31,15 +31,28 @@ from jaxmt.training.step import init_state, multitask_step_runner
 log = logging.getLogger(__name__)
 
 
-def epoch_eval_every(config: ConfigDict, train_sizes: dict[str, int], examples_per_step: dict[str, float]) -> int:
-    """`config.eval_every_epochs` as a step interval: epochs of the largest task, whose epoch is
-    ceil(train size / examples a step) steps (what sampling='all' takes to see it once; a packed step's
-    examples are its draws' mean, else the batch size: `TaskSampler.examples_per_step`)."""
+def steps_per_epoch(train_sizes: dict[str, int], examples_per_step: dict[str, float]) -> tuple[str, int]:
+    """The largest task and its epoch in steps: ceil(train size / examples a step), what sampling='all' takes
+    to see it once (examples a step: `TaskSampler.examples_per_step`, the batch size, packed or not)."""
     largest = max(sorted(train_sizes), key=lambda t: train_sizes[t])
-    steps_per_epoch = math.ceil(train_sizes[largest] / examples_per_step[largest])
-    every = max(1, round(config.eval_every_epochs * steps_per_epoch))
+    return largest, math.ceil(train_sizes[largest] / examples_per_step[largest])
+
+
+def epoch_num_steps(config: ConfigDict, train_sizes: dict[str, int], examples_per_step: dict[str, float]) -> int:
+    """`config.num_epochs` as num_steps, in the epochs `epoch_eval_every` counts: 3 epochs are 3 of its intervals."""
+    largest, epoch = steps_per_epoch(train_sizes, examples_per_step)
+    num_steps = max(1, math.ceil(config.num_epochs * epoch))
+    log.info("num_epochs=%g: training %d steps (an epoch of %s, the largest task, is %d steps)",
+             config.num_epochs, num_steps, largest, epoch)
+    return num_steps
+
+
+def epoch_eval_every(config: ConfigDict, train_sizes: dict[str, int], examples_per_step: dict[str, float]) -> int:
+    """`config.eval_every_epochs` as a step interval: epochs of the largest task (`steps_per_epoch`)."""
+    largest, epoch = steps_per_epoch(train_sizes, examples_per_step)
+    every = max(1, round(config.eval_every_epochs * epoch))
     log.info("eval_every_epochs=%g: evaluating every %d steps (an epoch of %s, the largest task, is %d steps)",
-             config.eval_every_epochs, every, largest, steps_per_epoch)
+             config.eval_every_epochs, every, largest, epoch)
     return every
 
 
@@ -100,6 +113,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     train_split = setup.encode_splits(config, train_data, tokenizer)
     dev_split = setup.encode_splits(config, dev_data, tokenizer)
 
+    if config.get("num_epochs", 0.0) > 0:  # num_steps from the epochs, before the schedule and sampler use it
+        config = config.copy_and_resolve_references()
+        examples = make_sampler(config, train_split, dev_split, data_parallel_size(mesh))[0].examples_per_step()
+        config.num_steps = epoch_num_steps(config, {t: len(s.data) for t, s in train_split.items()}, examples)
     model = setup.build_model(config, pretrained.config, specs)
     groups = setup.surgery_groups(config, specs)
     tx = make_optimizer(config, config.num_steps, len(groups))
@@ -115,6 +132,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     predictor = Predictor(model, mesh, config.eval_batch_size, config.data.buckets, tokenizer.pad_token_id,
                           eval_layouts)
     gradient_names = [setup.group_label(g) for g in groups]
+    block = train_step_batches(train_split, sampler, 0, config.data.buckets, tokenizer.pad_token_id, runner.block)
+    log.info("process %d builds block %d of %d of each batch: %s", jax.process_index(), *runner.block,
+             {t: f"{len(b['labels'])} of {len(b['labels']) * runner.block[1]} examples" for t, b in block.items()})
     program = loop.Program(
         name="train",
         abstract_state=abstract_state,
