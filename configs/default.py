@@ -61,6 +61,7 @@ def get_config() -> ConfigDict:
     config.data.on_bad_row = "skip"  # error: stop at a bad row | skip: leave it out, count and report it
     config.data.max_train_examples = -1  # keep only the first N training rows per task (-1 = all)
     config.data.max_eval_examples = -1  # keep only the first N dev/test rows per task (-1 = all)
+    config.data.prefetch = 2  # training batches built this many steps ahead on a thread (jaxmt.data.prefetch; 0 = off)
 
     config.model = ConfigDict()
     config.model.name = "minilm"  # model alias (minilm) or a local Hugging Face BERT directory

@@ -54,6 +54,7 @@ def get_config() -> ConfigDict:
     config.data.short_seq_prob = 0.1  # probability of a shorter random target length (as BERT)
     config.data.heldout_fraction = 0.05  # fraction of documents held out for evaluation (at least 2)
     config.data.max_eval_examples = 512  # held-out pairs evaluated (-1 = all)
+    config.data.prefetch = 2  # training batches built this many steps ahead on a thread (jaxmt.data.prefetch; 0 = off)
 
     config.model = ConfigDict()
     config.model.init_from = ""  # '' = from scratch | minilm | a Hugging Face BERT directory to continue from

@@ -28,6 +28,7 @@ def get_config() -> ConfigDict:
     config.data.max_query_length = 64  # questions are cut to this many tokens
     config.data.max_train_examples = -1  # keep only the first N training questions (-1 = all)
     config.data.max_eval_examples = -1  # keep only the first N dev questions (-1 = all)
+    config.data.prefetch = 2  # training batches built this many steps ahead on a thread (jaxmt.data.prefetch; 0 = off)
 
     config.decode = ConfigDict()
     config.decode.n_best = 20  # start and end candidates per window (top-k by logit)

@@ -44,6 +44,7 @@ RESUMABLE_FIELDS = (
     "checkpoint_every",
     "keep_checkpoints",
     "on_nonfinite",
+    "data.prefetch",
     "compilation_cache",
     "profile_steps",
     "mesh.shape",

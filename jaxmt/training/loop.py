@@ -26,6 +26,7 @@ from tqdm import tqdm
 from jaxmt.checkpointing.manager import Checkpoints
 from jaxmt.checkpointing.workdir import RESULTS_FILE, check_resume_config, has_trained, write_json, write_run_config
 from jaxmt.config_checks import check_ranges
+from jaxmt.data.prefetch import Prefetcher, prefetch_depth
 from jaxmt.training.faults import PreemptionGuard, StopVote, check_finite, save_or_stop
 from jaxmt.training.metric_writers import MetricWriter
 
@@ -80,6 +81,7 @@ class Outcome:
     compiles: int
     train_seconds: float
     step_seconds: list[float]
+    input_wait_seconds: list[float] = dataclasses.field(default_factory=list)  # the loop's wait for each batch
 
     def values(self, key: str, logged_only: bool = False) -> list[float]:
         """One metric over the steps this run trained (or only those logged)."""
@@ -93,6 +95,8 @@ class Outcome:
             "resumed_from_step": self.start_step,
             "train_seconds": round(self.train_seconds, 1),
             "seconds_per_step": round(float(np.median(seconds)), 4) if seconds else None,
+            "input_wait_ms_per_step": round(1e3 * float(np.median(self.input_wait_seconds[1:])), 3)
+            if len(self.input_wait_seconds) > 1 else None,  # median; the first step's batch has no head start
             "skipped_nonfinite_steps": self.skipped_steps,
             "train_step_compiles": self.compiles,
             "devices": jax.device_count(),
@@ -166,9 +170,11 @@ def run(program: Program, config: ConfigDict, workdir: str) -> Outcome:
     # Without checkpoints (a sweep's runs) there is nothing to resume from: a signal ends the run as usual.
     guard = PreemptionGuard() if checkpoints is not None else None
     try:
-        with guard or contextlib.nullcontext():
+        # Batches are built data.prefetch steps ahead on a thread (jaxmt.data.prefetch), stopped on leaving.
+        with guard or contextlib.nullcontext(), Prefetcher(program.batch, range(start, num_steps),
+                                                           prefetch_depth(config)) as batches:
             for step in bar:
-                batch = program.batch(step)
+                batch = batches.get(step)
                 if program.shape_key is not None:
                     key = program.shape_key(batch)
                     if key not in layouts:
@@ -225,7 +231,8 @@ def run(program: Program, config: ConfigDict, workdir: str) -> Outcome:
     history.extend(_read_back(unread))
     return Outcome(state=state, start_step=start, initial_dev=initial, dev=dev, best_dev=best_dev,
                    history=history, logged_steps=logged, skipped_steps=skipped, compiles=len(layouts),
-                   train_seconds=time.time() - start_time, step_seconds=step_seconds)
+                   train_seconds=time.time() - start_time, step_seconds=step_seconds,
+                   input_wait_seconds=batches.wait_seconds)
 
 
 def write_results(workdir: str, results: dict) -> None:
