@@ -22,7 +22,14 @@ def get_config() -> ConfigDict:
         update_order="simultaneous",  # simultaneous: D and G from the same params | alternating: G sees the updated D
         labeled_fraction=0.1,  # share of the training set that keeps its labels (class-stratified, seeded, fixed)
         min_labeled_per_batch=4,  # labeled rows in every batch at least (oversampling a small labeled pool)
+        # how labeled rows enter batches: none (min_labeled_per_batch rows a batch at least) | log2 (the reference
+        # GAN-BERT's apply_balance: each labeled row int(log2(int(1/rate))) times in one shuffled pool with the
+        # unlabeled rows, so a batch's labeled share varies around that of the pool)
+        labeled_copies="none",
         fake_batch_size=0,  # generated rows a step (0 = the task's batch size)
+        # G's conditioning labels: uniform (fake_batch_size random classes) | batch (one fake a real row, conditioned
+        # on its label, an unlabeled row's on an extra "no label" slot: the AC-GAN-BERT authors' code)
+        fake_labels="uniform",
         noise_dim=100,  # size of G's uniform noise z
         g_layers=1,  # G's hidden layers
         g_width=0,  # G's hidden width (0 = the encoder's feature dim)
@@ -31,7 +38,10 @@ def get_config() -> ConfigDict:
         d_width=0,  # D's hidden width (0 = the encoder's feature dim)
         d_dropout=0.1,  # dropout on D's input and after each hidden layer
         leaky_slope=0.2,  # negative slope of the leaky ReLUs of G and D
-        g_learning_rate=1e-4,  # G's AdamW learning rate (constant; encoder+D use config.optim)
+        g_learning_rate=5e-5,  # G's peak AdamW learning rate (D's, config.optim.learning_rate: the reference's choice)
+        # G's schedule: same_as_d (D's warm-up + linear decay and weight decay, peaking at g_learning_rate, as the
+        # reference GAN-BERT) | constant (g_learning_rate from step 0 on, no weight decay: issue 16's sweep, 1e-4)
+        g_schedule="same_as_d",
         weights=dict(
             d_supervised=1.0,  # D: cross-entropy on labeled real examples
             d_unsupervised=1.0,  # D: real-vs-fake on all real and fake examples

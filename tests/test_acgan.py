@@ -99,7 +99,7 @@ def step_inputs(config, data, form, weights=None, bert_config=None):
     for key, value in (weights or {}).items():
         config.gan.weights[key] = value
     gan = build_gan(config, bert_config or data.pretrained.config, data.spec)
-    d_tx, g_tx = make_optimizer(config, 10, 1), generator_optimizer(config)
+    d_tx, g_tx = make_optimizer(config, 10, 1), generator_optimizer(config, 10)
     state = init_gan_state(gan, d_tx, g_tx, jax.random.PRNGKey(0), data.pretrained.params)
     sampler = SemiSupervisedSampler.build(len(data.train.data), data.labeled, 16, 4, 0)
     idx, mask = sampler.indices(0)
@@ -383,13 +383,15 @@ def test_sweep_rejects_unknown_methods_and_bad_epochs(tmp_path):
     from jaxmt.gan.fractions import run_sweep
 
     config = gan_config(NO_MODEL)
-    expected = r"unknown \['wgan'\]; expected a subset of \['acgan', 'baseline', 'ganbert'\]"
+    expected = (r"unknown \['wgan'\]; expected a subset of "
+                r"\['acgan', 'baseline', 'baseline_reference', 'ganbert', 'paper'\]")
     with pytest.raises(ConfigError, match=expected):
         run_sweep(config, str(tmp_path), [0.1], ("acgan", "wgan"))
     with pytest.raises(ConfigError, match="--methods"):
         run_sweep(config, str(tmp_path), [0.1], ())
-    with pytest.raises(ConfigError, match="--epochs"):
-        run_sweep(config, str(tmp_path), [0.1], ("acgan",), epochs=-1.0)
+    for epochs in ({"epochs": -1.0}, {"reference_epochs": -3.0}):
+        with pytest.raises(ConfigError, match="--epochs"):
+            run_sweep(config, str(tmp_path), [0.1], ("acgan",), **epochs)
     assert not os.listdir(tmp_path)
 
 
@@ -531,3 +533,199 @@ def test_class_matching_weights_are_generator_terms(demo_data, weight_name, term
     term = aux["terms"][term_name]
     assert float(term) > 0
     assert float(with_term) == pytest.approx(float(base) + 2.0 * float(term), rel=1e-5)
+
+
+def test_generator_follows_d_schedule_by_default_or_keeps_a_constant_rate():
+    """'same_as_d': D's warm-up + linear decay, peaking at gan.g_learning_rate (D's peak by default), with D's weight
+    decay; 'constant': the peak from step 0 on, no weight decay."""
+    from jaxmt.gan.build import generator_learning_rate
+    from jaxmt.training.optimizer import learning_rate_schedule
+
+    config = gan_config(NO_MODEL, **{"optim.learning_rate": 5e-5, "optim.warmup_fraction": 0.1})
+    assert config.gan.g_schedule == "same_as_d" and config.gan.g_learning_rate == config.optim.learning_rate
+    same, d_rate = generator_learning_rate(config, 100), learning_rate_schedule(config, 100)
+    for step, rate in ((0, 0.0), (5, 2.5e-5), (10, 5e-5), (55, 2.5e-5), (100, 0.0)):
+        assert float(same(step)) == pytest.approx(rate, rel=1e-6, abs=1e-12)
+        assert float(d_rate(step)) == pytest.approx(rate, rel=1e-6, abs=1e-12)
+    changed = lambda **fields: with_overrides(config.copy_and_resolve_references(), **fields)  # noqa: E731
+    peaked = generator_learning_rate(changed(**{"gan.g_learning_rate": 1e-4}), 100)
+    assert [float(peaked(s)) for s in (5, 10, 55)] == pytest.approx([5e-5, 1e-4, 5e-5])
+    constant = changed(**{"gan.g_schedule": "constant", "gan.g_learning_rate": 1e-4})
+    assert [float(generator_learning_rate(constant, 100)(s)) for s in (0, 10, 99)] == pytest.approx([1e-4] * 3)
+
+    # the optimizers: step 0 moves nothing on D's schedule (warm-up starts at 0) and Adam's ~lr on a constant one;
+    # on D's schedule kernels decay and biases do not
+    params = {"out": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}}
+    zero_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    for cfg, first_update in ((config, 0.0), (constant, -1e-4)):  # Adam's first step: -rate x sign(gradient)
+        tx = generator_optimizer(cfg, 100)
+        updates, state = tx.update(grads, tx.init(params), params)
+        assert float(updates["out"]["kernel"][0, 0]) == pytest.approx(first_update, rel=1e-3, abs=1e-12)
+    tx = generator_optimizer(changed(**{"optim.weight_decay": 0.5}), 100)
+    state = tx.init(params)
+    for _ in range(6):  # into the warm-up, where the rate is > 0
+        updates, state = tx.update(zero_grads, state, params)
+    assert float(updates["out"]["kernel"][0, 0]) < 0 and float(updates["out"]["bias"][0]) == 0.0
+    with pytest.raises(ConfigError, match="g_schedule"):
+        check_gan_config(changed(**{"gan.g_schedule": "cosine"}))
+
+
+def test_paper_form_conditions_each_fake_on_its_real_rows_label(demo_data):
+    """gan.fake_labels='batch': one fake a real row, conditioned on its label, an unlabeled row's on the extra
+    "no label" slot K (G's one-hot has K+1 entries); the class terms skip such fakes, and a step stays finite."""
+    config, data = demo_data
+    config = with_overrides(config.copy_and_resolve_references(), **{"gan.fake_labels": "batch"})
+    _, gan, d_tx, g_tx, state, batch = step_inputs(config, data, GANBERT, weights={"g_class": 1.0})
+    assert gan.generator.num_conditions == K + 1 and gan.generator.unlabeled_slot
+    assert state.g.params["hidden"][0]["kernel"].shape[0] == gan.generator.noise_dim + K + 1
+    noise, labels = gan.fake_inputs(jax.random.PRNGKey(0), batch)
+    expected = np.where(batch["label_mask"] > 0, batch["labels"], K)
+    np.testing.assert_array_equal(np.asarray(labels), expected)
+    assert noise.shape == (16, gan.generator.noise_dim) and 0 < int((expected == K).sum()) < 16
+    new, metrics = jax.jit(make_gan_step(gan, d_tx, g_tx))(state, batch, jax.random.PRNGKey(1))
+    assert not bool(metrics["nonfinite"]) and np.isfinite(float(metrics["g/class"]))
+    from jaxmt.gan.losses import fake_class_loss
+
+    d = gan.discriminator
+    logits = {"logits": jnp.array([[3.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 6])}
+    only_first = fake_class_loss(d, logits, jnp.array([0, K]))  # the "no label" fake has no class loss
+    assert float(only_first) == pytest.approx(float(fake_class_loss(d, {"logits": logits["logits"][:1]},
+                                                                    jnp.array([0]))))
+    with pytest.raises(ConfigError, match="fake_batch_size"):
+        check_gan_config(with_overrides(config, **{"gan.fake_batch_size": 8}))
+
+
+def test_paper_config_is_the_authors_form_on_the_references_schedule_and_mix():
+    from configs import acgan_paper
+
+    config = acgan_paper.get_config()
+    check_gan_config(config)
+    gan = config.gan
+    assert (gan.form, gan.fake_labels, gan.labeled_copies, gan.g_schedule) == ("ganbert", "batch", "log2",
+                                                                              "same_as_d")
+    assert gan.weights.g_class is None  # resolves to 0 for the ganbert form: no class loss on fakes
+    assert LossWeights.from_config(gan.weights, gan.form).g_class == 0.0
+    assert (gan.g_layers, gan.d_layers, config.tasks.sst.batch_size) == (2, 3, 64)
+
+
+def test_reference_mix_copies_each_labeled_row_log2_times():
+    """gan.labeled_copies='log2' (the reference's apply_balance): one pool of every unlabeled row and
+    int(log2(int(N / L))) copies of each labeled row, walked in seeded epochs; label masks follow membership."""
+    from jaxmt.gan.semi_supervised import PooledSampler, build_sampler, log2_copies
+
+    assert [log2_copies(n, 7544) for n in (75, 151, 377, 1509, 7544)] == [6, 5, 4, 2, 1]  # SST at 1/2/5/20/100%
+    labeled = np.arange(0, 1000, 50)  # 20 of 1,000: rate 2%, 5 copies
+    sampler = PooledSampler.build(1000, labeled, 16, seed=0)
+    assert sampler.copies == 5 and len(sampler.pool) == 980 + 100
+    assert sampler.labeled_per_batch == pytest.approx(16 * 100 / 1080)
+    steps = len(sampler.pool) // 16  # 67 full batches: one epoch but the last 8 rows
+    seen = np.concatenate([sampler.indices(s)[0] for s in range(steps)])
+    masks = np.concatenate([sampler.indices(s)[1] for s in range(steps)])
+    np.testing.assert_array_equal(masks > 0, np.isin(seen, labeled))
+    counts = np.bincount(seen, minlength=1000)
+    assert counts[labeled].sum() >= 100 - 8 and counts[labeled].max() == 5
+    assert np.delete(counts, labeled).max() == 1
+    shares = [sampler.indices(s)[1].mean() for s in range(steps)]
+    assert min(shares) < max(shares)  # the labeled share varies from batch to batch, as the reference's does
+    np.testing.assert_array_equal(sampler.indices(3)[0], PooledSampler.build(1000, labeled, 16, 0).indices(3)[0])
+    assert PooledSampler.build(50, np.arange(50), 16, 0).indices(2)[1].all()  # all labeled: one copy, all masks 1
+    config = gan_config(NO_MODEL, **{"gan.labeled_copies": "log2"})
+    assert isinstance(build_sampler(config, 1000, labeled, 16), PooledSampler)
+    assert build_sampler(with_overrides(config, **{"gan.labeled_copies": "none"}), 1000, labeled, 16).num_labeled == 4
+
+
+def test_reference_baseline_steps_and_the_baseline_steps_flag():
+    from jaxmt.gan.fractions import method_steps, reference_baseline_steps
+    from jaxmt.sweep import expand_baselines
+
+    assert reference_baseline_steps(3, 151, 64) == 7  # int(151 / 64 * 3), the reference's count at 2% SST labels
+    assert reference_baseline_steps(1, 20, 64) == 1
+    assert method_steps("baseline_reference", 3, 200, 7544, 151, 64) == 7
+    assert method_steps("baseline", 3, 200, 7544, 151, 64) == method_steps("paper", 3, 200, 7544, 151, 64) == 354
+    assert method_steps("baseline", 0, 200, 7544, 151, 64) == 200
+    assert method_steps("baseline_reference", 1, 200, 7544, 151, 64, reference_epochs=3) == 7
+    with pytest.raises(ConfigError, match="--epochs"):
+        method_steps("baseline_reference", 0, 200, 7544, 151, 64)
+    assert expand_baselines(["paper", "baseline", "ganbert"], ["reference", "equal"]) == (
+        "paper", "baseline_reference", "baseline", "ganbert")
+    assert expand_baselines(["baseline"], ["equal"]) == ("baseline",)
+    for methods, steps, message in ((["baseline"], ["fewer"], "--baseline_steps"),
+                                    (["baseline_reference"], ["equal"], "--methods")):
+        with pytest.raises(ConfigError, match=message):
+            expand_baselines(methods, steps)
+
+
+def test_sweep_sets_each_methods_fields_and_the_reference_baselines_steps(demo_data, tmp_path, monkeypatch):
+    """Stand-in trainers: the paper's form gets fake_labels='batch' and the ganbert form, GAN-BERT uniform
+    labels whatever the config says, the reference baseline its own step count; the table has a Δ column for
+    each baseline."""
+    import jaxmt.gan.baseline
+    import jaxmt.gan.build
+    import jaxmt.gan.trainer
+    from jaxmt.gan.fractions import reference_baseline_steps, run_sweep, steps_for_epochs
+
+    config, data = demo_data
+    config = with_overrides(config.copy_and_resolve_references(), **{"gan.fake_labels": "batch"})
+    calls = []
+    monkeypatch.setattr(jaxmt.gan.build, "load_gan_data", lambda config: data)
+    monkeypatch.setattr(jaxmt.gan.trainer, "train_gan", recording_trainer(calls, "gan"))
+    monkeypatch.setattr(jaxmt.gan.baseline, "train_baseline", recording_trainer(calls, "baseline"))
+    methods = ("paper", "ganbert", "baseline", "baseline_reference")
+    run_sweep(config, str(tmp_path), [0.25], methods, seeds=[0], epochs=3.0)
+    by_method = {c["workdir"].split(os.sep)[-2]: c["config"] for c in calls}
+    assert (by_method["paper"].gan.form, by_method["paper"].gan.fake_labels) == ("ganbert", "batch")
+    assert (by_method["ganbert"].gan.form, by_method["ganbert"].gan.fake_labels) == ("ganbert", "uniform")
+    assert by_method["baseline"].num_steps == by_method["paper"].num_steps == steps_for_epochs(3.0, 400, 16)
+    assert by_method["baseline_reference"].num_steps == reference_baseline_steps(3.0, 100, 16) == 18
+    header = open(tmp_path / "results.md").read().splitlines()[0]
+    assert "Δ AC-GAN-BERT, paper's form − baseline |" in header and "Δ GAN-BERT − baseline reference" in header
+
+
+def test_paper_form_trains_with_the_reference_mix_and_draws_p_real(demo_data, tmp_path, monkeypatch):
+    """Two real steps of the paper's form with the reference's labeled mix through the sweep; the sweep draws
+    D's p(real) on real and fake rows over training."""
+    import jaxmt.gan.build
+    from jaxmt.gan.fractions import p_real_curves, run_sweep
+
+    config, data = demo_data
+    monkeypatch.setattr(jaxmt.gan.build, "load_gan_data", lambda config: data)
+    config = with_overrides(config.copy_and_resolve_references(), num_steps=2, log_every=1,
+                            **{"gan.labeled_copies": "log2", "gan.g_layers": 2, "gan.d_layers": 3})
+    rows = run_sweep(config, str(tmp_path), [0.25], ("paper",), seeds=[0])
+    run = tmp_path / "fraction_0.25" / "paper" / "seed_0"
+    results = json.loads((run / "results.json").read_text())
+    assert rows[0]["steps"] == 2 and results["form"] == "ganbert" and results["loss_weights"]["g_class"] == 0.0
+    assert results["labeled_per_batch"] == pytest.approx(16 * 200 / (200 + 300), abs=0.01)  # 25%: 2 copies
+    curves = p_real_curves(rows)
+    assert list(curves["real"][0]) == [1, 2] and all(0 < p < 1 for p in curves["fake"][1])
+    assert os.path.getsize(tmp_path / "p_real.png") > 0
+
+
+def test_sweep_archives_finished_runs_and_a_fresh_workdir_continues_from_the_archive(demo_data, tmp_path,
+                                                                                      monkeypatch):
+    """--archive: each finished run's records (no checkpoints) and the tables land in the archive; a later
+    session with a new workdir trains only what the archive lacks."""
+    import jaxmt.gan.baseline
+    import jaxmt.gan.build
+    import jaxmt.gan.trainer
+    from jaxmt.gan.fractions import run_sweep
+
+    config, data = demo_data
+    calls = []
+    monkeypatch.setattr(jaxmt.gan.build, "load_gan_data", lambda config: data)
+    monkeypatch.setattr(jaxmt.gan.trainer, "train_gan", recording_trainer(calls, "gan"))
+    monkeypatch.setattr(jaxmt.gan.baseline, "train_baseline", recording_trainer(calls, "baseline"))
+    archive = tmp_path / "docs_runs"
+    (tmp_path / "first" / "fraction_0.25" / "paper" / "seed_0" / "checkpoints").mkdir(parents=True)
+    rows = run_sweep(config, str(tmp_path / "first"), [0.25], ("paper", "baseline"), seeds=[0], archive=str(archive))
+    assert len(calls) == 2 and {r["workdir"] for r in rows} == {str(archive / "fraction_0.25" / m / "seed_0")
+                                                                for m in ("paper", "baseline")}
+    assert sorted(os.listdir(archive / "fraction_0.25" / "paper" / "seed_0")) == ["results.json"]
+    assert (archive / "results.md").exists() and (tmp_path / "first" / "results.md").exists()
+    calls.clear()
+    rows = run_sweep(config, str(tmp_path / "second"), [0.25], ("paper", "baseline"), seeds=[0, 1],
+                     archive=str(archive))
+    assert sorted(c["workdir"] for c in calls) == sorted(str(tmp_path / "second" / "fraction_0.25" / m / "seed_1")
+                                                         for m in ("paper", "baseline"))
+    assert len(rows) == 4 and (archive / "fraction_0.25" / "baseline" / "seed_1" / "results.json").exists()

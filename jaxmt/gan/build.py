@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import jax
 import numpy as np
 import optax
 from jax.sharding import Mesh
@@ -22,15 +23,18 @@ from jaxmt.errors import ConfigError
 from jaxmt.gan.losses import LossWeights
 from jaxmt.gan.networks import FORMS, Discriminator, Generator
 from jaxmt.gan.semi_supervised import stratified_labeled_subset
-from jaxmt.gan.step import UPDATES, GanModel
+from jaxmt.gan.step import FAKE_LABELS, UPDATES, GanModel
 from jaxmt.models.pretrained import PretrainedBert, load_pretrained
 from jaxmt.parallel import distributed
 from jaxmt.parallel.mesh import make_mesh
 from jaxmt.training import loop, setup
+from jaxmt.training.optimizer import learning_rate_schedule
 
 log = logging.getLogger(__name__)
 
 METHODS = ("acgan", "baseline")
+G_SCHEDULES = ("same_as_d", "constant")  # G's learning rate: D's warm-up + linear decay shape | constant
+LABELED_COPIES = ("none", "log2")  # labeled rows in batches: min_labeled_per_batch | the reference's copies
 
 
 def check_gan_config(config: ConfigDict) -> None:
@@ -39,7 +43,9 @@ def check_gan_config(config: ConfigDict) -> None:
         raise ConfigError("this config has no `gan` block: start from configs/acgan.py")
     setup.check_config(config)
     gan = config.gan
-    for field, allowed in (("method", METHODS), ("form", FORMS), ("update_order", UPDATES)):
+    for field, allowed in (("method", METHODS), ("form", FORMS), ("update_order", UPDATES),
+                           ("g_schedule", G_SCHEDULES), ("fake_labels", FAKE_LABELS),
+                           ("labeled_copies", LABELED_COPIES)):
         if gan[field] not in allowed:
             raise ConfigError(f"config.gan.{field} = {gan[field]!r}; expected one of {allowed}")
     if len(config.task_names) != 1:
@@ -60,6 +66,10 @@ def check_gan_config(config: ConfigDict) -> None:
     for field in ("g_dropout", "d_dropout"):
         if not 0.0 <= gan[field] < 1.0:
             raise ConfigError(f"config.gan.{field} = {gan[field]}: must be in [0, 1)")
+    batch_size = task.batch_size if task is not None else 0
+    if gan.fake_labels == "batch" and gan.fake_batch_size not in (0, batch_size):
+        raise ConfigError(f"config.gan.fake_batch_size = {gan.fake_batch_size}: with gan.fake_labels='batch' G makes "
+                          f"one fake a real row; set it to 0 (= the batch size, {batch_size})")
     negative = [k for k, v in gan.weights.items() if v is not None and v < 0]
     if negative:
         raise ConfigError(f"config.gan.weights: {negative} negative; loss weights must be >= 0")
@@ -117,19 +127,37 @@ def build_gan(config: ConfigDict, bert_config, spec: TaskSpec) -> GanModel:
     dim = encoder.backbone.feature_dim
     g = config.gan
     generator = Generator(num_classes=spec.num_classes, feature_dim=dim, noise_dim=g.noise_dim,
-                          hidden=(g.g_width or dim,) * g.g_layers, dropout_rate=g.g_dropout, slope=g.leaky_slope)
+                          hidden=(g.g_width or dim,) * g.g_layers, dropout_rate=g.g_dropout, slope=g.leaky_slope,
+                          unlabeled_slot=g.fake_labels == "batch")
     discriminator = Discriminator(num_classes=spec.num_classes, feature_dim=dim, form=g.form,
                                   hidden=(g.d_width or dim,) * g.d_layers, dropout_rate=g.d_dropout,
                                   slope=g.leaky_slope)
     batch_size = config.tasks[spec.name].batch_size
     return GanModel(encoder=encoder, generator=generator, discriminator=discriminator,
-                    weights=LossWeights.from_config(g.weights, g.form), fake_batch_size=g.fake_batch_size or batch_size)
+                    weights=LossWeights.from_config(g.weights, g.form), fake_batch_size=g.fake_batch_size or batch_size,
+                    fake_labels=g.fake_labels)
 
 
-def generator_optimizer(config: ConfigDict) -> optax.GradientTransformation:
-    """G's own optimizer: clipped AdamW at a constant `gan.g_learning_rate`, no weight decay."""
+def generator_learning_rate(config: ConfigDict, num_steps: int) -> optax.Schedule:
+    """G's learning rate by step, peaking at `gan.g_learning_rate`.
+    'same_as_d': the warm-up + linear decay of encoder+D (`learning_rate_schedule`), as the reference
+    GAN-BERT trains G and D (crux82/ganbert, ganbert.py: one `create_optimizer` call each, same rate and
+    steps); 'constant': the peak from step 0 to the end."""
+    peak = config.gan.g_learning_rate
+    if config.gan.g_schedule == "constant":
+        return optax.constant_schedule(peak)
+    return learning_rate_schedule(config, num_steps, peak=peak)
+
+
+def generator_optimizer(config: ConfigDict, num_steps: int) -> optax.GradientTransformation:
+    """G's own optimizer: clipped AdamW at `generator_learning_rate`; on D's schedule also with D's weight
+    decay (`optim.weight_decay`, on kernels only, as D's AdamW leaves biases out), constant without any."""
     chain = [optax.clip_by_global_norm(config.optim.clip_norm)] if config.optim.clip_norm > 0 else []
-    return optax.chain(*chain, optax.adamw(config.gan.g_learning_rate, weight_decay=0.0))
+    same_as_d = config.gan.g_schedule == "same_as_d"
+    kernels = lambda params: jax.tree_util.tree_map(lambda x: x.ndim > 1, params)  # noqa: E731
+    return optax.chain(*chain, optax.adamw(generator_learning_rate(config, num_steps), b1=0.9, b2=0.999, eps=1e-8,
+                                           weight_decay=config.optim.weight_decay if same_as_d else 0.0,
+                                           mask=kernels))
 
 
 def prepare_gan_run(config: ConfigDict, workdir: str, data: GanData | None, method: str) -> tuple[Mesh, GanData, str]:

@@ -53,6 +53,13 @@ def class_cross_entropy(d: Discriminator, outputs: dict, labels: jax.Array) -> j
     return optax.softmax_cross_entropy_with_integer_labels(d.class_logits(outputs), labels.astype(jnp.int32))
 
 
+def fake_class_loss(d: Discriminator, fake_out: dict, fake_labels: jax.Array) -> jax.Array:
+    """Mean K-way cross-entropy of the fakes for their conditioning labels, over the fakes conditioned on a class
+    (a fake conditioned on "no label", label K, has no class to be judged by)."""
+    conditioned = fake_labels < d.num_classes
+    return masked_mean(class_cross_entropy(d, fake_out, jnp.where(conditioned, fake_labels, 0)), conditioned)
+
+
 def discriminator_losses(d: Discriminator, real_out: dict, fake_out: dict, labels: jax.Array,
                          label_mask: jax.Array, real_mask: jax.Array, fake_labels: jax.Array,
                          w: LossWeights) -> tuple[jax.Array, dict]:
@@ -65,7 +72,7 @@ def discriminator_losses(d: Discriminator, real_out: dict, fake_out: dict, label
     terms = {"supervised": sup, "unsupervised": unsup}
     total = w.d_supervised * sup + w.d_unsupervised * unsup
     if d.form == ACGAN:
-        terms["fake_class"] = jnp.mean(class_cross_entropy(d, fake_out, fake_labels))
+        terms["fake_class"] = fake_class_loss(d, fake_out, fake_labels)
         total = total + w.d_fake_class * terms["fake_class"]
     return total, terms
 
@@ -103,7 +110,7 @@ def generator_losses(d: Discriminator, fake_out: dict, fake_feats: jax.Array, re
     weights = real_mask.astype(jnp.float32)[:, None]
     real_mean = jnp.sum(real_feats * weights, axis=0) / jnp.maximum(jnp.sum(weights), 1.0)
     feature_matching = jnp.mean(jnp.square(real_mean - jnp.mean(fake_feats, axis=0)))
-    cls = jnp.mean(class_cross_entropy(d, fake_out, fake_labels))
+    cls = fake_class_loss(d, fake_out, fake_labels)
     class_fm = class_feature_matching(real_feats, real_labels, label_mask * real_mask, fake_feats, fake_labels,
                                       d.num_classes)
     class_em = class_feature_matching(real, real_labels, label_mask * real_mask, fake, fake_labels, d.num_classes)

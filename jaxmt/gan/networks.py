@@ -49,7 +49,11 @@ def _hidden(params: list[dict], x: jax.Array, rng: jax.Array | None, rate: float
 
 @dataclasses.dataclass(frozen=True)
 class Generator:
-    """G(z, y): noise [B, noise_dim] and labels [B] -> fake embeddings [B, feature_dim] (float32)."""
+    """G(z, y): noise [B, noise_dim] and labels [B] -> fake embeddings [B, feature_dim] (float32).
+
+    With `unlabeled_slot` the one-hot has K+1 entries and label K means "no label": the AC-GAN-BERT
+    authors condition G on each real row's label, and an unlabeled row's is a label of its own there.
+    """
 
     num_classes: int
     feature_dim: int
@@ -57,9 +61,15 @@ class Generator:
     hidden: tuple[int, ...] = (768,)
     dropout_rate: float = 0.1
     slope: float = 0.2
+    unlabeled_slot: bool = False
+
+    @property
+    def num_conditions(self) -> int:
+        """Entries of G's one-hot label input: the K classes, and "no label" with `unlabeled_slot`."""
+        return self.num_classes + int(self.unlabeled_slot)
 
     def init(self, rng: jax.Array) -> dict:
-        dims = (self.noise_dim + self.num_classes, *self.hidden)
+        dims = (self.noise_dim + self.num_conditions, *self.hidden)
         rngs = jax.random.split(rng, len(self.hidden) + 1)
         layers = [init_dense(rngs[i], dims[i], dims[i + 1]) for i in range(len(self.hidden))]
         return {"hidden": layers, "out": init_dense(rngs[-1], dims[-1], self.feature_dim)}
@@ -69,7 +79,7 @@ class Generator:
 
     def __call__(self, params: dict, noise: jax.Array, labels: jax.Array, rng: jax.Array | None = None,
                  deterministic: bool = True) -> jax.Array:
-        x = jnp.concatenate([noise.astype(jnp.float32), jax.nn.one_hot(labels, self.num_classes)], axis=-1)
+        x = jnp.concatenate([noise.astype(jnp.float32), jax.nn.one_hot(labels, self.num_conditions)], axis=-1)
         x = _hidden(params["hidden"], x, rng, self.dropout_rate, self.slope, deterministic)
         return dense(params["out"], x)  # linear: embeddings are unbounded
 

@@ -10,9 +10,11 @@ labeled rows drawn from the (small) labeled pool, which oversamples it relative 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
+from ml_collections import ConfigDict
 
 from jaxmt.data.tokenization import EncodedSplit, bucket_length, make_batch
 from jaxmt.errors import ConfigError
@@ -72,6 +74,10 @@ class SemiSupervisedSampler:
             num_labeled = min(batch_size, max(min_labeled_per_batch, share))
         return cls(labeled=labeled, unlabeled=unlabeled, batch_size=batch_size, num_labeled=num_labeled, seed=seed)
 
+    @property
+    def labeled_per_batch(self) -> float:
+        return float(self.num_labeled)
+
     def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         lab = self.labeled[_cycled(len(self.labeled), self.num_labeled, step, self.seed, 0)]
         n_unlab = self.batch_size - self.num_labeled
@@ -79,6 +85,53 @@ class SemiSupervisedSampler:
                  else np.zeros(0, np.int64))
         mask = np.concatenate([np.ones(len(lab), np.float32), np.zeros(len(unlab), np.float32)])
         return np.concatenate([lab, unlab]), mask
+
+
+def log2_copies(num_labeled: int, num_examples: int) -> int:
+    """How often the reference GAN-BERT puts each labeled row in its training data (ganbert.py and
+    ganbert-pytorch's `apply_balance`): int(log2(int(1 / rate))) for a labeled rate L / N, at least 1."""
+    return max(1, int(math.log2(int(num_examples / num_labeled))))
+
+
+@dataclasses.dataclass(frozen=True)
+class PooledSampler:
+    """Step -> (example indices [B], label mask [B]) from one pool, as the reference GAN-BERT batches: every
+    unlabeled row once and every labeled row `copies` times, walked in seeded per-epoch permutations, so a
+    batch's labeled share varies around copies * L / (copies * L + U) (5.7% at 1% labels, 33% at 20%)."""
+
+    pool: np.ndarray  # indices into the training split, each labeled one `copies` times
+    is_labeled: np.ndarray  # [len(pool)] bool
+    batch_size: int
+    copies: int
+    seed: int
+
+    @classmethod
+    def build(cls, num_examples: int, labeled: np.ndarray, batch_size: int, seed: int) -> PooledSampler:
+        labeled = np.asarray(labeled, dtype=np.int64)
+        unlabeled = np.setdiff1d(np.arange(num_examples), labeled)
+        copies = log2_copies(len(labeled), num_examples) if len(unlabeled) else 1
+        pool = np.concatenate([np.tile(labeled, copies), unlabeled])
+        is_labeled = np.arange(len(pool)) < copies * len(labeled)
+        return cls(pool=pool, is_labeled=is_labeled, batch_size=batch_size, copies=copies, seed=seed)
+
+    @property
+    def labeled_per_batch(self) -> float:
+        """The expected labeled rows a batch."""
+        return self.batch_size * float(np.mean(self.is_labeled))
+
+    def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        positions = _cycled(len(self.pool), self.batch_size, step, self.seed, 2)
+        return self.pool[positions], self.is_labeled[positions].astype(np.float32)
+
+
+def build_sampler(config: ConfigDict, num_examples: int, labeled: np.ndarray,
+                  batch_size: int) -> SemiSupervisedSampler | PooledSampler:
+    """`gan.labeled_copies`: 'none', a fixed `gan.min_labeled_per_batch` labeled rows a batch (at least);
+    'log2', the reference's pool of copied labeled rows and unlabeled rows (`PooledSampler`)."""
+    if config.gan.labeled_copies == "log2":
+        return PooledSampler.build(num_examples, labeled, batch_size, config.seed)
+    return SemiSupervisedSampler.build(num_examples, labeled, batch_size, config.gan.min_labeled_per_batch,
+                                       config.seed)
 
 
 def semi_supervised_batch(split: EncodedSplit, indices: np.ndarray, label_mask: np.ndarray,

@@ -26,6 +26,7 @@ from jaxmt.parallel.mesh import batch_sharding, replicated
 from jaxmt.parallel.state_sharding import state_shardings
 
 UPDATES = ("simultaneous", "alternating")
+FAKE_LABELS = ("uniform", "batch")  # G's conditioning labels: random classes | each real row's label (or "no label")
 
 
 @flax.struct.dataclass
@@ -45,6 +46,7 @@ class GanModel:
     discriminator: Discriminator
     weights: LossWeights
     fake_batch_size: int
+    fake_labels: str = "uniform"  # one of FAKE_LABELS
 
     def init(self, rng: jax.Array, encoder_params: dict | None) -> tuple[dict, dict]:
         """(encoder+D params, G params); `encoder_params` is a pretrained FlaxBert tree or None."""
@@ -65,9 +67,14 @@ class GanModel:
                                       output_dropout=False)
         return feats[:, 0].astype(jnp.float32)
 
-    def fake_inputs(self, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Noise [F, noise_dim] and conditioning labels [F] (uniform over the K classes)."""
+    def fake_inputs(self, rng: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
+        """Noise [F, noise_dim] and conditioning labels [F]: 'uniform', F = fake_batch_size random classes;
+        'batch' (the AC-GAN-BERT authors' code), one fake a real row, conditioned on its label, an unlabeled
+        row's on "no label" (label K, G's extra one-hot slot)."""
         noise_rng, label_rng = jax.random.split(rng)
+        if self.fake_labels == "batch":
+            labels = jnp.where(batch["label_mask"] > 0, batch["labels"], self.generator.num_classes)
+            return self.generator.sample_noise(noise_rng, labels.shape[0]), labels.astype(jnp.int32)
         n = self.fake_batch_size
         return (self.generator.sample_noise(noise_rng, n),
                 jax.random.randint(label_rng, (n,), 0, self.generator.num_classes))
@@ -85,7 +92,7 @@ class GanModel:
         """D's loss; differentiable in `d_params` only (G's output is a constant here)."""
         enc_rng, g_rng, d_rng = jax.random.split(rng, 3)
         real = self.real_embeddings(d_params, batch, enc_rng, deterministic=False)
-        noise, fake_labels = self.fake_inputs(noise_rng)
+        noise, fake_labels = self.fake_inputs(noise_rng, batch)
         fake = jax.lax.stop_gradient(self.generator(g_params, noise, fake_labels, g_rng, deterministic=False))
         (real_out, _), (fake_out, _) = self._discriminate(d_params, real, fake, d_rng)
         total, terms = discriminator_losses(self.discriminator, real_out, fake_out, batch["labels"],
@@ -104,7 +111,7 @@ class GanModel:
         """G's loss; differentiable in `g_params` only (D's params and the real embeddings are constants)."""
         d_params, real = jax.lax.stop_gradient((d_params, real))
         g_rng, d_rng = jax.random.split(rng)
-        noise, fake_labels = self.fake_inputs(noise_rng)
+        noise, fake_labels = self.fake_inputs(noise_rng, batch)
         fake = self.generator(g_params, noise, fake_labels, g_rng, deterministic=False)
         (_, real_feats), (fake_out, fake_feats) = self._discriminate(d_params, real, fake, d_rng)
         total, terms = generator_losses(self.discriminator, fake_out, fake_feats, real_feats,

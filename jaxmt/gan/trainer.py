@@ -21,7 +21,7 @@ from jaxmt.data.tokenization import EncodedSplit
 from jaxmt.errors import ConfigError
 from jaxmt.gan.build import GanData, build_gan, generator_optimizer, prepare_gan_run
 from jaxmt.gan.collapse import collapse_report
-from jaxmt.gan.semi_supervised import SemiSupervisedSampler, semi_supervised_batch
+from jaxmt.gan.semi_supervised import build_sampler, semi_supervised_batch
 from jaxmt.gan.step import GanModel, gan_state_shardings, init_gan_state, jit_gan_step, make_eval_fns
 from jaxmt.parallel.host_data import put_host_batch
 from jaxmt.parallel.mesh import batch_sharding
@@ -73,17 +73,17 @@ def train_gan(config: ConfigDict, workdir: str, data: GanData | None = None) -> 
     mesh, data, tag = prepare_gan_run(config, workdir, data, "AC-GAN-BERT")
     name = data.spec.name
     gan = build_gan(config, data.pretrained.config, data.spec)
-    d_tx, g_tx = make_optimizer(config, config.num_steps, 1), generator_optimizer(config)
+    d_tx, g_tx = make_optimizer(config, config.num_steps, 1), generator_optimizer(config, config.num_steps)
     init_rng, dropout_rng = stream_key(config.seed, "init"), stream_key(config.seed, "dropout")
     init = lambda p: init_gan_state(gan, d_tx, g_tx, init_rng, p)  # noqa: E731
     abstract = jax.eval_shape(init, data.pretrained.params)
     shardings = gan_state_shardings(abstract, mesh)
     step_fn = jit_gan_step(gan, d_tx, g_tx, config.gan.update_order, mesh, shardings)
     embed, classify, generate = make_eval_fns(gan, mesh)
-    sampler = SemiSupervisedSampler.build(len(data.train.data), data.labeled, config.tasks[name].batch_size,
-                                          config.gan.min_labeled_per_batch, config.seed)
-    log.info("%sAC-GAN-BERT on %s: %d labeled rows per batch of %d, %d fakes, %d steps", tag, name,
-             sampler.num_labeled, sampler.batch_size, gan.fake_batch_size, config.num_steps)
+    sampler = build_sampler(config, len(data.train.data), data.labeled, config.tasks[name].batch_size)
+    log.info("%sAC-GAN-BERT on %s: %.1f labeled rows per batch of %d (labeled_copies=%s), %s fakes, %d steps", tag,
+             name, sampler.labeled_per_batch, sampler.batch_size, config.gan.labeled_copies,
+             "one a real row" if gan.fake_labels == "batch" else gan.fake_batch_size, config.num_steps)
     sharding = batch_sharding(mesh)
     dev_embeddings: list[np.ndarray] = []
 
@@ -125,7 +125,8 @@ def train_gan(config: ConfigDict, workdir: str, data: GanData | None = None) -> 
         "train_examples": len(data.train.data), "labeled_per_class": data.class_counts(data.labeled),
         **{k: common[k] for k in ("steps", "resumed_from_step", "train_seconds", "seconds_per_step",
                                   "skipped_nonfinite_steps")},
-        "batch_size": sampler.batch_size, "labeled_per_batch": sampler.num_labeled, "dev_accuracy": dev_acc,
+        "batch_size": sampler.batch_size, "labeled_per_batch": round(sampler.labeled_per_batch, 2),
+        "dev_accuracy": dev_acc,
         "dev_examples": len(data.dev.data), "collapse": collapse,
         "first_losses": {k: float(np.mean(v[:5])) for k, v in history.items()},
         "last_losses": {k: float(np.mean(v[-5:])) for k, v in history.items()},
