@@ -14,7 +14,7 @@ from conftest import ROOT
 import jaxmt
 
 COMMANDS = ("train", "evaluate", "pretrain", "qa", "acgan", "sweep", "probe", "plot", "predict", "export",
-            "summarize")
+            "summarize", "compile_report")
 BUILD_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "README.md")
 
 
@@ -51,7 +51,7 @@ def test_wheel_declares_a_console_script_per_command(wheel):
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     lines = archive.read(entry_points).decode().split("[console_scripts]")[1].split("[")[0].split("\n")
     scripts = dict(line.replace(" ", "").split("=") for line in lines if line.strip())
-    assert scripts == {f"jaxmt-{command}": f"jaxmt.{command}:run" for command in COMMANDS}
+    assert scripts == {f"jaxmt-{command.replace('_', '-')}": f"jaxmt.{command}:run" for command in COMMANDS}
     for command in COMMANDS:
         assert callable(importlib.import_module(f"jaxmt.{command}").run)
 
