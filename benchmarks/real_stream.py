@@ -25,13 +25,17 @@ evaluation); per setting the ratios packed/torch and packed/padded of examples/s
 
     python benchmarks/real_stream.py [--steps=100] [--rounds=5] [--torch_threads=2] [--no_torch] [--out=PATH]
     python benchmarks/real_stream.py --quick --no_torch   # smoke run: 6 steps, 2 rounds, 128 dev examples a task
+    python benchmarks/real_stream.py --only=eval          # the evaluation runners alone (no train step compiled)
 
 A relative --out is taken from the repository root; --quick writes benchmarks/results/real_stream_quick.json
-unless --out is given, so a smoke run never replaces the full result.
+and --only=eval benchmarks/results/real_stream_eval_cpu_2core.json unless --out is given, so neither replaces
+the full result. Packed evaluation packs into rows sized to the examples (`jaxmt.data.eval_batches`: 32 / 64 /
+128 tokens, --eval_tokens a batch, at most --eval_max_examples examples), as the trainer's `Predictor` does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import sys
@@ -50,7 +54,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import torch_reference as ref  # noqa: E402
 from benchmarks.common import JaxmtTrain, environment, jaxmt_train, torch_info  # noqa: E402
 from configs import pcgrad  # noqa: E402
-from jaxmt.data.packing import packed_eval_batches, train_step_batches  # noqa: E402
+from jaxmt.data.eval_batches import EvalPacking, eval_packing_for, sized_eval_batches  # noqa: E402
+from jaxmt.data.packing import train_step_batches  # noqa: E402
 from jaxmt.data.sampling import TaskSampler, eval_batches  # noqa: E402
 from jaxmt.data.sources import load_splits, task_specs  # noqa: E402
 from jaxmt.data.tokenization import EncodedSplit, make_batch  # noqa: E402
@@ -71,7 +76,12 @@ _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads
 _MAX_LENGTH = flags.DEFINE_integer("max_length", 128, "data.max_length (truncation; pack_length is 128).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/real_stream_cpu_2core.json", "Where the JSON is written.")
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: 6 steps, 2 rounds, 128 dev examples a task.")
+_ONLY = flags.DEFINE_enum("only", "all", ["all", "train", "eval"], "Run the training or evaluation runners alone.")
+_EVAL_TOKENS = flags.DEFINE_integer("eval_tokens", EvalPacking((1,)).tokens, "Packed evaluation: tokens a batch.")
+_EVAL_MAX_EXAMPLES = flags.DEFINE_integer("eval_max_examples", EvalPacking((1,)).max_examples,
+                                          "Packed evaluation: examples a batch at most.")
 
+EVAL_ONLY_OUT = "benchmarks/results/real_stream_eval_cpu_2core.json"
 QUICK = {"steps": 6, "rounds": 2, "eval_examples": 128, "out": "benchmarks/results/real_stream_quick.json"}
 PACK_LENGTH = 128  # tokens a packed row
 
@@ -266,15 +276,16 @@ def train_runners(label: str, surgery: str, pretrained, specs: dict, streams: di
     return runners
 
 
-def eval_runners(train: JaxmtTrain, config: ConfigDict, pretrained, dev: dict, layouts: dict, rounds: int,
+def eval_runners(train: JaxmtTrain, config: ConfigDict, pretrained, dev: dict, packings: dict[str, dict], rounds: int,
                  use_torch: bool) -> tuple[list[Timed], dict]:
-    """Packed, padded and torch evaluation runners over the dev sets (every `rounds`-th batch a round), warmed
-    up, on `train`'s initial params; and the predictions each fills in (by runner, then task)."""
+    """Packed (one runner per entry of `packings`: runner name -> task -> `EvalPacking`), padded and torch
+    evaluation runners over the dev sets (every `rounds`-th batch a round), warmed up, on `train`'s initial
+    params; and the predictions each fills in (by runner, then task)."""
     pad_id, batch_size = pretrained.tokenizer.pad_token_id, config.eval_batch_size
     params = train.state.params
     heads = jax.device_get(params["heads"])
     passes = {
-        "jaxmt_packed": lambda t: packed_eval_batches(dev[t], layouts[t], pad_id),
+        **{name: lambda t, p=packing: sized_eval_batches(dev[t], p[t], pad_id) for name, packing in packings.items()},
         "jaxmt_padded": lambda t: eval_batches(dev[t], batch_size, config.data.buckets, pad_id),
         "torch_dynamic": lambda t: ((i, dynamic_batch(dev[t], i, pad_id))
                                     for i, _ in eval_batches(dev[t], batch_size, config.data.buckets, pad_id)),
@@ -298,13 +309,14 @@ def eval_runners(train: JaxmtTrain, config: ConfigDict, pretrained, dev: dict, l
                     out[t][idx] = ref.predict(model, t, batch).numpy()[: len(idx)]
         else:
             predictor = Predictor(train.model, train.mesh, batch_size, config.data.buckets, pad_id,
-                                  layouts if name == "jaxmt_packed" else None)
+                                  packings.get(name))
 
             def run(chosen: Sequence, predictor=predictor, out=out) -> None:
-                queued = [(t, idx, predictor.predict_batch(params, t, batch)) for t, idx, batch in chosen]
+                queued = [(t, idx, batch["example_mask"] > 0, predictor.predict_batch(params, t, batch))
+                          for t, idx, batch in chosen]
                 jax.block_until_ready([q[-1] for q in queued])
-                for t, idx, preds in queued:
-                    out[t][idx] = np.asarray(preds)[: len(idx)]
+                for t, idx, slots, preds in queued:
+                    out[t][idx] = np.asarray(preds)[slots]
 
         slices = [np.arange(r, len(items), rounds) for r in range(rounds)]
         timed = Timed(name, items, counts, run, slices)
@@ -343,7 +355,8 @@ def compare(runners: list[Timed]) -> dict:
 def main(argv: list[str]) -> None:
     del argv
     steps, rounds, eval_examples = flag_value("steps"), flag_value("rounds"), flag_value("eval_examples")
-    out_path = Path(flag_value("out"))
+    out_path = Path(EVAL_ONLY_OUT if _ONLY.value == "eval" and not _QUICK.value and not flags.FLAGS["out"].present
+                    else flag_value("out"))
     out_path = out_path if out_path.is_absolute() else ROOT / out_path
     torch_note = ref.setup_torch("real_stream", _NO_TORCH.value, _TORCH_THREADS.value)
     use_torch = torch_note is None
@@ -356,6 +369,8 @@ def main(argv: list[str]) -> None:
     dev = setup.encode_splits(base, load_splits(base, specs, "dev"), tokenizer)
     multiple = data_parallel_size(make_mesh(base.mesh.axes, base.mesh.shape))
     packed_sampler, eval_layouts = make_sampler(base, train, dev, multiple)
+    packing = {t: dataclasses.replace(eval_packing_for(v), tokens=_EVAL_TOKENS.value,
+                                      max_examples=_EVAL_MAX_EXAMPLES.value) for t, v in eval_layouts.items()}
     padded_sampler, _ = make_sampler(bench_config("pcgrad", False, schedule_steps, eval_examples), train, dev,
                                      multiple)
 
@@ -364,10 +379,14 @@ def main(argv: list[str]) -> None:
     slices = {"packed": np.array_split(np.arange(facts["packed_steps"]), rounds),
               "padded": np.array_split(np.arange(steps), rounds)}
 
-    initial = jaxmt_train(base, pretrained, specs, schedule_steps)  # its params, never stepped, are evaluated
-    evaluation, predictions = eval_runners(initial, base, pretrained, dev, eval_layouts, rounds, use_torch)
-    groups = {label: train_runners(label, surgery, pretrained, specs, streams, slices, use_torch, schedule_steps,
-                                   eval_examples) for label, surgery in (("sum", "none"), ("pcgrad", "pcgrad"))}
+    evaluation, predictions = [], {}
+    if _ONLY.value != "train":
+        initial = jaxmt_train(base, pretrained, specs, schedule_steps)  # its params, never stepped, are evaluated
+        evaluation, predictions = eval_runners(initial, base, pretrained, dev, {"jaxmt_packed": packing}, rounds,
+                                               use_torch)
+    groups = {} if _ONLY.value == "eval" else {
+        label: train_runners(label, surgery, pretrained, specs, streams, slices, use_torch, schedule_steps,
+                             eval_examples) for label, surgery in (("sum", "none"), ("pcgrad", "pcgrad"))}
     for r in range(rounds):
         for group in groups.values():
             for runner in group:
@@ -388,23 +407,27 @@ def main(argv: list[str]) -> None:
             "seed": base.seed, "eval_batch_size": base.eval_batch_size, "model.dtype": base.model.dtype,
             "optim": {k: base.optim[k] for k in ("learning_rate", "weight_decay", "warmup_fraction", "clip_norm")},
             "schedule_steps": schedule_steps, "steps": steps, "rounds": rounds, "quick": _QUICK.value,
+            "only": _ONLY.value,
             "dev_examples": {t: len(s.data) for t, s in dev.items()},
         },
         "stream": {
             **facts,
             "packed_layouts": {t: f"{v.rows}x{v.length}, <= {v.max_examples} examples"
                                for t, v in packed_sampler.layouts.items()},
-            "eval_layouts": {t: f"{v.rows}x{v.length}, <= {v.max_examples} examples" for t, v in eval_layouts.items()},
+            "eval_layouts": {t: {length: f"{v.layout(length).rows}x{length}, <= {v.max_examples} examples"
+                                 for length in v.row_lengths} for t, v in packing.items()},
         },
         **environment(torch_info(use_torch, torch_note, _TORCH_THREADS.value)),
         "method": f"host batches built before timing; {rounds} rounds, each runner on one slice of the pass a round "
                   "(training: contiguous slices of the stream; evaluation: every rounds-th batch), alternating in one "
                   "process, blocking at the end of each slice; medians over rounds; padding_efficiency = real tokens "
                   "/ tokens of the arrays fed to the encoder; ratios of examples/s",
-        "train": {label: compare(group) for label, group in groups.items()},
-        "eval": {**compare(evaluation), "prediction_agreement (classes: fraction equal, scores: max abs difference)":
-                 agreement(predictions, dev)},
     }
+    if groups:
+        result["train"] = {label: compare(group) for label, group in groups.items()}
+    if evaluation:
+        result["eval"] = {**compare(evaluation), "prediction_agreement (classes: fraction equal, scores: max abs "
+                          "difference)": agreement(predictions, dev)}
     text = json.dumps(result, indent=2)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(text + "\n")

@@ -59,3 +59,18 @@ def test_timed_summary_and_ratios():
     assert (packed["steps"], packed["examples"], packed["real_tokens"], packed["computed_tokens"]) == (3, 20, 120, 200)
     assert packed["padding_efficiency"] == 0.6
     assert entry["ratio_packed_over_padded"] > 0 and "ratio_packed_over_torch" not in entry
+
+
+def test_input_pipeline_modes_deliver_the_trainers_batches_and_waits_are_summarised(tiny_bert_dir):
+    """benchmarks/input_pipeline.py's part (a) on the demo data (no step compiled) and its wait summary."""
+    from benchmarks.input_pipeline import host_part, pipeline_rates, put_of, trainer_program, wait_summary
+
+    config = tiny_config(tiny_bert_dir, **{"data.prefetch": 2})
+    program, host = trainer_program(config), host_part(config)
+    put_of(program, host)  # the host batches put on the device equal the trainer's own device batch (checked)
+    rates = pipeline_rates(program, host, steps=6, rounds=2, depth=2, use_grain=False)
+    assert set(rates) == {"host_only", "sync", "prefetch_thread", "steps_per_round"} and rates["steps_per_round"] == 3
+    assert all(len(rates[m]["rounds"]) == 2 and rates[m]["steps_per_s"] > 0 for m in ("sync", "prefetch_thread"))
+    summary = wait_summary([5.0, 0.5, 0.001, 0.003, 0.002], [9.0, 1.0, 1.0, 2.0, 1.0])
+    assert summary["steady_steps"] == 3 and summary["wait_ms_median"] == 2.0 and summary["wait_ms_max"] == 3.0
+    assert summary["step_s_median"] == 1.0

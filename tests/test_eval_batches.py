@@ -1,0 +1,65 @@
+"""Evaluation packed into rows sized to the examples (jaxmt.data.eval_batches): every example once, each in the
+shortest row length that holds it, a few shapes, and the Predictor's packed predictions equal to its padded ones
+for cross, siamese and triplet pairs."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from jaxmt.data.eval_batches import EvalPacking, eval_packing_for, example_sizes, sized_eval_batches
+from jaxmt.data.packing import PackLayout
+from jaxmt.data.sources import load_splits, task_specs
+from jaxmt.parallel.mesh import make_mesh
+from jaxmt.training import setup
+from jaxmt.training.evaluation import Predictor
+
+
+@pytest.fixture(scope="module", params=["cross", "siamese", "triplet"])
+def eval_setup(request, tiny_bert, tiny_bert_dir):
+    config = tiny_config(tiny_bert_dir, **{"model.pair_mode": request.param, "model.dropout": 0.0,
+                                         "data.max_eval_examples": 40})
+    specs = task_specs(config)
+    splits = setup.encode_splits(config, load_splits(config, specs, "dev"), tiny_bert.tokenizer)
+    model = setup.build_model(config, tiny_bert.config, specs)
+    params = model.init(jax.random.PRNGKey(0), tiny_bert.params)
+    return config, splits, model, params, tiny_bert.tokenizer.pad_token_id
+
+
+def test_every_example_once_in_the_shortest_rows_that_hold_it(eval_setup):
+    _, splits, _, _, pad_id = eval_setup
+    packing = EvalPacking(row_lengths=(16, 32, 64), tokens=256, max_examples=24, groups=2)
+    for task, split in splits.items():
+        sizes, seen, shapes = example_sizes(split), [], set()
+        for idx, batch in sized_eval_batches(split, packing, pad_id):
+            rows, length = batch["input_ids"].shape
+            shapes.add((rows, length))
+            assert rows == 2 * max(256 // (2 * length), split.num_sequences)  # two groups of rows
+            assert batch["example_mask"].sum() == len(idx) <= 24 and len(batch["example_mask"]) == 24
+            np.testing.assert_array_equal(batch["labels"][batch["example_mask"] > 0], split.data.labels[idx])
+            # The shortest row length that holds the whole example (the longest rows for what none holds).
+            expected = np.minimum(np.searchsorted([16, 32, 64], sizes[idx]), 2)
+            assert (np.asarray([16, 32, 64])[expected] == length).all(), task
+            seen.extend(idx.tolist())
+        assert sorted(seen) == list(range(len(split.data))) and len(shapes) <= 3
+
+
+def test_sized_rows_come_from_the_training_layout_and_an_overlong_sequence_is_an_error(eval_setup):
+    _, splits, _, _, pad_id = eval_setup
+    packing = eval_packing_for(PackLayout(rows=4, length=64, max_examples=32, groups=4))
+    assert packing.row_lengths == (16, 32, 64) and packing.groups == 4 and packing.layout(16).groups == 4
+    with pytest.raises(ValueError, match=r"does not fit the longest evaluation row \(8 tokens\)"):
+        next(sized_eval_batches(splits["sst"], EvalPacking(row_lengths=(4, 8)), pad_id))
+
+
+def test_packed_predictions_equal_the_padded_ones(eval_setup):
+    config, splits, model, params, pad_id = eval_setup
+    mesh = make_mesh(config.mesh.axes, config.mesh.shape)
+    padded = Predictor(model, mesh, 16, (16, 32, 64), pad_id)
+    packed = Predictor(model, mesh, 16, (16, 32, 64), pad_id,
+                       {t: EvalPacking(row_lengths=(16, 32, 64), tokens=256, max_examples=24, groups=2) for t in splits})
+    metrics_padded, by_padded = padded.evaluate(params, splits)
+    metrics_packed, by_packed = packed.evaluate(params, splits)
+    for task in splits:
+        np.testing.assert_allclose(by_packed[task], by_padded[task], atol=1e-5)
+    assert metrics_packed == pytest.approx(metrics_padded, abs=1e-6)
