@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
@@ -29,6 +29,7 @@ from jaxmt.config_checks import check_ranges
 from jaxmt.data.prefetch import Prefetcher, prefetch_depth
 from jaxmt.training.faults import PreemptionGuard, StopVote, check_finite, save_or_stop
 from jaxmt.training.metric_writers import MetricWriter
+from jaxmt.training.profiling import StepProfiler, profile_window
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def prepare_workdir(config: ConfigDict, workdir: str) -> None:
     failed while loading (a bad data path, a bad row, a mesh error) left only its config.json, and the
     corrected start replaces it, as nothing was trained with it."""
     check_ranges(config)
+    profile_window(config)
     trained = has_trained(workdir)
     if trained:
         check_resume_config(workdir, config, allow_changes=bool(config.get("allow_config_change", False)))
@@ -135,7 +137,7 @@ def prepare_workdir(config: ConfigDict, workdir: str) -> None:
 
 def run(program: Program, config: ConfigDict, workdir: str) -> Outcome:
     """Trains `program` from the workdir's latest checkpoint (or `init()`) to `config.num_steps`."""
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints) if program.checkpoints else None
     if checkpoints is not None:
         state, start = checkpoints.restore_or_init(program.abstract_state, program.state_sharding, program.init)
@@ -169,11 +171,13 @@ def run(program: Program, config: ConfigDict, workdir: str) -> Outcome:
     start_time = tick = time.time()
     # Without checkpoints (a sweep's runs) there is nothing to resume from: a signal ends the run as usual.
     guard = PreemptionGuard() if checkpoints is not None else None
+    profiler = StepProfiler(config, workdir)  # config.profile_steps: a trace of those steps
     try:
         # Batches are built data.prefetch steps ahead on a thread (jaxmt.data.prefetch), stopped on leaving.
         with guard or contextlib.nullcontext(), Prefetcher(program.batch, range(start, num_steps),
                                                            prefetch_depth(config)) as batches:
             for step in bar:
+                profiler.begin(step + 1)
                 batch = batches.get(step)
                 if program.shape_key is not None:
                     key = program.shape_key(batch)
@@ -181,6 +185,7 @@ def run(program: Program, config: ConfigDict, workdir: str) -> Outcome:
                         layouts.add(key)
                         log.info("compiling the %s step for %s (compile #%d)", program.name, key, len(layouts))
                 state, metrics = program.step(state, batch)
+                profiler.end(step + 1, state)
                 done = step + 1
                 stop = vote.poll(guard.received if guard else None)  # the same step on every process
                 if pending is not None:
@@ -224,6 +229,7 @@ def run(program: Program, config: ConfigDict, workdir: str) -> Outcome:
                 check(*pending)
     finally:
         bar.close()
+        profiler.close()
         if checkpoints is not None:
             checkpoints.wait()
             checkpoints.close()
@@ -238,4 +244,4 @@ def run(program: Program, config: ConfigDict, workdir: str) -> Outcome:
 def write_results(workdir: str, results: dict) -> None:
     """results.json, from process 0 only, written atomically."""
     if jax.process_index() == 0:
-        write_json(os.path.join(workdir, RESULTS_FILE), results)
+        write_json(epath.Path(workdir) / RESULTS_FILE, results)
