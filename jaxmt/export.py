@@ -1,9 +1,13 @@
 """Command line: python -m jaxmt.export --workdir=DIR --out=HF_DIR [--checkpoint=best|latest] (or jaxmt-export).
 
 Writes a trained run's fine-tuned encoder as a Hugging Face BERT directory (config.json, model.safetensors,
-tokenizer files), for `transformers.BertModel` / `FlaxBertModel`, sentence-transformers-style mean pooling,
-or another jaxmt run (`--config.model.name=HF_DIR`). The Python API is
-`jaxmt.inference.TrainedModel(workdir).export_encoder(path)`.
+tokenizer files), for `transformers.BertModel` / `FlaxBertModel` or another jaxmt run
+(`--config.model.name=HF_DIR`). The pooler is the pretrained model's own (fine-tuning never trains it); a
+model without one is written without one (`jaxmt_export.add_pooling_layer: false` in config.json; load it
+with `BertModel.from_pretrained(HF_DIR, add_pooling_layer=False)`), never with random weights. When the run
+pools by mean or [CLS] (`model.pooling`), the folder is also a sentence-transformers model (modules.json,
+1_Pooling/config.json, sentence_bert_config.json): `SentenceTransformer(HF_DIR).encode` gives the run's
+sentence embeddings. The Python API is `jaxmt.inference.TrainedModel(workdir).export_encoder(path)`.
 """
 
 from __future__ import annotations

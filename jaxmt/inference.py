@@ -27,7 +27,7 @@ from jaxmt.data.schema import BINARY, CLASSIFICATION, TaskData, TaskSpec
 from jaxmt.data.sources import task_specs
 from jaxmt.data.tokenization import encode_split
 from jaxmt.errors import ConfigError
-from jaxmt.models.hf_checkpoint import save_hf_model
+from jaxmt.models.hf_checkpoint import SENTENCE_POOLINGS, save_hf_model
 from jaxmt.models.multitask import MultitaskModel
 from jaxmt.models.pretrained import load_pretrained
 from jaxmt.parallel.mesh import batch_sharding, make_mesh, replicated
@@ -45,6 +45,7 @@ class RestoredRun:
     tokenizer: Any
     mesh: Mesh
     bert_config: Any  # transformers.BertConfig of the encoder
+    pooler: Any = None  # the pretrained model's pooler (fine-tuning never trains one), for export; None: none
 
 
 def restore_run(config: ConfigDict, workdir: str, checkpoint: str, specs: dict[str, TaskSpec]) -> RestoredRun:
@@ -61,7 +62,7 @@ def restore_run(config: ConfigDict, workdir: str, checkpoint: str, specs: dict[s
     finally:
         checkpoints.close()
     return RestoredRun(model=model, params=params, step=int(step), tokenizer=pretrained.tokenizer, mesh=mesh,
-                       bert_config=pretrained.config)
+                       bert_config=pretrained.config, pooler=pretrained.params.get("pooler"))
 
 
 def readable_scores(spec: TaskSpec, outputs: jax.Array) -> jax.Array:
@@ -132,10 +133,15 @@ class TrainedModel:
 
     def export_encoder(self, path: str) -> str:
         """Writes the fine-tuned encoder as a Hugging Face BERT directory (config.json, model.safetensors,
-        tokenizer): `FlaxBertModel` / `BertModel` load it, and mean pooling over its last hidden states gives the
+        tokenizer) that `FlaxBertModel` / `BertModel` load, with the pretrained model's own pooler (none if it had
+        none). With the run's pooling mean or cls it is also a sentence-transformers model whose `encode` gives the
         sentence embedding this run's heads read when it has no shared layers (`model.shared_layers=0`)."""
-        encoder = jax.device_get(self.run.params["backbone"]["encoder"]["bert"])
-        return str(save_hf_model(path, encoder, self.run.bert_config, self.run.tokenizer, seed=self.config.seed))
+        encoder = dict(jax.device_get(self.run.params["backbone"]["encoder"]["bert"]))
+        if self.run.pooler is not None:
+            encoder["pooler"] = self.run.pooler
+        pooling = self.config.model.pooling if self.config.model.pooling in SENTENCE_POOLINGS else None
+        return str(save_hf_model(path, encoder, self.run.bert_config, self.run.tokenizer, sentence_pooling=pooling,
+                                 max_seq_length=self.config.data.max_length))
 
 
 def run_task_spec(specs: dict[str, TaskSpec], task: str) -> TaskSpec:

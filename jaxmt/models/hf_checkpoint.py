@@ -4,13 +4,17 @@ Reads `model.safetensors` (PyTorch layout, `encoder.layer.0.attention.self.query
 LayerNorm `weight`/`bias` or the old `gamma`/`beta`, an optional `bert.` prefix; or Flax layout) and
 `flax_model.msgpack` (flax.serialization), checks every parameter against the shapes config.json
 implies, and returns FlaxBertModule's tree as float32 numpy arrays. Writes a directory (config.json,
-PyTorch-layout model.safetensors, tokenizer files) that PyTorch's BertModel and FlaxBertModel both load.
+PyTorch-layout model.safetensors, tokenizer files) that PyTorch's BertModel and FlaxBertModel both load,
+and, given a sentence pooling, sentence-transformers too (modules.json, 1_Pooling/config.json,
+sentence_bert_config.json, in the layout every sentence-transformers version reads).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmt.models.bert import ACTIVATIONS, BertModel, BertPooler
+from jaxmt.models.bert import ACTIVATIONS, BertModel
 from jaxmt.models.pretrained import ModelError
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -28,6 +32,8 @@ MSGPACK_FILE = "flax_model.msgpack"
 SCOPES = ("embeddings", "encoder", "pooler")  # FlaxBertModule's top-level params
 OPTIONAL_SCOPES = ("pooler",)  # sentence-embedding checkpoints may lack it; nothing but NSP reads it
 FLAX_LEAVES = ("kernel", "embedding", "scale")  # names only a Flax-layout file has
+SENTENCE_POOLINGS = ("mean", "cls")  # a run's pooling that a sentence-transformers Pooling module reproduces
+ST_MODULES_FILE, ST_CONFIG_FILE, ST_POOLING_DIR = "modules.json", "sentence_bert_config.json", "1_Pooling"
 
 
 def check_supported_config(config: Any, where: str) -> None:
@@ -172,25 +178,59 @@ def load_hf_params(path: str | os.PathLike, config: Any) -> dict:
 
 
 def save_hf_model(path: str | os.PathLike, encoder_params: Mapping, bert_config: Any, tokenizer: Any,
-                  seed: int = 0) -> Path:
+                  sentence_pooling: str | None = None, max_seq_length: int | None = None) -> Path:
     """Writes a Hugging Face BERT directory: config.json, PyTorch-layout model.safetensors, tokenizer files.
 
-    `encoder_params` is FlaxBertModule's tree (embeddings, encoder, optionally pooler). Without a pooler a
-    freshly initialised one (from `seed`) is written, so loaders that expect one find a complete model.
-    A stale flax_model.msgpack in `path` is removed: two weight files would leave the choice to the loader.
+    `encoder_params` is FlaxBertModule's tree: embeddings, encoder and, when the model has one, pooler. A
+    model without a pooler is written without one, and config.json says so (`jaxmt_export.add_pooling_layer:
+    false`): never a random pooler, whose `pooler_output` would be noise that transformers loads without a
+    warning. `BertModel.from_pretrained(path, add_pooling_layer=False)` reads such a folder without one (a
+    top-level `add_pooling_layer` key would not do: transformers would take it for a config attribute and
+    route that argument to the config instead of the model, which would then get a random pooler again).
+    With `sentence_pooling` ('mean' or 'cls'), the folder is also a sentence-transformers model whose
+    `encode` pools the last hidden states that way, over at most `max_seq_length` tokens.
+    Stale files of another export in `path` (flax_model.msgpack, the sentence-transformers files) are
+    removed: two weight files would leave the choice to the loader, a pooling config another run's pooling.
     """
     from safetensors.numpy import save_file
 
+    if sentence_pooling is not None and sentence_pooling not in SENTENCE_POOLINGS:
+        raise ValueError(f"sentence_pooling must be one of {SENTENCE_POOLINGS} or None, got {sentence_pooling!r}")
     params = dict(jax.device_get(encoder_params))
-    if "pooler" not in params:
-        hidden = jnp.zeros((1, 1, bert_config.hidden_size))
-        params["pooler"] = BertPooler(bert_config).init(jax.random.PRNGKey(seed), hidden)["params"]
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = copy.deepcopy(bert_config)
     config.architectures = ["BertModel"]
+    config.jaxmt_export = {"add_pooling_layer": "pooler" in params}
     config.save_pretrained(path)
     save_file(torch_layout_from_params(params), str(path / SAFETENSORS_FILE), metadata={"format": "pt"})
     (path / MSGPACK_FILE).unlink(missing_ok=True)
     tokenizer.save_pretrained(path)
+    for stale in (ST_MODULES_FILE, ST_CONFIG_FILE):
+        (path / stale).unlink(missing_ok=True)
+    shutil.rmtree(path / ST_POOLING_DIR, ignore_errors=True)
+    if sentence_pooling is not None:
+        _write_sentence_transformers(path, sentence_pooling, config.hidden_size,
+                                     max_seq_length or config.max_position_embeddings)
     return path
+
+
+def _write_sentence_transformers(path: Path, pooling: str, hidden_size: int, max_seq_length: int) -> None:
+    """modules.json (the BERT in `path`, then a Pooling module), its pooling config and sentence_bert_config.json:
+    the classic layout (`pooling_mode_*_tokens`) that sentence-transformers 2 to 5 all read. No Normalize module:
+    `encode` returns the pooled vector itself, as jaxmt's heads read it."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": ST_POOLING_DIR, "type": "sentence_transformers.models.Pooling"},
+    ]
+    pooling_config = {
+        "word_embedding_dimension": hidden_size,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (path / ST_POOLING_DIR).mkdir()
+    for file, content in ((path / ST_MODULES_FILE, modules), (path / ST_POOLING_DIR / "config.json", pooling_config),
+                          (path / ST_CONFIG_FILE, {"max_seq_length": max_seq_length, "do_lower_case": False})):
+        file.write_text(json.dumps(content, indent=2) + "\n")

@@ -220,8 +220,7 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
     heldout = outcome.dev or evaluate(eval_step, outcome.state.params, eval_batches)  # resumed at the last step
     export_dir = os.path.join(workdir, HF_MODEL_DIR)
     if jax.process_index() == 0:
-        save_hf_model(export_dir, jax.device_get(encoder_params(outcome.state.params)), bert_config, tokenizer,
-                      seed=config.seed)
+        save_hf_model(export_dir, jax.device_get(encoder_params(outcome.state.params)), bert_config, tokenizer)
     common = outcome.common_results(config)
     results = {
         "tasks": {task: {"layer": layer, "weight": weights[task]} for task, layer in layers},
