@@ -121,11 +121,11 @@ def get_config() -> ConfigDict:
 def add_run_options(config: ConfigDict) -> None:
     """Fields of every trainer's config that change how a run executes, never what it computes."""
     # Persistent XLA compilation cache (jaxmt.compilation_cache): a restart loads its compiled steps instead of
-    # compiling them again. auto = $XDG_CACHE_HOME/jaxmt/xla (else ~/.cache/jaxmt/xla) | a folder | '' = off
-    config.compilation_cache = "auto"
-    # (first step, number of steps): a jax.profiler trace of those steps (numbered as in metrics.jsonl) in
-    # WORKDIR/profile, for TensorBoard's profiler or Perfetto (docs/performance.md); (0, 0) = off
-    config.profile_steps = (0, 0)
+    # compiling them again. auto = $XDG_CACHE_HOME/jaxmt/xla, else ~/.cache/jaxmt/xla
+    config.compilation_cache = "auto"  # auto | a folder (gs:// too) | '' = off
+    # A jax.profiler trace of those steps (numbered as in metrics.jsonl) in WORKDIR/profile, for TensorBoard's
+    # profiler or Perfetto (docs/performance.md, "Profiling a run")
+    config.profile_steps = (0, 0)  # (first step, number of steps); (0, 0) = off
 
 
 def mesh_config() -> ConfigDict:

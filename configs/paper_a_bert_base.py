@@ -1,8 +1,9 @@
 """Paper A's setting (Sun & Satish: multitask BERT on SST-5, Quora and STS) on BERT-base, for accelerators.
 
-BERT-base-uncased from a local Hugging Face directory (nothing is downloaded):
-`--config.model.name=/path/to/bert-base-uncased` (config.json, model.safetensors or flax_model.msgpack,
-vocab.txt / tokenizer.json). The default name is a folder `bert-base-uncased` in the working directory.
+BERT-base-uncased by its Hugging Face Hub id, `bert-base-uncased`: a folder of that name in the working
+directory if there is one, else the Hub model, fetched once into the Hugging Face cache (config.json,
+model.safetensors, tokenizer files) and read from there afterwards (offline too); or
+`--config.model.name=/path/to/bert-base-uncased`, a local directory.
 What the paper states: batch size 8, learning rate 1e-5, dropout 0.3, PCGrad, each sentence of a pair
 encoded alone. What is ours: the step count, the per-epoch evaluation and everything not set here
 (configs/default.py); docs/results.md ("Readings of the paper") says how each switch reads the paper.
@@ -13,7 +14,7 @@ from . import default
 
 def get_config():
     config = default.get_config()
-    config.model.name = "bert-base-uncased"  # a local BERT-base-uncased directory (a path; see above)
+    config.model.name = "bert-base-uncased"  # Hugging Face Hub id (or a local folder of that name; see above)
     config.model.pair_mode = "siamese"  # each sentence of a pair encoded alone, then [u; v; |u-v|; u*v]
     config.model.dropout = 0.3  # the paper's dropout before the heads
     config.optim.learning_rate = 1e-5  # the paper's learning rate

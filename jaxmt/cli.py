@@ -169,9 +169,19 @@ def parse_flags(argv: list[str]) -> list[str]:
 def check_output_dir(path: str, flag: str = "--workdir") -> None:
     """The folder a command writes must be creatable: not empty, and neither it nor a parent an existing file."""
     from jaxmt.errors import ConfigError
+    from jaxmt.paths import is_local
 
     if not path:
         raise ConfigError(f"{flag} is empty: name the folder for the run's outputs")
+    if not is_local(path):  # gs://bucket/...: the same check through etils.epath, up to the bucket
+        from etils import epath
+
+        existing = epath.Path(path)
+        while len(existing.parts) > 3 and not existing.exists():
+            existing = existing.parent
+        if existing.exists() and not existing.is_dir():
+            raise ConfigError(f"{flag}={path}: {existing} is a file, not a folder")
+        return
     existing = os.path.abspath(os.path.expanduser(path))
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)

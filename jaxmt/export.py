@@ -15,6 +15,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from jaxmt.cli import check_output_dir, parse_flags, setup_logging
+from jaxmt.paths import is_local, local_staging
 
 
 def define_flags() -> None:
@@ -31,8 +32,10 @@ def main(argv: list[str]) -> None:
 
     with user_facing_errors():
         check_output_dir(flags.FLAGS.out, "--out")
-        path = TrainedModel(flags.FLAGS.workdir, flags.FLAGS.checkpoint).export_encoder(flags.FLAGS.out)
-    print(path)
+        model = TrainedModel(flags.FLAGS.workdir, flags.FLAGS.checkpoint)
+        with local_staging(flags.FLAGS.out) as local:  # Hugging Face writes local files; gs:// gets a copy
+            path = model.export_encoder(local)
+    print(path if is_local(flags.FLAGS.out) else flags.FLAGS.out)
 
 
 def run() -> None:

@@ -6,8 +6,12 @@ Every reader of a path field calls `expand_path`, so `--config.data.csv_dir=$DAT
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 
 from jaxmt.errors import ConfigError
 
@@ -38,3 +42,39 @@ def expand_path(path: str, field: str = "") -> str:
         name = unset.group(1).strip("{}")
         raise ConfigError(f"{field or 'path'} = {path!r}: environment variable {name} is not set")
     return expanded
+
+
+def is_local(path: str | os.PathLike) -> bool:
+    """Whether `path` is a local path (not an `etils.epath` URI such as gs://bucket/...)."""
+    return "://" not in os.fspath(path)
+
+
+@contextlib.contextmanager
+def local_staging(destination: str | os.PathLike) -> Iterator[str]:
+    """A local folder to write `destination` into, for writers that only know local files (Hugging Face's
+    `save_pretrained`, matplotlib): `destination` itself when it is local, else a temporary folder whose
+    files are copied to `destination` through etils.epath when the block ends without an error."""
+    if is_local(destination):
+        os.makedirs(destination, exist_ok=True)
+        yield os.fspath(destination)
+        return
+    staging = tempfile.mkdtemp(prefix="jaxmt-")
+    try:
+        yield staging
+        copy_tree(staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def copy_tree(local: str, destination: str | os.PathLike) -> None:
+    """Copies every file under the local folder `local` to the same place under `destination` (any epath)."""
+    from etils import epath
+
+    target = epath.Path(destination)
+    for folder, _, files in os.walk(local):
+        for name in files:
+            source = os.path.join(folder, name)
+            copy = target / os.path.relpath(source, local)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            with open(source, "rb") as f:
+                copy.write_bytes(f.read())

@@ -6,10 +6,12 @@ cosine similarity of the task gradients and the number of conflicting pairs per 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
 from absl import app, flags
+from etils import epath
 
 from jaxmt.cli import check_output_dir, parse_flags
 
@@ -18,11 +20,11 @@ def read_metrics(workdir: str) -> list[dict]:
     """The rows of WORKDIR/metrics.jsonl; a missing, empty or garbled file is a one-line DataError."""
     from jaxmt.data.errors import DataError, location
 
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
         raise FileNotFoundError(f"{path}: not found; is {workdir} a jaxmt training workdir?")
     rows = []
-    with open(path) as f:
+    with path.open() as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -83,9 +85,11 @@ def plot_run(workdir: str, out: str | None = None) -> str:
         ax.legend(loc="upper right")
     fig.suptitle(os.path.basename(os.path.abspath(workdir)))
     fig.tight_layout()
-    out = out or os.path.join(workdir, "training.png")
-    fig.savefig(out, dpi=110)
+    out = out or os.fspath(epath.Path(workdir) / "training.png")
+    image = io.BytesIO()  # through epath, so a gs:// workdir gets its plot too
+    fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
+    epath.Path(out).write_bytes(image.getvalue())
     return out
 
 

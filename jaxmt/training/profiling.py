@@ -22,6 +22,7 @@ from etils import epath
 from ml_collections import ConfigDict
 
 from jaxmt.errors import ConfigError
+from jaxmt.paths import copy_tree, is_local
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,6 @@ def profile_window(config: ConfigDict) -> tuple[int, int]:
         raise ConfigError(f"config.profile_steps = {value}; expected (first step >= 1, number of steps >= 0), "
                           "e.g. (10, 5); (0, 0) = off")
     return value
-
-
-def is_local(path: str | os.PathLike) -> bool:
-    return "://" not in os.fspath(path)
 
 
 class StepProfiler:
@@ -79,12 +76,7 @@ class StepProfiler:
         self._annotation.close()
         jax.profiler.stop_trace()
         if not is_local(self.target):
-            for folder, _, files in os.walk(self._local):
-                for name in files:
-                    source = os.path.join(folder, name)
-                    destination = self.target / os.path.relpath(source, self._local)
-                    destination.parent.mkdir(parents=True, exist_ok=True)
-                    destination.write_bytes(open(source, "rb").read())
+            copy_tree(self._local, self.target)
             shutil.rmtree(self._local, ignore_errors=True)
         log.info("profile written to %s (tensorboard --logdir %s, or perfetto_trace.json.gz in ui.perfetto.dev)",
                  self.target, self.target)
