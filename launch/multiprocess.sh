@@ -3,7 +3,7 @@
 # with M emulated CPU devices, joined through jax.distributed on 127.0.0.1 (gloo collectives): a multi-host
 # run without the hosts. Each process logs to LOG_DIR/process_<i>.log; the exit status is the first
 # failing process's. The processes meet through --config.parallel.*, so the command's config needs a
-# `parallel` block (jaxmt.train's configs have one).
+# `parallel` block (every shipped config has one: docs/scaling.md).
 #
 #   launch/multiprocess.sh [--module jaxmt.train] [--num-processes N] [--cpu-devices M] [--port P] [--log-dir DIR]
 #       [--python PY] [--dry-run] -- --config=configs/pcgrad.py --workdir=runs/x
