@@ -22,6 +22,7 @@ from jaxmt.checkpointing.manager import Checkpoints, abstract_like
 from jaxmt.checkpointing.workdir import read_run_config
 from jaxmt.config_checks import check_ranges
 from jaxmt.data.errors import DataError
+from jaxmt.data.eval_batches import eval_packing, sized_eval_batches
 from jaxmt.data.sampling import eval_batches
 from jaxmt.data.schema import BINARY, CLASSIFICATION, TaskData, TaskSpec
 from jaxmt.data.sources import task_specs
@@ -30,7 +31,7 @@ from jaxmt.errors import ConfigError
 from jaxmt.models.hf_checkpoint import SENTENCE_POOLINGS, save_hf_model
 from jaxmt.models.multitask import MultitaskModel
 from jaxmt.models.pretrained import load_pretrained
-from jaxmt.parallel.mesh import batch_sharding, make_mesh, replicated
+from jaxmt.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, replicated
 from jaxmt.training import setup
 from jaxmt.training.losses import predict as metric_prediction
 
@@ -121,11 +122,15 @@ class TrainedModel:
                         text_a=texts_a, text_b=pair_b, labels=None)
         encoded = encode_split(data, self.run.tokenizer, self.config.data.max_length,
                                setup.pair_mode(self.config, task))
-        sharding = batch_sharding(self.run.mesh)
-        for idx, batch in eval_batches(encoded, self.config.eval_batch_size, self.config.data.buckets,
-                                       self.run.tokenizer.pad_token_id):
+        sharding, pad_id, data = batch_sharding(self.run.mesh), self.run.tokenizer.pad_token_id, self.config.data
+        if data.get("packing", False):  # rows sized to the sentences, as the run's dev evaluation packs them
+            packing = eval_packing(data.pack_length, data_parallel_size(self.run.mesh))
+            batches = sized_eval_batches(encoded, packing, pad_id)
+        else:
+            batches = eval_batches(encoded, self.config.eval_batch_size, data.buckets, pad_id)
+        for idx, batch in batches:
             scores = self._steps[task](self.run.params, jax.device_put(batch, sharding))
-            out[idx] = np.asarray(jax.device_get(scores), np.float32)[: len(idx)]
+            out[idx] = np.asarray(jax.device_get(scores), np.float32)[batch["example_mask"] > 0]
         return out
 
     def task_spec(self, task: str) -> TaskSpec:

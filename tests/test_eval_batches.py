@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from jaxmt.data.eval_batches import EvalPacking, eval_packing_for, example_sizes, sized_eval_batches
-from jaxmt.data.packing import PackLayout
+from jaxmt.data.eval_batches import EvalPacking, eval_packing, example_sizes, sized_eval_batches
 from jaxmt.data.sources import load_splits, task_specs
 from jaxmt.parallel.mesh import make_mesh
 from jaxmt.training import setup
@@ -44,9 +43,9 @@ def test_every_example_once_in_the_shortest_rows_that_hold_it(eval_setup):
         assert sorted(seen) == list(range(len(split.data))) and len(shapes) <= 3
 
 
-def test_sized_rows_come_from_the_training_layout_and_an_overlong_sequence_is_an_error(eval_setup):
+def test_sized_rows_come_from_the_pack_length_and_an_overlong_sequence_is_an_error(eval_setup):
     _, splits, _, _, pad_id = eval_setup
-    packing = eval_packing_for(PackLayout(rows=4, length=64, max_examples=32, groups=4))
+    packing = eval_packing(64, groups=4)
     assert packing.row_lengths == (16, 32, 64) and packing.groups == 4 and packing.layout(16).groups == 4
     with pytest.raises(ValueError, match=r"does not fit the longest evaluation row \(8 tokens\)"):
         next(sized_eval_batches(splits["sst"], EvalPacking(row_lengths=(4, 8)), pad_id))
@@ -56,8 +55,8 @@ def test_packed_predictions_equal_the_padded_ones(eval_setup):
     config, splits, model, params, pad_id = eval_setup
     mesh = make_mesh(config.mesh.axes, config.mesh.shape)
     padded = Predictor(model, mesh, 16, (16, 32, 64), pad_id)
-    packed = Predictor(model, mesh, 16, (16, 32, 64), pad_id,
-                       {t: EvalPacking(row_lengths=(16, 32, 64), tokens=256, max_examples=24, groups=2) for t in splits})
+    sized = EvalPacking(row_lengths=(16, 32, 64), tokens=256, max_examples=24, groups=2)
+    packed = Predictor(model, mesh, 16, (16, 32, 64), pad_id, {t: sized for t in splits})
     metrics_padded, by_padded = padded.evaluate(params, splits)
     metrics_packed, by_packed = packed.evaluate(params, splits)
     for task in splits:

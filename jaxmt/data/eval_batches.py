@@ -41,11 +41,10 @@ class EvalPacking:
                           max_examples=max(self.max_examples // self.groups, 1), groups=self.groups)
 
 
-def eval_packing_for(layout: PackLayout) -> EvalPacking:
-    """Sized-row evaluation for a split whose packed rows are `layout.length` long: rows of a quarter, a half
-    and the whole of it (32 / 64 / 128 for 128), in the layout's row groups."""
-    lengths = tuple(sorted({max(layout.length // 4, 1), max(layout.length // 2, 1), layout.length}))
-    return EvalPacking(row_lengths=lengths, groups=layout.groups)
+def eval_packing(length: int, groups: int = 1) -> EvalPacking:
+    """Sized-row evaluation where packed rows are `length` tokens long (`data.pack_length`): rows of a quarter, a
+    half and the whole of it (32 / 64 / 128 for 128), in `groups` row groups (the data-parallel devices)."""
+    return EvalPacking(row_lengths=tuple(sorted({max(length // 4, 1), max(length // 2, 1), length})), groups=groups)
 
 
 def example_sizes(split: EncodedSplit) -> np.ndarray:

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxmt.data.eval_batches import EvalPacking, eval_packing_for, sized_eval_batches
+from jaxmt.data.eval_batches import EvalPacking, eval_packing, sized_eval_batches
 from jaxmt.data.packing import PackLayout
 from jaxmt.data.sampling import eval_batches
 from jaxmt.data.tokenization import EncodedSplit
@@ -22,7 +22,7 @@ _IN_FLIGHT = 2  # batches dispatched ahead of the one read back: the host packs 
 class Predictor:
     """Jitted predict steps, one per task: compiled once per bucket length (padded batches), or once per task
     and row length with packed batches (`layouts`: the task's packed `PackLayout`, e.g. from
-    `jaxmt.data.packing.layout_for`, whose row length and devices `jaxmt.data.eval_batches.eval_packing_for`
+    `jaxmt.data.packing.layout_for`, whose row length and groups `jaxmt.data.eval_batches.eval_packing`
     turns into rows sized to the examples; or an `EvalPacking` itself)."""
 
     def __init__(self, model: MultitaskModel, mesh: Mesh, batch_size: int, buckets, pad_id: int,
@@ -30,7 +30,7 @@ class Predictor:
         self.model, self.mesh = model, mesh
         self.batch_size, self.buckets, self.pad_id = batch_size, tuple(buckets), pad_id
         self.packing = None if layouts is None else {
-            t: v if isinstance(v, EvalPacking) else eval_packing_for(v) for t, v in layouts.items()}
+            t: v if isinstance(v, EvalPacking) else eval_packing(v.length, v.groups) for t, v in layouts.items()}
         self._steps = {
             # params as they come (replicated, FSDP- or tensor-sharded); batches split over the data axes
             task: jax.jit(make_predict_step(model, task), in_shardings=(None, batch_sharding(mesh)),
