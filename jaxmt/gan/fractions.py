@@ -391,7 +391,8 @@ def plot_p_real(rows: list[dict], path: str) -> str:
                 continue
             seeds = len(by_method[method])
             for side, style in (("real", "-"), ("fake", "--")):
-                ax.plot(*curves[side], style, color=f"C{i}", label=f"{METHODS[method][2]}, {side} rows ({seeds})")
+                ax.plot(*curves[side], style, marker=".", markersize=4, color=f"C{i}",
+                        label=f"{METHODS[method][2]}, {side} rows ({seeds})")
         ax.set(title=f"labeled fraction {fraction:g}", xlabel="step", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

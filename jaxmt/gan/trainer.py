@@ -81,9 +81,9 @@ def train_gan(config: ConfigDict, workdir: str, data: GanData | None = None) -> 
     step_fn = jit_gan_step(gan, d_tx, g_tx, config.gan.update_order, mesh, shardings)
     embed, classify, generate = make_eval_fns(gan, mesh)
     sampler = build_sampler(config, len(data.train.data), data.labeled, config.tasks[name].batch_size)
-    log.info("%sAC-GAN-BERT on %s: %.1f labeled rows per batch of %d (labeled_copies=%s), %s fakes, %d steps", tag,
+    log.info("%sAC-GAN-BERT on %s: %.1f labeled rows per batch of %d (labeled_copies=%s), %s, %d steps", tag,
              name, sampler.labeled_per_batch, sampler.batch_size, config.gan.labeled_copies,
-             "one a real row" if gan.fake_labels == "batch" else gan.fake_batch_size, config.num_steps)
+             "one fake a real row" if gan.fake_labels == "batch" else f"{gan.fake_batch_size} fakes", config.num_steps)
     sharding = batch_sharding(mesh)
     dev_embeddings: list[np.ndarray] = []
 
