@@ -100,6 +100,21 @@ def test_the_commands_the_page_names_start_the_multiprocess_setup_from_the_confi
         assert "distributed.initialize(config.parallel)" in source, module
 
 
+def test_pmap_trains_the_default_packed_batches(tmp_path, tiny_bert_dir):
+    """docs/scaling.md: `--config.parallel.mode=pmap` trains jaxmt.train's default config, packed batches included
+    (here on this process's one device; tests/test_parallel.py compares pmap's packed losses on 8 with jit's)."""
+    from conftest import tiny_config
+
+    from jaxmt.training.trainer import train_and_evaluate
+
+    assert "| multitask fine-tuning (`jaxmt.train`, sum and PCGrad) | yes | yes, packed batches (the default) " \
+           "included |" in (ROOT / "docs" / "scaling.md").read_text()
+    config = tiny_config(tiny_bert_dir, **{"parallel.mode": "pmap", "num_steps": 1, "eval_every": 0,
+                                           "data.max_eval_examples": 8})
+    assert config.data.packing
+    assert train_and_evaluate(config, str(tmp_path / "run"))["steps"] == 1
+
+
 @pytest.mark.slow
 def test_pretraining_runs_as_two_processes(tmp_path, tiny_bert_dir):
     """docs/scaling.md's multi-process launch of jaxmt.pretrain, shrunk: 2 processes x 1 CPU device, 2 steps."""
