@@ -26,6 +26,7 @@ def get_config():
     # 3 epochs of the largest task (Quora) at the paper's batch size; ours, not the paper's. The trainer sets
     # num_steps from it with the epoch eval_every_epochs counts (ceil(train rows / examples a step)), logs both and
     # writes them to results.json (steps, eval_every); a larger Quora file gives the same 3 epochs in more steps.
+    # For a fixed step count instead: --config.num_epochs=0 --config.num_steps=N.
     config.num_epochs = 3.0
     config.eval_every_epochs = 1.0  # a dev evaluation (and best checkpoint) per epoch of the largest task
     config.checkpoint_every = 1000  # steps between checkpoints for resumption
