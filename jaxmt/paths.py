@@ -78,3 +78,34 @@ def copy_tree(local: str, destination: str | os.PathLike) -> None:
             copy.parent.mkdir(parents=True, exist_ok=True)
             with open(source, "rb") as f:
                 copy.write_bytes(f.read())
+
+
+def local_copy(folder: str) -> str:
+    """A local copy of the folder `folder` (an epath URI, e.g. gs://bucket/models/bert), for readers that take
+    only local folders (Hugging Face's from_pretrained): fetched once into the user's cache
+    ($XDG_CACHE_HOME/jaxmt/remote, else ~/.cache/jaxmt/remote), then reused. A folder changed in place is not
+    fetched again; give it a new name (or delete the cached copy)."""
+    import hashlib
+
+    from etils import epath
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    local = os.path.join(base, "jaxmt", "remote", hashlib.sha1(folder.encode()).hexdigest()[:16])
+    done = os.path.join(local, ".complete")
+    if os.path.exists(done):
+        return local
+    source = epath.Path(folder)
+    if not source.is_dir():
+        raise ConfigError(f"{folder}: no such folder")
+    pending = [source]
+    while pending:
+        for item in pending.pop().iterdir():
+            if item.is_dir():
+                pending.append(item)
+                continue
+            target = os.path.join(local, os.path.relpath(os.fspath(item), os.fspath(source)))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as f:
+                f.write(item.read_bytes())
+    open(done, "w").close()
+    return local

@@ -103,3 +103,34 @@ def test_every_record_of_a_run_goes_to_a_gs_workdir(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match="a_file is a file, not a folder"):
             check_output_dir("gs://bucket/a_file/run")
     assert not any(p.name.startswith("gs") for p in tmp_path.iterdir())
+
+
+def test_data_files_and_the_model_folder_are_read_from_gs(tmp_path, monkeypatch, tiny_bert_dir):
+    from conftest import tiny_config
+
+    from jaxmt.data.sources import load_split, task_specs
+    from jaxmt.downstream.squad import read_squad
+    from jaxmt.models.pretrained import resolve_model_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with memory_gcs() as fs:
+        rows = "".join(f"{i}\tid{i}\tsentence number {i} .\t{i % 5}\n" for i in range(6))
+        fs.pipe("/gs/bucket/cs224n/ids-sst-train.csv", ("\tid\tsentence\tsentiment\n" + rows).encode())
+        config = tiny_config(tiny_bert_dir, **{"data.source": "csv", "data.csv_dir": "gs://bucket/cs224n"})
+        split = load_split(config, task_specs(config)["sst"], "train")
+        assert split.labels.tolist() == [0, 1, 2, 3, 4, 0] and split.source == "gs://bucket/cs224n/ids-sst-train.csv"
+        assert load_split(config, task_specs(config)["sst"], "test") is None  # no test file there
+
+        squad = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": "Ann saw Bob.", "qas": [
+            {"id": "q1", "question": "Who?", "answers": [{"text": "Bob", "answer_start": 8}]}]}]}]}
+        fs.pipe("/gs/bucket/squad/dev.json", json.dumps(squad).encode())
+        assert [e.id for e in read_squad("gs://bucket/squad/dev.json")] == ["q1"]
+
+        for file in tiny_bert_dir.iterdir():
+            fs.pipe(f"/gs/bucket/models/tiny/{file.name}", file.read_bytes())
+        local = resolve_model_dir("gs://bucket/models/tiny")
+        assert local.is_relative_to(tmp_path / "cache")
+        assert sorted(p.name for p in local.iterdir() if not p.name.startswith(".")) == sorted(
+            p.name for p in tiny_bert_dir.iterdir())
+        fs.rm("/gs/bucket/models/tiny", recursive=True)
+        assert resolve_model_dir("gs://bucket/models/tiny") == local  # fetched once, then reused

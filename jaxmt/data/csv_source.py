@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from functools import partial
 
 import numpy as np
+from etils import epath
 
 from jaxmt.data.errors import DataError, location
 from jaxmt.data.schema import SkippedRow, TaskData, TaskSpec, row_texts
+from jaxmt.paths import is_local
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ ON_BAD_ROW = ("error", "skip")
 def read_tsv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
     """Yields (line number, cells); line numbers are 1-based physical lines of the file."""
     try:
-        raw = open(path, "rb").read()
+        raw = epath.Path(path).read_bytes()  # any epath path: gs://... too
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as err:
@@ -141,7 +143,7 @@ def read_csv_split(
     return TaskData(
         spec=spec,
         split=split,
-        source=os.path.abspath(path),
+        source=os.path.abspath(path) if is_local(path) else path,
         ids=ids,
         text_a=texts[0],
         text_b=texts[1] if spec.is_pair else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from etils import epath
 from ml_collections import ConfigDict
 
 from jaxmt.data.csv_source import read_csv_split
@@ -66,7 +67,7 @@ def _read_split(config: ConfigDict, spec: TaskSpec, split: str) -> TaskData | No
         paths = _csv_paths(config, spec.name, split)
         if not paths:
             return None
-        if not os.path.exists(paths[0]) and split == "test":
+        if not epath.Path(paths[0]).exists() and split == "test":
             log.warning("%s: no test file, task %s gets no test predictions", paths[0], spec.name)
             return None
         parts = []

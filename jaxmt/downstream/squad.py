@@ -26,6 +26,7 @@ import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
+from etils import epath
 
 from jaxmt.data.errors import DataError
 from jaxmt.paths import expand_path
@@ -66,8 +67,7 @@ def read_squad(path: str, allow_impossible: bool = False, max_examples: int | No
     """
     path = expand_path(path, "SQuAD file")
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            payload = json.load(f)
+        payload = json.loads(epath.Path(path).read_bytes().decode("utf-8-sig"))  # any epath path: gs://... too
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except UnicodeDecodeError as err:

