@@ -71,14 +71,27 @@ def get_config() -> ConfigDict:
     config.model.shared_layers = 0  # dense+GELU layers shared by all tasks between encoder and heads
     config.model.shared_dim = 0  # width of the shared layers (0 = the encoder's hidden size)
     config.model.dropout = 0.1  # dropout before the shared layers and the heads
-    config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    # Compute dtype: auto (bfloat16 on GPU and TPU, float32 on CPU) | float32 | bfloat16. Params, optimizer state,
+    # losses and metrics stay float32 whatever it is.
+    config.model.dtype = "auto"
     config.model.remat = False  # jax.checkpoint each encoder layer: less activation memory, ~1/3 more compute
+    # remat on: what a layer keeps for the backward pass: full (its input only) | dots_saveable (matmul outputs too)
+    # | dots_with_no_batch_dims_saveable (weight matmuls' outputs too, not attention's)
+    config.model.remat_policy = "full"
+    # jax.nn.dot_product_attention's implementation: default (JAX picks) | xla | cudnn (NVIDIA GPU, bf16; fused
+    # flash attention). Training with attention dropout > 0 takes a written-out softmax on every backend
+    # (docs/performance.md, "Precision and attention").
+    config.model.attention_implementation = "default"
 
     config.optim = ConfigDict()
     config.optim.learning_rate = 5e-5  # AdamW peak learning rate
     config.optim.warmup_fraction = 0.1  # linear warm-up over this fraction of num_steps, then linear decay
     config.optim.weight_decay = 0.01  # AdamW decoupled weight decay (not on biases and LayerNorm)
     config.optim.clip_norm = 1.0  # clip the (combined) gradient to this global norm (0 = off)
+    # k > 1: each step's batch runs as k micro-batches (forward and backward one at a time, so activations for 1/k of
+    # it), their gradients summed into one update equal to the whole batch's (jaxmt.core.accumulation); batch sizes
+    # (packed: rows) must split into k equal parts on every data-parallel device.
+    config.optim.accumulation_steps = 1
     config.optim.gradient_surgery = "none"  # none | pcgrad (per-task gradients, projected, then combined)
     config.optim.surgery_scope = "shared"  # pcgrad on: all params | shared (heads pass through)
     config.optim.surgery_reduction = "sum"  # pcgrad: combine projected gradients by sum | mean

@@ -64,7 +64,17 @@ def get_config() -> ConfigDict:
     config.model.num_heads = 4  # from scratch: attention heads
     config.model.intermediate_size = 512  # from scratch: MLP width
     config.model.dropout = 0.1  # from scratch: hidden and attention dropout
-    config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    # Compute dtype: auto (bfloat16 on GPU and TPU, float32 on CPU) | float32 | bfloat16. Params, optimizer state,
+    # losses and metrics stay float32 whatever it is.
+    config.model.dtype = "auto"
+    config.model.remat = False  # jax.checkpoint each layer: less activation memory (length 512), ~1/3 more compute
+    # remat on: what a layer keeps for the backward pass: full (its input only) | dots_saveable (matmul outputs too)
+    # | dots_with_no_batch_dims_saveable (weight matmuls' outputs too, not attention's)
+    config.model.remat_policy = "full"
+    # jax.nn.dot_product_attention's implementation: default (JAX picks) | xla | cudnn (NVIDIA GPU, bf16; fused
+    # flash attention). Training with attention dropout > 0 takes a written-out softmax on every backend
+    # (docs/performance.md, "Precision and attention").
+    config.model.attention_implementation = "default"
 
     config.optim = ConfigDict()
     config.optim.learning_rate = 1e-3  # AdamW peak learning rate (5e-5 to 1e-4 when continuing from a checkpoint)
@@ -72,6 +82,9 @@ def get_config() -> ConfigDict:
     config.optim.warmup_fraction = 0.1  # linear warm-up over this fraction of num_steps, then linear decay
     config.optim.weight_decay = 0.01  # AdamW decoupled weight decay (not on biases and LayerNorm)
     config.optim.clip_norm = 1.0  # clip the gradient to this global norm (0 = off)
+    # k > 1: each step's batch runs as k micro-batches, their gradients summed into one update equal to the whole
+    # batch's (jaxmt.core.accumulation); batch_size must split into k equal parts on every data-parallel device.
+    config.optim.accumulation_steps = 1
     config.optim.gradient_surgery = "none"  # pre-training sums the task losses: only 'none'
 
     config.batch_size = 32  # pairs per training step (global, over all devices)

@@ -17,7 +17,12 @@ def get_config() -> ConfigDict:
 
     config.model = ConfigDict()
     config.model.name = "minilm"  # model alias (minilm) or a local Hugging Face BERT directory
-    config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params and logits stay float32)
+    # Compute options, as in configs/default.py: dtype auto (bfloat16 on GPU and TPU, float32 on CPU) | float32 |
+    # bfloat16 (params and logits stay float32); remat, its policy, and the attention implementation.
+    config.model.dtype = "auto"
+    config.model.remat = base.model.remat
+    config.model.remat_policy = base.model.remat_policy
+    config.model.attention_implementation = base.model.attention_implementation
 
     config.data = ConfigDict()
     config.data.train_file = ""  # SQuAD-format JSON for training

@@ -1,4 +1,4 @@
-"""Config checks shared by every trainer: allowed choices, compute dtypes, and the valid range of
+"""Config checks shared by every trainer: allowed choices, the encoder's compute options, and the valid range of
 every numeric field, so a bad value stops the run with one line before anything loads or compiles.
 
 `check_ranges` is driven by `RANGE_RULES`, a table from field patterns to ranges; the first rule whose
@@ -14,18 +14,41 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 from ml_collections import ConfigDict
 
 from jaxmt.errors import ConfigError
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from jaxmt.models.bert import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
+from jaxmt.models.options import DTYPE_CHOICES, DTYPES  # noqa: F401  (DTYPES: where callers used to import it)
 
 
 def one_of(value: object, allowed: tuple, field: str) -> None:
     """Raises ConfigError naming `config.<field>` unless `value` is one of `allowed`."""
     if value not in allowed:
         raise ConfigError(f"config.{field} = {value!r}; expected one of {allowed}")
+
+
+def check_model_options(model: ConfigDict) -> None:
+    """model.dtype, model.remat_policy and model.attention_implementation (jaxmt.models.options.EncoderOptions)."""
+    one_of(model.dtype, DTYPE_CHOICES, "model.dtype")
+    one_of(model.remat_policy, tuple(REMAT_POLICIES), "model.remat_policy")
+    one_of(model.attention_implementation, ATTENTION_IMPLEMENTATIONS, "model.attention_implementation")
+    if model.attention_implementation == "cudnn":
+        if jax.default_backend() != "gpu":
+            raise ConfigError(f"config.model.attention_implementation = 'cudnn' needs an NVIDIA GPU; this run's "
+                              f"backend is {jax.default_backend()!r} (use 'default' or 'xla')")
+        if model.dtype == "float32":
+            raise ConfigError("config.model.attention_implementation = 'cudnn' runs in bfloat16 or float16 only: "
+                              "set config.model.dtype to 'auto' or 'bfloat16'")
+
+
+def check_accumulation(batch_size: int, steps: int, data_parallel: int, field: str) -> None:
+    """`field` (a global batch of `batch_size` rows) must split into `steps` micro-batches (optim.accumulation_steps)
+    of equal rows on each of the `data_parallel` devices it is split over."""
+    if batch_size % (steps * data_parallel):
+        raise ConfigError(f"config.{field} = {batch_size} does not split into config.optim.accumulation_steps = "
+                          f"{steps} micro-batches over {data_parallel} data-parallel device(s): make it a multiple of "
+                          f"{steps * data_parallel}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +124,7 @@ RANGE_RULES: tuple[tuple[str, Range], ...] = (
     ("eval_every_epochs", NON_NEGATIVE),  # 0 = off (eval_every decides)
     ("num_epochs", NON_NEGATIVE),  # 0 = off (num_steps decides)
     ("optim.head_learning_rate", NON_NEGATIVE),  # 0 = optim.learning_rate
+    ("optim.accumulation_steps", AT_LEAST_ONE),
     # Generic rules, by leaf name.
     ("*learning_rate", POSITIVE),
     ("*warmup_fraction", PROBABILITY),

@@ -16,6 +16,7 @@ import optax
 
 from jaxmt.models.encoder import BertEncoder
 from jaxmt.models.multitask import matching_encoder_params
+from jaxmt.models.options import EncoderOptions
 
 NEG_INF = -1e9  # logit of a position no span may start or end at
 
@@ -56,8 +57,9 @@ class SpanModel:
     encoder: BertEncoder
 
     @classmethod
-    def build(cls, bert_config: Any, dtype: Any = jnp.float32) -> SpanModel:
-        return cls(BertEncoder(bert_config, dtype=dtype))
+    def build(cls, bert_config: Any, options: EncoderOptions | None = None) -> SpanModel:
+        """The span model over a BERT of `bert_config`, computing as `options` (dtype, remat, attention) say."""
+        return cls(BertEncoder(bert_config, **(options or EncoderOptions()).kwargs()))
 
     def init(self, rng: jax.Array, encoder_params: dict | None = None) -> dict:
         """Fresh params; `encoder_params` (a BERT tree under FlaxBertModule's names) replaces the random encoder."""

@@ -18,17 +18,19 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxmt.checkpointing.workdir import write_json
-from jaxmt.config_checks import DTYPES, one_of
+from jaxmt.config_checks import check_accumulation, check_model_options, one_of
+from jaxmt.core.accumulation import accumulate
 from jaxmt.core.rngs import stream_key
 from jaxmt.core.state import TrainState, guarded_update, replica_mean
 from jaxmt.data.sampling import TaskSampler
 from jaxmt.downstream.qa_model import SpanModel
 from jaxmt.downstream.squad import QAExample, QAFeatures, decode_predictions, make_features, read_squad, squad_scores
 from jaxmt.errors import ConfigError
+from jaxmt.models.options import EncoderOptions
 from jaxmt.models.pretrained import load_pretrained
 from jaxmt.parallel import distributed
 from jaxmt.parallel.host_data import put_global, put_host_batch
-from jaxmt.parallel.mesh import batch_sharding, check_divisible, make_mesh, replicated
+from jaxmt.parallel.mesh import batch_sharding, check_divisible, data_parallel_size, make_mesh, replicated
 from jaxmt.parallel.sharding_rules import check_heads, param_shardings
 from jaxmt.parallel.state_sharding import state_shardings
 from jaxmt.parallel.step_runner import make_step_runner
@@ -39,14 +41,23 @@ log = logging.getLogger(__name__)
 ENCODER_PREFIX = "encoder/bert/"  # where the FlaxBert tree sits in the QA params
 
 
-def make_qa_train_step(model: SpanModel, tx: optax.GradientTransformation, axis_name: str | None = None):
+def make_qa_train_step(model: SpanModel, tx: optax.GradientTransformation, axis_name: str | None = None,
+                       accumulation_steps: int = 1):
     """`train_step(state, batch, rng) -> (state, metrics)`; a non-finite loss or gradient leaves the state as it
-    was. Under `jax.pmap`, `axis_name` averages the loss and gradients over the devices."""
+    was. Under `jax.pmap`, `axis_name` averages the loss and gradients over the devices. `accumulation_steps` > 1
+    runs the batch as that many equal micro-batches (`jaxmt.core.accumulation`): every window counts once, so
+    each micro-batch's mean loss divided by their number is its share of the whole batch's mean."""
     mean = replica_mean(axis_name)
+
+    def share(params, batch, rng):
+        loss, grads = jax.value_and_grad(model.loss)(params, batch, rng)
+        if accumulation_steps == 1:
+            return loss, grads
+        return jax.tree_util.tree_map(lambda x: x / accumulation_steps, (loss, grads))
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
-        loss, grads = mean(jax.value_and_grad(model.loss)(state.params, batch, rng))
+        loss, grads = mean(accumulate(share, state.params, batch, rng, accumulation_steps))
         new_state, metrics = guarded_update(state, grads, tx, loss)
         return new_state, {"loss": loss, **metrics}
 
@@ -103,7 +114,7 @@ def check_qa_config(config: ConfigDict) -> None:
                           f"({config.data.max_length})")
     if config.num_steps < 1 or config.batch_size < 1 or config.eval_batch_size < 1:
         raise ConfigError("config.num_steps, config.batch_size and config.eval_batch_size must be >= 1")
-    one_of(config.model.dtype, tuple(DTYPES), "model.dtype")
+    check_model_options(config.model)
     one_of(config.on_nonfinite, ("stop", "skip"), "on_nonfinite")
 
 
@@ -130,6 +141,7 @@ def train_and_evaluate_qa(config: ConfigDict, workdir: str) -> dict:
     distributed.initialize(config.parallel)  # before any JAX computation; a no-op for one process
     mesh = make_mesh(config.mesh.axes, config.mesh.shape)
     check_divisible(config.batch_size, mesh, "config.batch_size")
+    check_accumulation(config.batch_size, config.optim.accumulation_steps, data_parallel_size(mesh), "batch_size")
     check_divisible(config.eval_batch_size, mesh, "config.eval_batch_size")
     loop.prepare_workdir(config, workdir)
     pretrained = load_pretrained(config.model.name)
@@ -141,13 +153,14 @@ def train_and_evaluate_qa(config: ConfigDict, workdir: str) -> dict:
     if len(train_feats) < config.batch_size:
         raise ConfigError(f"{len(train_feats)} training windows, fewer than config.batch_size = {config.batch_size}")
 
-    model = SpanModel.build(pretrained.config, DTYPES[config.model.dtype])
+    model = SpanModel.build(pretrained.config, EncoderOptions.from_config(config.model))
     tx = make_optimizer(config, config.num_steps, 1)
     init_rng, dropout_rng = stream_key(config.seed, "init"), stream_key(config.seed, "dropout")
     abstract_state = jax.eval_shape(lambda p: init_qa_state(model, tx, init_rng, p), pretrained.params)
     state_sharding = state_shardings(abstract_state, mesh)
-    runner = make_step_runner(config.parallel.mode, mesh, lambda axis: make_qa_train_step(model, tx, axis),
-                              state_sharding)
+    accumulation = config.optim.accumulation_steps
+    runner = make_step_runner(config.parallel.mode, mesh,
+                              lambda axis: make_qa_train_step(model, tx, axis, accumulation), state_sharding)
     init = jax.jit(lambda p: init_qa_state(model, tx, init_rng, p), out_shardings=state_sharding)
     encoder = pretrained.params
     del pretrained

@@ -36,6 +36,24 @@ ACTIVATIONS = {  # config.hidden_act -> function, as transformers' Flax ACT2FN
 }
 
 
+# model.remat_policy -> what a rematerialised layer keeps from its forward pass (jax.checkpoint_policies):
+# 'full' keeps only its input and recomputes everything; the 'dots' policies keep the matmul outputs (most of
+# the recomputation's FLOPs, ~1/2 to 2/3 of the activation memory), '..._no_batch_dims' only the weight matmuls.
+REMAT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+ATTENTION_IMPLEMENTATIONS = ("default", "xla", "cudnn")  # model.attention_implementation; default: JAX picks
+
+
+def attention_implementation(name: str) -> str | None:
+    """`jax.nn.dot_product_attention`'s `implementation` for the config's name ('default' -> None: JAX picks)."""
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {name!r}")
+    return None if name == "default" else name
+
+
 def _normal_init(config: Any) -> nn.initializers.Initializer:
     return nn.initializers.normal(stddev=config.initializer_range)
 
@@ -94,7 +112,8 @@ class BertSelfAttention(nn.Module):
     """Multi-head self-attention: query/key/value projections, then `jax.nn.dot_product_attention`.
 
     With attention dropout active (training, `attention_probs_dropout_prob > 0`) the softmax is written
-    out, since the fused function has no dropout; set the probability to 0 to train on the fused kernel.
+    out, since the fused function has no dropout (docs/performance.md, "Precision and attention"); set the
+    probability to 0 to train on the fused kernel. Logits and softmax are float32 on either path.
     """
 
     config: Any
@@ -117,6 +136,8 @@ class BertSelfAttention(nn.Module):
         query, key, value = split(self.query(hidden)), split(self.key(hidden)), split(self.value(hidden))
         query = query / jnp.asarray(math.sqrt(query.shape[-1]), query.dtype)  # scaled first, as FlaxBert does
         if deterministic or self.config.attention_probs_dropout_prob == 0.0:
+            if mask is not None and self.implementation == "cudnn":  # cuDNN takes the mask as a [B, 1, L, L] bias
+                mask = jnp.broadcast_to(mask, (mask.shape[0], 1, query.shape[1], key.shape[1]))
             out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=1.0,
                                                implementation=self.implementation)
         else:
@@ -207,16 +228,21 @@ class BertLayer(nn.Module):
 
 
 class BertLayerCollection(nn.Module):
-    """The layers, named '0', '1', ... (the `encoder/layer` scope); each rematerialised when `remat`."""
+    """The layers, named '0', '1', ... (the `encoder/layer` scope); each rematerialised when `remat`, keeping
+    what `remat_policy` (a REMAT_POLICIES name) saves."""
 
     config: Any
     dtype: Any = jnp.float32
     remat: bool = False
     implementation: str | None = None
+    remat_policy: str = "full"
 
     def setup(self) -> None:
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat policy must be one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}")
         # static_argnums counts self as 0: `deterministic` (3) changes the traced graph.
-        layer_class = nn.remat(BertLayer, static_argnums=(3,)) if self.remat else BertLayer
+        layer_class = (nn.remat(BertLayer, static_argnums=(3,), policy=REMAT_POLICIES[self.remat_policy])
+                       if self.remat else BertLayer)
         self.layers = [layer_class(self.config, dtype=self.dtype, implementation=self.implementation, name=str(i))
                        for i in range(self.config.num_hidden_layers)]
 
@@ -228,10 +254,11 @@ class BertLayerStack(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     implementation: str | None = None
+    remat_policy: str = "full"
 
     def setup(self) -> None:
         self.layer = BertLayerCollection(self.config, dtype=self.dtype, remat=self.remat,
-                                         implementation=self.implementation)
+                                         implementation=self.implementation, remat_policy=self.remat_policy)
 
     @property
     def num_layers(self) -> int:
@@ -308,7 +335,7 @@ class BertModel(nn.Module):
     """Token ids -> hidden states: embeddings, the layer stack and (optionally) the pooler.
 
     `dtype` is the compute dtype; params stay float32. `remat` recomputes each layer's activations in the
-    backward pass instead of storing them.
+    backward pass instead of storing them, keeping what `remat_policy` (a REMAT_POLICIES name) saves.
     """
 
     config: Any  # transformers.BertConfig
@@ -316,11 +343,12 @@ class BertModel(nn.Module):
     add_pooling_layer: bool = True
     remat: bool = False
     attention_implementation: str | None = None  # jax.nn.dot_product_attention's `implementation`
+    remat_policy: str = "full"
 
     def setup(self) -> None:
         self.embeddings = BertEmbeddings(self.config, dtype=self.dtype)
         self.encoder = BertLayerStack(self.config, dtype=self.dtype, remat=self.remat,
-                                      implementation=self.attention_implementation)
+                                      implementation=self.attention_implementation, remat_policy=self.remat_policy)
         if self.add_pooling_layer:
             self.pooler = BertPooler(self.config, dtype=self.dtype)
 

@@ -24,13 +24,15 @@ class BertEncoder(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     attention_implementation: str | None = None  # jax.nn.dot_product_attention's: None, 'xla' or 'cudnn'
+    remat_policy: str = "full"  # with `remat`: what each layer keeps (jaxmt.models.bert.REMAT_POLICIES)
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None, token_type_ids: jax.Array | None,
                  deterministic: bool = True, *, position_ids: jax.Array | None = None,
                  segment_ids: jax.Array | None = None) -> jax.Array:
         bert = BertModel(self.config, dtype=self.dtype, add_pooling_layer=False, remat=self.remat,
-                         attention_implementation=self.attention_implementation, name="bert")
+                         attention_implementation=self.attention_implementation, remat_policy=self.remat_policy,
+                         name="bert")
         return bert(input_ids, attention_mask, token_type_ids, position_ids, segment_ids=segment_ids,
                     deterministic=deterministic).last_hidden_state
 

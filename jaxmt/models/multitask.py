@@ -35,11 +35,14 @@ class SharedBackbone(nn.Module):
     dropout_rate: float = 0.1
     dtype: Any = jnp.float32
     remat: bool = False
+    remat_policy: str = "full"  # with remat: what each layer keeps (jaxmt.models.bert.REMAT_POLICIES)
+    attention_implementation: str | None = None  # jax.nn.dot_product_attention's: None, 'xla' or 'cudnn'
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True,
                  output_dropout: bool = True, *, position_ids=None, segment_ids=None, example_segments=None):
-        encoder = BertEncoder(self.bert_config, dtype=self.dtype, remat=self.remat, name="encoder")
+        encoder = BertEncoder(self.bert_config, dtype=self.dtype, remat=self.remat, remat_policy=self.remat_policy,
+                              attention_implementation=self.attention_implementation, name="encoder")
         if example_segments is None:
             b, s, length = input_ids.shape
             flat = lambda x: x.reshape(b * s, length)  # noqa: E731

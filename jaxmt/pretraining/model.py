@@ -88,11 +88,15 @@ class HierarchicalBert(nn.Module):
     transfer: str = "none"
     pooling: str = "cls"  # the sentence vector of NSP and bigram shift: 'cls' | 'mean' | 'max'
     bigram_head: str = "sentence"  # bigram shift's head, one of BIGRAM_HEADS
-    dtype: Any = jnp.float32
+    dtype: Any = jnp.float32  # compute dtype (params stay float32; losses are taken in float32)
+    remat: bool = False  # recompute each layer's activations in the backward pass (length 512 is where it pays)
+    remat_policy: str = "full"  # with remat: what a layer keeps (jaxmt.models.bert.REMAT_POLICIES)
+    attention_implementation: str | None = None  # jax.nn.dot_product_attention's: None, 'xla' or 'cudnn'
 
     def setup(self) -> None:
         self.embeddings = BertEmbeddings(self.config, dtype=self.dtype)
-        self.encoder = BertLayerStack(self.config, dtype=self.dtype)
+        self.encoder = BertLayerStack(self.config, dtype=self.dtype, remat=self.remat, remat_policy=self.remat_policy,
+                                      implementation=self.attention_implementation)
         init = nn.initializers.normal(self.config.initializer_range)
         layers = dict(self.task_layers)
         if "nsp" in layers:

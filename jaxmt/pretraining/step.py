@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmt.core.accumulation import accumulate
 from jaxmt.core.state import TrainState, guarded_update, replica_mean
 from jaxmt.pretraining.model import HierarchicalBert
 
@@ -20,10 +21,24 @@ LABELS = {"nsp": "nsp_labels", "bigram_shift": "bigram_labels"}
 TOKEN_LABELS = "bigram_shift_tokens"
 
 
+def task_count(task: str, batch: dict[str, jax.Array]) -> jax.Array:
+    """How many predictions `task`'s loss averages over: masked tokens for MLM, examples otherwise (padding rows
+    and slots weigh 0). It depends on the batch alone, so an accumulated step counts the whole step first."""
+    if task == "mlm":
+        return (batch["mlm_weights"] * batch["example_weights"][:, None]).sum()
+    return batch["example_weights"].sum()
+
+
+def output_tasks(model: HierarchicalBert) -> tuple[str, ...]:
+    """The keys of the model's outputs: its tasks, and the moved-token loss with bigram_head='token_labels'."""
+    tasks = tuple(task for task, _ in model.task_layers)
+    return tasks + ((TOKEN_LABELS,) if "bigram_shift" in tasks and model.bigram_head == "token_labels" else ())
+
+
 def task_statistics(outputs: dict[str, jax.Array], batch: dict[str, jax.Array]) -> dict[str, dict[str, jax.Array]]:
-    """Per task: summed cross-entropy, correct predictions and the number of predictions (masked tokens for
-    MLM, examples otherwise; padding rows and slots weigh 0). The moved-token loss is summed over an example's
-    tokens and counted per example; an example is correct when every one of its tokens is."""
+    """Per task: summed cross-entropy, correct predictions and the number of predictions (`task_count`). The
+    moved-token loss is summed over an example's tokens and counted per example; an example is correct when
+    every one of its tokens is."""
     stats = {}
     for task, logits in outputs.items():
         logits = logits.astype(jnp.float32)
@@ -33,7 +48,7 @@ def task_statistics(outputs: dict[str, jax.Array], batch: dict[str, jax.Array]) 
             loss = optax.sigmoid_binary_cross_entropy(logits, labels) * weights  # scores are finite everywhere
             right = jnp.where(weights > 0, (logits > 0) == (labels > 0), True).all(-1)  # every token told right
             stats[task] = {"loss_sum": loss.sum(), "correct": (right * batch["example_weights"]).sum(),
-                           "count": batch["example_weights"].sum()}
+                           "count": task_count(task, batch)}
             continue
         if task == "mlm":
             labels, weights = batch["mlm_ids"], batch["mlm_weights"] * batch["example_weights"][:, None]
@@ -42,7 +57,7 @@ def task_statistics(outputs: dict[str, jax.Array], batch: dict[str, jax.Array]) 
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         stats[task] = {"loss_sum": (loss * weights).sum(),
                        "correct": ((logits.argmax(-1) == labels) * weights).sum(),
-                       "count": weights.sum()}
+                       "count": task_count(task, batch)}
     return stats
 
 
@@ -66,26 +81,36 @@ def init_train_state(model: HierarchicalBert, tx: optax.GradientTransformation, 
     return TrainState.create(init_params(model, rng, batch, encoder), tx)
 
 
-def make_train_step(model: HierarchicalBert, tx: optax.GradientTransformation,
-                    weights: dict[str, float], axis_name: str | None = None) -> Callable:
+def make_train_step(model: HierarchicalBert, tx: optax.GradientTransformation, weights: dict[str, float],
+                    axis_name: str | None = None, accumulation_steps: int = 1) -> Callable:
     """Returns `train_step(state, batch, rng) -> (state, metrics)`: one update on the weighted sum of losses.
 
     A non-finite loss or gradient is never applied: the state stays as it was and `metrics['nonfinite']`
     tells the trainer. Under `jax.pmap`, `axis_name` averages losses and gradients over the devices.
+    `accumulation_steps` > 1 runs the batch as that many micro-batches (`jaxmt.core.accumulation`), each loss
+    divided by the whole step's counts, so the update is the whole batch's.
     """
     mean = replica_mean(axis_name)
+    tasks = output_tasks(model)
 
-    def loss_fn(params, batch, rng):
-        outputs = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": rng})
-        stats = task_statistics(outputs, batch)
-        losses = {t: s["loss_sum"] / jnp.maximum(s["count"], 1.0) for t, s in stats.items()}
-        total = sum(weights[t if t != TOKEN_LABELS else "bigram_shift"] * losses[t] for t in losses)
-        return total, (losses, {t: s["correct"] / jnp.maximum(s["count"], 1.0) for t, s in stats.items()})
+    def shares(params, batch, rng, counts):
+        """Gradient, weighted loss and per-task (loss, correct) of `batch` as shares of the step's (`counts`)."""
+        def loss_fn(params):
+            outputs = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": rng})
+            stats = task_statistics(outputs, batch)
+            losses = {t: s["loss_sum"] / counts[t] for t, s in stats.items()}
+            total = sum(weights[t if t != TOKEN_LABELS else "bigram_shift"] * losses[t] for t in losses)
+            return total, (losses, {t: s["correct"] / counts[t] for t, s in stats.items()})
+
+        (total, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return grads, total, aux
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
-        (total, (losses, accuracies)), grads = mean(
-            jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng))
+        counts = {t: jnp.maximum(task_count(t, batch), 1.0) for t in tasks}
+        grads, total, (losses, accuracies) = mean(accumulate(
+            lambda params, micro, micro_rng: shares(params, micro, micro_rng, counts),
+            state.params, batch, rng, accumulation_steps))
         new_state, metrics = guarded_update(state, grads, tx, total)
         metrics["loss/total"] = total
         metrics.update({f"loss/{t}": v for t, v in losses.items()})

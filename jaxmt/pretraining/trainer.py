@@ -12,14 +12,15 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxmt.config_checks import DTYPES, one_of
+from jaxmt.config_checks import check_accumulation, check_model_options, one_of
 from jaxmt.core.rngs import stream_key
 from jaxmt.errors import ConfigError
 from jaxmt.models.hf_checkpoint import save_hf_model
+from jaxmt.models.options import EncoderOptions
 from jaxmt.models.pretrained import ModelError, load_pretrained, resolve_model_dir
 from jaxmt.parallel import distributed
 from jaxmt.parallel.host_data import put_global, put_host_batch
-from jaxmt.parallel.mesh import batch_sharding, check_divisible, make_mesh, replicated
+from jaxmt.parallel.mesh import batch_sharding, check_divisible, data_parallel_size, make_mesh, replicated
 from jaxmt.parallel.sharding_rules import check_heads, param_shardings
 from jaxmt.parallel.state_sharding import state_shardings
 from jaxmt.parallel.step_runner import make_step_runner
@@ -57,7 +58,7 @@ def check_config(config: ConfigDict) -> None:
                           f"config.task_names must include both 'nsp' and 'mlm' (it is {names})")
     one_of(config.tasks.bigram_shift.unit, SWAP_UNITS, "tasks.bigram_shift.unit")
     one_of(config.tasks.bigram_shift.head, BIGRAM_HEADS, "tasks.bigram_shift.head")
-    one_of(config.model.dtype, tuple(DTYPES), "model.dtype")
+    check_model_options(config.model)
     one_of(config.optim.gradient_surgery, ("none",), "optim.gradient_surgery")
     one_of(config.on_nonfinite, ("stop", "skip"), "on_nonfinite")
     if not 0.0 < config.tasks.mlm.mask_rate < 1.0:
@@ -173,6 +174,7 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
                           f"{bert_config.max_position_embeddings} position embeddings")
     mesh = make_mesh(config.mesh.axes, config.mesh.shape)
     check_divisible(config.batch_size, mesh, "config.batch_size")
+    check_accumulation(config.batch_size, config.optim.accumulation_steps, data_parallel_size(mesh), "batch_size")
     check_divisible(config.eval_batch_size, mesh, "config.eval_batch_size")
     check_heads(bert_config.num_attention_heads, mesh)
     loop.prepare_workdir(config, workdir)
@@ -191,7 +193,7 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
                           config.tasks.mlm.max_predictions, use_bigrams, config.tasks.bigram_shift.unit)
 
     model = HierarchicalBert(bert_config, layers, config.transfer, config.pooling, config.tasks.bigram_shift.head,
-                             DTYPES[config.model.dtype])
+                             **EncoderOptions.from_config(config.model).kwargs())
     tx = make_optimizer(config, config.num_steps, len(layers), encoder_scopes=PRETRAINED_SCOPES)
     init_rng, dropout_rng = stream_key(config.seed, "init"), stream_key(config.seed, "dropout")
     example = {k: v[:2] for k, v in host_batch(0).items()}
@@ -199,8 +201,9 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
     abstract_state = jax.eval_shape(init, pretrained)
     state_sharding = state_shardings(abstract_state, mesh)
     weights = {task: float(config.tasks[task].weight) for task, _ in layers}
-    runner = make_step_runner(config.parallel.mode, mesh, lambda axis: make_train_step(model, tx, weights, axis),
-                              state_sharding)
+    accumulation = config.optim.accumulation_steps
+    runner = make_step_runner(config.parallel.mode, mesh,
+                              lambda axis: make_train_step(model, tx, weights, axis, accumulation), state_sharding)
     eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding.params, data_sharding),
                         out_shardings=replicated(mesh))
 

@@ -11,12 +11,13 @@ import logging
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxmt.config_checks import DTYPES, one_of
+from jaxmt.config_checks import check_model_options, one_of
 from jaxmt.data.sampling import SAMPLING_MODES
 from jaxmt.data.schema import HEADS, TaskData, TaskSpec
 from jaxmt.data.tokenization import PAIR_MODES, SEQUENCES_PER_PAIR, EncodedSplit, encode_split
 from jaxmt.errors import ConfigError
 from jaxmt.models.multitask import MultitaskModel, SharedBackbone
+from jaxmt.models.options import EncoderOptions
 from jaxmt.parallel.mesh import check_divisible
 from jaxmt.parallel.state_sharding import state_shardings as rule_shardings
 
@@ -28,7 +29,7 @@ def check_config(config: ConfigDict) -> None:
     one_of(config.sampling, SAMPLING_MODES, "sampling")
     one_of(config.model.pair_mode, PAIR_MODES, "model.pair_mode")
     one_of(config.model.pooling, ("mean", "cls"), "model.pooling")
-    one_of(config.model.dtype, tuple(DTYPES), "model.dtype")
+    check_model_options(config.model)
     one_of(config.optim.gradient_surgery, ("none", "pcgrad"), "optim.gradient_surgery")
     one_of(config.optim.surgery_scope, ("all", "shared"), "optim.surgery_scope")
     one_of(config.optim.surgery_reduction, ("sum", "mean"), "optim.surgery_reduction")
@@ -128,8 +129,7 @@ def build_model(config: ConfigDict, bert_config, specs: dict[str, TaskSpec]) -> 
         shared_layers=config.model.shared_layers,
         shared_dim=config.model.shared_dim,
         dropout_rate=config.model.dropout,
-        dtype=DTYPES[config.model.dtype],
-        remat=config.model.remat,
+        **EncoderOptions.from_config(config.model).kwargs(),
     )
     return MultitaskModel(backbone=backbone, specs=specs, num_sequences={
         t: SEQUENCES_PER_PAIR[pair_mode(config, t)] if s.is_pair else 1 for t, s in specs.items()})

@@ -1,0 +1,64 @@
+"""Gradient accumulation: one optimizer update from k micro-batches, equal to the update of their union.
+
+`optim.accumulation_steps = k` splits each step's batch into k micro-batches inside the jitted step
+(`micro_batches`) and runs the forward and backward pass over them one at a time (`accumulate`, a
+`jax.lax.scan`), so activations are held for one micro-batch only; the summed gradients then take one
+guarded optimizer update, so the NaN guard, gradient surgery and the metrics see the whole step.
+
+Why not `optax.MultiSteps`: it updates every k-th call, so each call is a step of its own (its own guard,
+its own metrics, a state written back k times) and PCGrad would project each micro-batch's task gradients
+instead of the step's.
+
+Exactness: the losses are means over masked examples (tokens, rows, packed segments), and a mean over a big
+batch is not the mean of its micro-batches' means when they count different numbers of examples (padding
+rows, packed rows of different fill). So a step's `grad_fn` returns each micro-batch's *share* of the big
+batch's loss: its numerators (summed losses) divided by the denominators of the whole step, which are
+counted from the batch's masks before the scan (they do not depend on the params). Shares, their gradients
+and any additive statistics then sum to the big batch's loss, gradient and statistics exactly, up to the
+order of float32 additions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def micro_batches(batch: Any, steps: int) -> Any:
+    """Every leaf [N, ...] -> [steps, N / steps, ...]; micro-batch j takes rows j, j + steps, j + 2 * steps, ...
+
+    Interleaved rather than contiguous: a batch split over devices along its rows keeps every micro-batch
+    split over all of them (each device's rows are a contiguous block, so it holds N / steps / devices rows of
+    each micro-batch and the split moves no data).
+    """
+    def split(x: jax.Array) -> jax.Array:
+        if x.shape[0] % steps:
+            raise ValueError(f"a batch of {x.shape[0]} rows does not split into {steps} equal micro-batches")
+        return jnp.swapaxes(x.reshape((x.shape[0] // steps, steps) + x.shape[1:]), 0, 1)
+
+    return jax.tree_util.tree_map(split, batch)
+
+
+def accumulate(grad_fn: Callable[[Any, Any, jax.Array], Any], params: Any, batch: Any, rng: jax.Array,
+               steps: int) -> Any:
+    """The sum over `steps` micro-batches of `grad_fn(params, micro_batch, rng_j)` (any tree: gradients, loss
+    shares, additive statistics), `rng_j` being `rng` folded with the micro-batch index j.
+
+    `steps == 1` calls `grad_fn(params, batch, rng)` once, unchanged (no split, no fold), so a run without
+    accumulation computes exactly what it did before accumulation existed.
+    """
+    if steps == 1:
+        return grad_fn(params, batch, rng)
+    split = micro_batches(batch, steps)
+    first = jax.tree_util.tree_map(lambda x: x[0], split)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, first, rng))
+
+    def add_micro_batch(total: Any, indexed: tuple[jax.Array, Any]) -> tuple[Any, None]:
+        index, micro = indexed
+        return jax.tree_util.tree_map(jnp.add, total, grad_fn(params, micro, jax.random.fold_in(rng, index))), None
+
+    total, _ = jax.lax.scan(add_micro_batch, zeros, (jnp.arange(steps), split))
+    return total

@@ -1,0 +1,132 @@
+"""Gradient accumulation (optim.accumulation_steps): k micro-batches give the update of one step over all of
+their examples, for every trainer's step, with the NaN guard and the metrics covering the whole step."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from transformers import BertConfig
+
+from jaxmt.core.accumulation import accumulate, micro_batches
+from jaxmt.core.state import TrainState, guarded_update
+
+TOLERANCE = dict(rtol=1e-5, atol=1e-6)  # float32: the k micro-batches sum in another order than one batch
+
+
+def tiny_config(num_layers: int = 2) -> BertConfig:
+    """No dropout: micro-batches draw other dropout masks than the whole batch, so only then are they equal."""
+    return BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=num_layers, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0)
+
+
+def one_step(make_step, params, batch, steps):
+    """New params and metrics of one step with `steps` micro-batches (SGD at rate 1: params move by -grad)."""
+    tx = optax.sgd(1.0)
+    state = TrainState.create(params, tx)
+    new_state, metrics = jax.jit(make_step(tx, steps))(state, batch, jax.random.PRNGKey(3))
+    return jax.device_get(new_state.params), jax.device_get(metrics)
+
+
+def assert_same_step(make_step, params, batch, steps):
+    whole_params, whole_metrics = one_step(make_step, params, batch, 1)
+    for k in steps:
+        split_params, split_metrics = one_step(make_step, params, batch, k)
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, **TOLERANCE), split_params, whole_params)
+        assert split_metrics.keys() == whole_metrics.keys()
+        for name in whole_metrics:
+            np.testing.assert_allclose(split_metrics[name], whole_metrics[name], **TOLERANCE, err_msg=name)
+    assert not whole_metrics["nonfinite"]
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree_util.tree_leaves(whole_params),
+                                                            jax.tree_util.tree_leaves(params)))
+    assert moved > 1e-4  # the step did something
+
+
+def test_micro_batches_interleave_rows_and_a_bad_split_is_named():
+    split = micro_batches({"x": jnp.arange(12).reshape(6, 2)}, 3)["x"]
+    assert split.shape == (3, 2, 2)
+    np.testing.assert_array_equal(split[1], [[2, 3], [8, 9]])  # rows 1 and 4
+    with pytest.raises(ValueError, match="does not split into 4 equal micro-batches"):
+        micro_batches({"x": jnp.zeros((6,))}, 4)
+
+
+def test_one_micro_batch_is_the_function_itself_and_rngs_differ_per_micro_batch():
+    rng = jax.random.PRNGKey(0)
+    batch = jnp.arange(4.0)
+    out = accumulate(lambda p, b, r: (p * b.sum(), r), 2.0, batch, rng, 1)
+    assert float(out[0]) == 12.0 and (out[1] == rng).all()
+    draws = accumulate(lambda p, b, r: jax.random.uniform(r, (1,)), 0.0, batch, rng, 2)
+    expected = sum(jax.random.uniform(jax.random.fold_in(rng, i), (1,)) for i in range(2))
+    np.testing.assert_allclose(draws, expected, rtol=1e-6)
+
+
+def test_a_non_finite_micro_batch_stops_the_whole_update():
+    params = {"w": jnp.ones(3)}
+    tx = optax.sgd(0.1)
+    state = TrainState.create(params, tx)
+    batch = jnp.asarray([1.0, 1.0, jnp.nan, 1.0])  # micro-batch 0 gets rows 0 and 2
+
+    def grad_fn(p, micro, rng):
+        loss, grads = jax.value_and_grad(lambda q: jnp.sum(q["w"]) * micro.sum())(p)
+        return grads, loss
+
+    grads, loss = accumulate(grad_fn, state.params, batch, jax.random.PRNGKey(0), 2)
+    new_state, metrics = guarded_update(state, grads, tx, loss)
+    assert bool(metrics["nonfinite"])
+    np.testing.assert_array_equal(new_state.params["w"], params["w"])
+    assert int(new_state.step) == 1
+
+
+# ---------------------------------------------------------------- pre-training
+
+def pretraining_batch(n: int = 8, length: int = 12, predictions: int = 3) -> dict:
+    """Padding rows (example weight 0) and masked MLM slots spread unevenly, so micro-batches count different
+    numbers of examples and tokens: a mean of micro-batch means would be wrong."""
+    rng = np.random.default_rng(0)
+    example_weights = np.asarray([1, 1, 1, 1, 1, 0, 1, 0], np.float32)
+    return {"input_ids": rng.integers(5, 40, size=(n, length)).astype(np.int32),
+            "token_type_ids": (np.arange(length)[None, :] >= length // 2).repeat(n, 0).astype(np.int32),
+            "attention_mask": (np.arange(length)[None, :] < rng.integers(6, length + 1, size=(n, 1))).astype(np.int32),
+            "mlm_positions": rng.integers(1, 6, size=(n, predictions)).astype(np.int32),
+            "mlm_ids": rng.integers(5, 40, size=(n, predictions)).astype(np.int32),
+            "mlm_weights": (rng.random((n, predictions)) < 0.6).astype(np.float32),
+            "nsp_labels": rng.integers(0, 2, size=n).astype(np.int32),
+            "bigram_labels": rng.integers(0, 2, size=n).astype(np.int32),
+            "bigram_moved": (rng.random((n, length)) < 0.2).astype(np.float32),
+            "example_weights": example_weights}
+
+
+def test_pretraining_step_accumulated_equals_the_whole_batch():
+    from jaxmt.pretraining.model import HierarchicalBert
+    from jaxmt.pretraining.step import init_params, make_train_step
+
+    model = HierarchicalBert(tiny_config(), (("bigram_shift", 1), ("mlm", 2), ("nsp", 2)), "none", "mean",
+                             "token_labels")
+    batch = pretraining_batch()
+    params = init_params(model, jax.random.PRNGKey(0), batch)
+    weights = {"mlm": 1.0, "nsp": 0.5, "bigram_shift": 2.0}
+    assert_same_step(lambda tx, k: make_train_step(model, tx, weights, accumulation_steps=k), params, batch, (4,))
+
+
+# ---------------------------------------------------------------- QA
+
+def qa_batch(n: int = 8, length: int = 12) -> dict:
+    """Windows of a 4-token question and an 8-token context, answers inside the context."""
+    rng = np.random.default_rng(1)
+    context = (np.arange(length)[None, :] >= 4).repeat(n, 0).astype(np.int32)
+    return {"input_ids": rng.integers(5, 40, size=(n, length)).astype(np.int32),
+            "attention_mask": np.ones((n, length), np.int32), "token_type_ids": context, "context_mask": context,
+            "start_positions": rng.integers(4, 8, size=n).astype(np.int32),
+            "end_positions": rng.integers(8, 12, size=n).astype(np.int32)}
+
+
+def test_qa_step_accumulated_equals_the_whole_batch():
+    from jaxmt.downstream.qa_model import SpanModel
+    from jaxmt.downstream.qa_train import make_qa_train_step
+
+    model = SpanModel.build(tiny_config())
+    params = model.init(jax.random.PRNGKey(0))
+    assert_same_step(lambda tx, k: make_qa_train_step(model, tx, accumulation_steps=k), params, qa_batch(), (2,))
