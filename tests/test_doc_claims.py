@@ -2,11 +2,13 @@
 run records in docs/runs/ (the tables are rebuilt from those records by jaxmt.summarize; these are the numbers a
 sentence quotes). A claim that drifts from its source fails here, naming the file."""
 
+import ast
 import configparser
 import importlib.metadata
 import json
 import math
 import re
+import sys
 
 from conftest import ROOT
 from packaging.requirements import Requirement
@@ -39,6 +41,23 @@ def test_constraints_pin_every_requirement_inside_its_range():
         assert name in pins, f"constraints.txt does not pin {requirement.name} (setup.cfg requires it)"
         assert requirement.specifier.contains(pins[name], prereleases=True), (
             f"constraints.txt pins {name}=={pins[name]}, outside setup.cfg's {requirement}")
+
+
+def test_every_package_jaxmt_imports_is_a_pinned_requirement():
+    """A module jaxmt imports that only arrives through another package's dependencies could vanish with them."""
+    modules = set()
+    for path in (ROOT / "jaxmt").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    distributions = importlib.metadata.packages_distributions()
+    required = {canonicalize_name(r.name) for r in setup_requirements()}
+    for module in sorted(modules - set(sys.stdlib_module_names) - {"jaxmt"}):
+        names = {canonicalize_name(d) for d in distributions.get(module, [module])}
+        assert names & required, f"jaxmt imports {module} ({', '.join(sorted(names))}), not in setup.cfg"
+        assert names & set(constraints()), f"constraints.txt does not pin {module}"
 
 
 def test_accelerator_pins_go_with_the_pinned_jax():
