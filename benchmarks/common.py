@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -45,6 +46,20 @@ def jaxmt_train(config: ConfigDict, pretrained, specs: dict, num_steps: int) -> 
     init = jax.jit(lambda p: init_state(model, tx, init_rng, p), out_shardings=state_sharding)
     state = init(put_global(pretrained.params, encoder_shardings(pretrained.params, mesh)))
     return JaxmtTrain(model=model, mesh=mesh, runner=runner, state=state, step_rng=step_rng)
+
+
+def train_run(train: JaxmtTrain) -> Callable[[Sequence], None]:
+    """Runs host batches through jaxmt's donated step as the trainer does (put, step), blocking at the end."""
+    holder = {"state": train.state}
+
+    def run(items: Sequence) -> None:
+        metrics = None
+        for batches in items:
+            holder["state"], metrics = train.runner.step(holder["state"], train.runner.put_host(batches),
+                                                         train.step_rng)
+        jax.block_until_ready((holder["state"].params, metrics))
+
+    return run
 
 
 def torch_info(use_torch: bool, note: str | None, threads: int) -> dict:

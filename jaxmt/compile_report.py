@@ -146,7 +146,7 @@ def finetune_program(config: ConfigDict, mesh) -> Program:
     from jaxmt.core.rngs import stream_key
     from jaxmt.data.packing import train_step_batches
     from jaxmt.data.sources import load_splits, task_specs
-    from jaxmt.parallel.mesh import check_divisible, data_parallel_size
+    from jaxmt.parallel.mesh import data_parallel_size
     from jaxmt.parallel.sharding_rules import check_heads
     from jaxmt.pretraining.trainer import load_tokenizer
     from jaxmt.training import setup
@@ -156,8 +156,9 @@ def finetune_program(config: ConfigDict, mesh) -> Program:
 
     setup.check_config(config)
     specs = task_specs(config)
-    for name in config.task_names:
-        check_divisible(config.tasks[name].batch_size, mesh, f"config.tasks.{name}.batch_size")
+    checked = config.copy_and_resolve_references()  # the evaluation step is not compiled here: its batch may be any
+    checked.eval_batch_size = data_parallel_size(mesh)
+    setup.check_batches_fit(checked, mesh)
     bert_config, tokenizer_name = bert_config_of(config.model.name)
     check_heads(bert_config.num_attention_heads, mesh)
     tokenizer = load_tokenizer(tokenizer_name)
@@ -186,8 +187,9 @@ def pretrain_program(config: ConfigDict, mesh) -> Program:
     import jax
     import numpy as np
 
-    from jaxmt.config_checks import DTYPES
+    from jaxmt.config_checks import check_accumulation
     from jaxmt.core.rngs import stream_key
+    from jaxmt.models.options import EncoderOptions
     from jaxmt.parallel.mesh import check_divisible, data_parallel_size
     from jaxmt.parallel.sharding_rules import check_heads
     from jaxmt.parallel.state_sharding import state_shardings
@@ -210,6 +212,7 @@ def pretrain_program(config: ConfigDict, mesh) -> Program:
         raise ConfigError(f"config.data.max_length = {config.data.max_length} exceeds the model's "
                           f"{bert_config.max_position_embeddings} position embeddings")
     check_divisible(config.batch_size, mesh, "config.batch_size")
+    check_accumulation(config.batch_size, config.optim.accumulation_steps, data_parallel_size(mesh), "batch_size")
     check_heads(bert_config.num_attention_heads, mesh)
     vocab = Vocabulary.from_tokenizer(tokenizer)
     corpus = load_corpus(CorpusSpec.from_config(config.data), tokenizer, config.data.cache_dir or None)
@@ -220,14 +223,15 @@ def pretrain_program(config: ConfigDict, mesh) -> Program:
                          "bigram_shift" in config.task_names, config.tasks.bigram_shift.unit)
     batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype) for k, v in example.items()}
     model = HierarchicalBert(bert_config, layers, config.transfer, config.pooling, config.tasks.bigram_shift.head,
-                             DTYPES[config.model.dtype])
+                             **EncoderOptions.from_config(config.model).kwargs())
     tx = make_optimizer(config, config.num_steps, len(layers), encoder_scopes=PRETRAINED_SCOPES)
     init_rng = stream_key(config.seed, "init")
     state = jax.eval_shape(lambda: init_train_state(model, tx, init_rng, example, None))
     state_sharding = state_shardings(state, mesh)
     weights = {task: float(config.tasks[task].weight) for task, _ in layers}
-    runner = make_step_runner(config.parallel.mode, mesh, lambda axis: make_train_step(model, tx, weights, axis),
-                              state_sharding)
+    accumulation = config.optim.accumulation_steps
+    runner = make_step_runner(config.parallel.mode, mesh,
+                              lambda axis: make_train_step(model, tx, weights, axis, accumulation), state_sharding)
     rng = jax.eval_shape(lambda: stream_key(config.seed, "dropout"))
     return Program(runner, (state, batch, rng), config.batch_size, config.batch_size / data_parallel_size(mesh),
                    config.batch_size * config.data.max_length, _param_count(state))
@@ -353,6 +357,9 @@ def compile_once(config: ConfigDict, topology: str, devices: list) -> dict[str, 
         raise ConfigError(f"config.parallel.mode = {config.parallel.mode!r}: the compile report compiles the sharded "
                           "jit step (set --config.parallel.mode=jit)")
     chip = chip_of(topology)
+    if config.model.get("dtype") == "auto":  # 'auto' is bfloat16 on a TPU, whatever backend this host has
+        config = config.copy_and_resolve_references()
+        config.model.dtype = "bfloat16"
     mesh = make_mesh(config.mesh.axes, config.mesh.shape, devices)
     program = pretrain_program(config, mesh) if is_pretraining(config) else finetune_program(config, mesh)
     start = time.perf_counter()
@@ -361,7 +368,8 @@ def compile_once(config: ConfigDict, topology: str, devices: list) -> dict[str, 
         "topology": topology, "chip": chip.name, "devices": len(devices), "mesh": dict(mesh.shape),
         "data_parallel": data_parallel_size(mesh), "global_batch": program.global_batch,
         "per_device_batch": program.per_device_batch, "tokens_per_step": program.tokens,
-        "params": program.params,
+        "params": program.params, "compute_dtype": config.model.dtype, "remat": bool(config.model.get("remat", False)),
+        "accumulation_steps": config.optim.get("accumulation_steps", 1),
         "batch_shapes": {"/".join(str(getattr(k, "key", k)) for k in path): [list(x.shape), str(x.dtype)]
                          for path, x in _leaves_with_path(program.args[1])},
     }
@@ -445,8 +453,6 @@ def run(argv: list[str] | None = None) -> None:
         FLAGS = flags.FLAGS
         config = FLAGS.config
         with user_facing_errors():
-            if config.model.get("dtype") == "auto":  # 'auto' is bfloat16 on a TPU, whatever this host is
-                config.model.dtype = "bfloat16"
             devices = topology_devices(FLAGS.topology)
             from jaxmt.parallel.mesh import data_parallel_size, make_mesh
 

@@ -74,3 +74,26 @@ def test_input_pipeline_modes_deliver_the_trainers_batches_and_waits_are_summari
     summary = wait_summary([5.0, 0.5, 0.001, 0.003, 0.002], [9.0, 1.0, 1.0, 2.0, 1.0])
     assert summary["steady_steps"] == 3 and summary["wait_ms_median"] == 2.0 and summary["wait_ms_max"] == 3.0
     assert summary["step_s_median"] == 1.0
+
+
+def test_accelerator_check_runs_on_cpu_with_a_tiny_model(tmp_path):
+    """benchmarks/accelerator.py --tiny: the GPU check's whole path (packed bf16 step, evaluation, the bf16-autocast
+    torch reference, MFU) on CPU, as one command writing its JSON."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "accelerator.json"
+    args = [sys.executable, "benchmarks/accelerator.py", "--tiny", "--steps=2", "--rounds=1", "--eval_examples=32",
+            f"--out={out}"]
+    run = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["tiny"] and result["model"]["compute_dtype"] == "bfloat16" and result["torch_device"] == "cpu"
+    for part in ("train", "eval"):
+        jaxmt, torch = result[part]["jaxmt_packed"], result[part]["torch_dynamic"]
+        assert jaxmt["examples"] == torch["examples"] > 0  # the same examples for both
+        assert jaxmt["examples_per_s"] > 0 and 0 < jaxmt["mfu"] < 1 and result[part]["ratio_jaxmt_over_torch"] > 0
+    assert result["peak_source"] == "best bf16 matmul measured here" and result["gpu"] == "not available in this run"

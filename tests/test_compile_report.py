@@ -1,0 +1,137 @@
+"""jaxmt.compile_report: the HLO collective parser, the batch search, and real AOT compiles of tiny configs for small
+TPU topologies (skipped where libtpu, the `tpu` extra, is not installed)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from conftest import ROOT, tiny_config, with_overrides
+from test_pretraining import bert_dir, synthetic_corpus, tiny_pretrain_config  # noqa: F401 (fixture)
+
+from jaxmt import compile_report as cr
+from jaxmt.errors import ConfigError
+
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # another process of the suite may hold libtpu's lock
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="libtpu is not installed (pip install -e '.[tpu]'): no TPU topology to "
+                                         "compile for")
+
+HLO = """\
+HloModule jit_train_step, entry_computation_layout={(f32[768,3072]{1,0})->f32[]}
+
+ENTRY %main.1 (p0: f32[768,3072], p1: bf16[4,128]) -> f32[] {
+  %p0 = f32[768,3072]{1,0:T(8,128)} parameter(0)
+  %p1 = bf16[4,128]{1,0} parameter(1)
+  %fusion.3 = f32[192,3072]{1,0} fusion(%p0), kind=kLoop, calls=%fused
+  %all-gather-start = (f32[192,3072]{1,0}, f32[768,3072]{1,0}) all-gather-start(%fusion.3), channel_id=2, \
+replica_groups=[1,4]<=[4], dimensions={0}, metadata={op_name="jit(train_step)/all_gather"}
+  %all-gather-done = f32[768,3072]{1,0} all-gather-done(%all-gather-start)
+  %all-reduce.1 = (f32[768,3072]{1,0}, bf16[4,128]{1,0}) all-reduce(%p0, %p1), channel_id=1, \
+replica_groups=mesh['axis_0'=4] {'axis_0'}, to_apply=%add
+  ROOT %reduce-scatter = f32[192,3072]{1,0} reduce-scatter(%p0), channel_id=3, replica_groups={{0,1,2,3}}, \
+dimensions={0}, to_apply=%add
+}
+"""
+
+
+def test_collectives_take_operand_sizes_from_the_operands_definitions():
+    found = cr.collectives(HLO)
+    assert [c["kind"] for c in found] == ["all-gather", "all-reduce", "reduce-scatter"]  # '-done' not counted
+    gather, reduce, scatter = found
+    assert gather["operand_bytes"] == 192 * 3072 * 4  # the shard gathered, not the gathered result
+    assert reduce["operand_bytes"] == 768 * 3072 * 4 + 4 * 128 * 2  # both operands, bf16 at 2 bytes
+    assert scatter["operand_bytes"] == 768 * 3072 * 4 and scatter["result"] == "f32[192,3072]"
+    assert gather["op_name"] == "jit(train_step)/all_gather" and gather["replica_groups"] == "[1,4]<=[4]"
+    assert reduce["replica_groups"].startswith("mesh[")
+
+
+def test_search_finds_the_largest_power_of_two_that_fits(monkeypatch):
+    hbm = cr.CHIPS["v5e"].hbm_bytes
+    fixed, per_example = 3 * cr.GIB, 0.3 * cr.GIB  # fits up to 43 examples: the answer is 32
+    compiled = []
+
+    def fake_compile(config, topology, devices):
+        per_device = config.batch_size  # one device: the global batch
+        compiled.append(per_device)
+        total = int(fixed + per_example * per_device)
+        return {"fits": total <= hbm, "compile_seconds": 1.0, "memory_per_device": {"total_bytes": total,
+                                                                                   "total_gib": total / cr.GIB}}
+
+    monkeypatch.setattr(cr, "compile_once", fake_compile)
+    from configs import pretrain_bert
+
+    config = pretrain_bert.get_config()
+    best, reports = cr.search_per_device_batch(config, "v5e:2x2", jax.devices()[:1], start=4, log=lambda m: None)
+    assert best == 32 and reports[32]["fits"] and not reports[64]["fits"]
+    assert compiled == [4, 8, 32, 64]  # two to fit the line, then the prediction and twice it
+    compiled.clear()
+    best, _ = cr.search_per_device_batch(config, "v5e:2x2", jax.devices()[:1], start=128, log=lambda m: None)
+    assert best == 32 and compiled == [128, 64, 32]  # walks down from a start that does not fit
+
+
+def test_bad_topology_and_unknown_model_are_one_line_errors():
+    with pytest.raises(ConfigError, match="expected CHIP:SHAPE"):
+        cr.chip_of("v9:2x2")
+    with pytest.raises(ConfigError, match="expected CHIP:SHAPE"):
+        cr.chip_of("v5e")
+    config, tokenizer = cr.bert_config_of("bert-large-uncased")
+    assert (config.hidden_size, config.num_hidden_layers, tokenizer) == (1024, 24, cr.SHAPE_TOKENIZER)
+    run = subprocess.run([sys.executable, "-m", "jaxmt.compile_report", "--topology=v9:2x2"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith("jaxmt: error: --topology=v9:2x2")
+
+
+@needs_libtpu
+def test_v4_topology_is_one_device_a_chip_and_any_layout_makes_a_mesh():
+    from jax.experimental import topologies
+
+    from jaxmt.parallel.mesh import make_mesh
+
+    devices = cr.topology_devices("v4:2x2x1")  # a v4-8: 4 chips, megacore
+    assert len(devices) == 4 and {d.device_kind for d in devices} == {"TPU v4"}
+    assert dict(make_mesh(("data", "fsdp", "tensor"), (-1, 2, 1), devices).shape) == {"data": 2, "fsdp": 2,
+                                                                                      "tensor": 1}
+    cores = topologies.get_topology_desc(topology_name="v4:2x2x1", platform="tpu").devices  # one a TensorCore
+    assert make_mesh(("data", "fsdp", "tensor"), (-1, 1, 1), cores).size == 8  # plain order, as before the fix
+
+
+def _check_report(report: dict, topology: str, devices: int) -> None:
+    assert report["topology"] == topology and report["devices"] == devices and report["fits"]
+    memory = report["memory_per_device"]
+    assert memory["arguments_bytes"] > 0 and memory["outputs_bytes"] > 0 and memory["temporaries_bytes"] >= 0
+    assert memory["total_bytes"] == (memory["arguments_bytes"] + memory["outputs_bytes"] - memory["aliased_bytes"]
+                                     + memory["temporaries_bytes"] + memory["generated_code_bytes"])
+    assert memory["hbm_bytes"] == cr.chip_of(topology).hbm_bytes and 0 < memory["hbm_fraction"] < 1
+    assert report["cost_per_device"]["flops"] > 0 and report["cost_per_device"]["bytes_accessed"] > 0
+    roofline = report["roofline"]
+    assert roofline["step_seconds"] == max(roofline["compute_seconds"], roofline["memory_seconds"]) > 0
+    assert report["collectives"]["each"] and all(c["operand_bytes"] > 0 for c in report["collectives"]["each"])
+    json.dumps(report)  # what the command prints
+
+
+@needs_libtpu
+def test_finetuning_step_compiles_for_a_v5e_slice(tiny_bert_dir):
+    config = with_overrides(tiny_config(tiny_bert_dir), **{"optim.gradient_surgery": "pcgrad"})
+    report = cr.compile_once(cr.with_per_device_batch(config, 4, 4), "v5e:2x2", cr.topology_devices("v5e:2x2"))
+    _check_report(report, "v5e:2x2", 4)
+    assert report["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and report["per_device_batch"] == 4
+    assert report["global_batch"] == 3 * 16  # three tasks, 4 examples each on each of 4 devices
+    assert report["batch_shapes"]["sst/input_ids"][0][0] % 4 == 0  # packed rows split over the 4 devices
+    assert report["memory_per_device"]["temporaries_bytes"] > 0
+    assert "all-reduce" in report["collectives"]["by_kind"]  # the data-parallel gradient sum
+
+
+@needs_libtpu
+def test_pretraining_step_compiles_for_a_v4_slice_with_fsdp(bert_dir, tmp_path):  # noqa: F811 (fixture)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(synthetic_corpus(8, 4))
+    config = tiny_pretrain_config(bert_dir, corpus, tmp_path / "cache", **{"mesh.shape": (1, -1, 1)})
+    report = cr.compile_once(config, "v4:2x2x1", cr.topology_devices("v4:2x2x1"))
+    _check_report(report, "v4:2x2x1", 4)
+    assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and report["per_device_batch"] == 4
+    assert report["batch_shapes"]["input_ids"][0] == [16, 24]
+    assert {"all-gather", "reduce-scatter"} & set(report["collectives"]["by_kind"])  # FSDP's params and grads
