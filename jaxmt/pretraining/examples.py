@@ -154,8 +154,11 @@ def build_pairs(corpus: TokenizedCorpus, vocab: Vocabulary, max_length: int, sho
 class PairStream:
     """The endless stream of training pairs: epoch e is `build_pairs` with a generator seeded by (seed, e).
 
-    `batch(step, size)` returns examples `step * size` to `(step + 1) * size - 1` of the stream, so a
-    step's batch depends only on the seed and the step.
+    Every epoch lasts the same number of steps, as many whole batches as epoch 0 holds (an epoch's pair count
+    varies a little with its random segmenting: a longer one's last pairs go unused, a shorter one wraps
+    around to its first), so step `step`'s batch is read from epoch `step // steps_per_epoch` alone: a run
+    resumed at any step builds that epoch and epoch 0, never the ones between. A batch depends only on the
+    seed and the step.
     """
 
     def __init__(self, corpus: TokenizedCorpus, vocab: Vocabulary, max_length: int, short_seq_prob: float,
@@ -163,32 +166,24 @@ class PairStream:
         self.corpus, self.vocab, self.max_length, self.short_seq_prob, self.seed = (
             corpus, vocab, max_length, short_seq_prob, seed)
         self._epochs: dict[int, Pairs] = {}
-        self._sizes: list[int] = []  # pairs in epochs 0, 1, ... (as far as built)
 
     def epoch(self, index: int) -> Pairs:
         if index not in self._epochs:
             rng = np.random.default_rng([self.seed, index, 1])
             self._epochs[index] = build_pairs(self.corpus, self.vocab, self.max_length, self.short_seq_prob, rng)
-            for old in [e for e in self._epochs if e < index - 1]:  # keep the memory of two epochs
+            for old in [e for e in self._epochs if 0 < e < index - 1]:  # keep epoch 0 and the last two
                 del self._epochs[old]
         return self._epochs[index]
 
-    def _size(self, index: int) -> int:
-        while len(self._sizes) <= index:
-            self._sizes.append(len(self.epoch(len(self._sizes))))
-        return self._sizes[index]
+    def steps_per_epoch(self, size: int) -> int:
+        """Steps of `size` pairs each epoch lasts: epoch 0's whole batches (at least one)."""
+        return max(1, len(self.epoch(0)) // size)
 
-    def batch(self, step: int, size: int) -> Pairs:
-        position, epoch, parts = step * size, 0, []
-        while position >= self._size(epoch):
-            position -= self._size(epoch)
-            epoch += 1
-        while sum(len(p) for p in parts) < size:
-            need = size - sum(len(p) for p in parts)
-            pairs = self.epoch(epoch)
-            parts.append(pairs.take(np.arange(position, min(position + need, len(pairs)))))
-            position, epoch = 0, epoch + 1
-        return Pairs(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Pairs)))
+    def batch(self, step: int, size: int, rows: slice = slice(None)) -> Pairs:
+        """Pairs `rows` (default all) of step `step`'s batch of `size`."""
+        epoch, offset = divmod(step, self.steps_per_epoch(size))
+        pairs = self.epoch(epoch)
+        return pairs.take((offset * size + np.arange(size)[rows]) % len(pairs))
 
 
 def _segments(token_type_row: np.ndarray, maskable_row: np.ndarray) -> list[tuple[int, int]]:

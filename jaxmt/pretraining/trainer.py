@@ -187,10 +187,16 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
     eval_batches = [put_host_batch(b, data_sharding) for b in heldout_batches(heldout_corpus, vocab, config)]
     use_bigrams = "bigram_shift" in config.task_names
 
-    def host_batch(step: int) -> dict[str, np.ndarray]:
-        pairs: Pairs = stream.batch(step, config.batch_size)
-        return make_batch(pairs, vocab, np.random.default_rng([config.seed, step, 2]), config.tasks.mlm.mask_rate,
-                          config.tasks.mlm.max_predictions, use_bigrams, config.tasks.bigram_shift.unit)
+    def host_batch(step: int, block: tuple[int, int] = (0, 1)) -> dict[str, np.ndarray]:
+        """Block i of n of step `step`'s batch (this process's rows): each row's swap and masks drawn from a
+        generator of its own, seeded by (seed, step, row), so a row is the same whichever process builds it."""
+        i, n = block
+        rows = np.array_split(np.arange(config.batch_size), n)[i]
+        pairs: Pairs = stream.batch(step, config.batch_size, slice(int(rows[0]), int(rows[-1]) + 1))
+        parts = [make_batch(pairs.take(np.asarray([k])), vocab, np.random.default_rng([config.seed, step, 2, int(row)]),
+                            config.tasks.mlm.mask_rate, config.tasks.mlm.max_predictions, use_bigrams,
+                            config.tasks.bigram_shift.unit) for k, row in enumerate(rows)]
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
     model = HierarchicalBert(bert_config, layers, config.transfer, config.pooling, config.tasks.bigram_shift.head,
                              **EncoderOptions.from_config(config.model).kwargs())
@@ -213,7 +219,7 @@ def pretrain(config: ConfigDict, workdir: str) -> dict:
         state_sharding=state_sharding,
         init=lambda params=pretrained: jax.jit(init, out_shardings=state_sharding)(
             None if params is None else put_global(params, param_shardings(params, mesh))),
-        batch=lambda step: runner.put_host(host_batch(step)),
+        batch=lambda step: runner.put_block(host_batch(step, runner.block)),  # this process's rows only
         step=lambda state, b: runner.step(state, b, dropout_rng),
         evaluate=lambda state: evaluate(eval_step, state.params, eval_batches),
         eval_prefix="heldout",
