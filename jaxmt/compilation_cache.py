@@ -78,3 +78,15 @@ def persistent_compilation_cache(setting: str) -> Iterator[dict[str, float]]:
                  if path is not None else "persistent compilation cache off")
         log.info("XLA compile time %.2f s for %d programs; %s", totals[_COMPILE_EVENT],
                  int(totals[_COMPILE_EVENT + ":count"]), cache)
+
+
+def off_for_cpu_processes() -> None:
+    """Turns the cache off in a multi-process CPU run (call once the processes have joined, before compiling).
+
+    There process 1 found none of the entries process 0 had written (JAX writes from process 0 only), so
+    process 0 alone loaded its steps and ran ahead of the others, still compiling, by more than gloo's 30 s
+    rendezvous for a new collective: the run failed (tests/test_multihost.py, resuming). On TPU and GPU the
+    cache stays on, as JAX documents it for multi-host runs."""
+    if jax.process_count() > 1 and jax.default_backend() == "cpu":
+        jax.config.update("jax_enable_compilation_cache", False)
+        log.info("persistent compilation cache off: %d CPU processes", jax.process_count())

@@ -76,4 +76,7 @@ def initialize(parallel: ConfigDict) -> bool:
                           "environment), or run under SLURM or on a TPU pod") from None
     log.info("process %d of %d, %d local of %d devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
+    from jaxmt.compilation_cache import off_for_cpu_processes
+
+    off_for_cpu_processes()
     return jax.process_count() > 1
