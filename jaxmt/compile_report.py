@@ -433,6 +433,34 @@ def search_per_device_batch(config: ConfigDict, topology: str, devices: list, st
     return low, reports
 
 
+def markdown_table(folder: str) -> str:
+    """A markdown table of the reports (`--output` JSON files) in `folder`, a row a file, named by its stem."""
+    from pathlib import Path
+
+    head = ("| report | topology (chips) | mesh data x fsdp | per-device batch | GiB a device (of HBM) | largest "
+            "power of two that fits | GFLOP a step a device | collectives (count, operand MB) | roofline ms "
+            "(bound) | compile s |\n|" + "---|" * 10)
+    rows = [head]
+    for path in sorted(Path(folder).glob("*.json")):
+        r = json.loads(path.read_text())
+        memory = r.get("memory_per_device", {})
+        gib = f"{memory['total_gib']:.2f} ({memory['hbm_bytes'] / GIB:.0f})" if memory else "out of memory"
+        if "largest_per_device_batch" in r:
+            largest = str(r["largest_per_device_batch"])
+        else:
+            largest = f">= {r['per_device_batch']:g} (twice not compiled)" if r["fits"] else "-"
+        collective = r.get("collectives", {})
+        count = sum(k["count"] for k in collective.get("by_kind", {}).values())
+        roof = r.get("roofline", {})
+        rows.append(
+            f"| {path.stem} | {r['topology']} ({r['devices']}) | {r['mesh']['data']} x {r['mesh']['fsdp']} | "
+            f"{r['per_device_batch']:g} | {gib} | {largest} | "
+            f"{r.get('cost_per_device', {}).get('flops', 0) / 1e9:.0f} | "
+            f"{count}, {collective.get('total_operand_bytes', 0) / 1e6:.0f} | "
+            f"{roof.get('step_seconds', 0) * 1e3:.1f} ({roof.get('bound', '-')}) | {r['compile_seconds']:.0f} |")
+    return "\n".join(rows)
+
+
 def run(argv: list[str] | None = None) -> None:
     """The command line (see the module docstring)."""
     from absl import app, flags
@@ -444,6 +472,7 @@ def run(argv: list[str] | None = None) -> None:
     flags.DEFINE_integer("per_device_batch", 0, "Examples a device a step (0 = the config's own batch sizes).")
     flags.DEFINE_boolean("search", False, "Find the largest power-of-two per-device batch that fits the HBM.")
     flags.DEFINE_string("output", "", "Also write the JSON to this file.")
+    flags.DEFINE_string("table", "", "Print a markdown table of the reports (JSON files) in this folder, and exit.")
 
     def main(argv_: list[str]) -> None:
         del argv_
@@ -451,6 +480,9 @@ def run(argv: list[str] | None = None) -> None:
         from jaxmt.training.faults import user_facing_errors
 
         FLAGS = flags.FLAGS
+        if FLAGS.table:
+            print(markdown_table(FLAGS.table))
+            return
         config = FLAGS.config
         with user_facing_errors():
             devices = topology_devices(FLAGS.topology)

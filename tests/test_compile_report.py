@@ -135,3 +135,21 @@ def test_pretraining_step_compiles_for_a_v4_slice_with_fsdp(bert_dir, tmp_path):
     assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and report["per_device_batch"] == 4
     assert report["batch_shapes"]["input_ids"][0] == [16, 24]
     assert {"all-gather", "reduce-scatter"} & set(report["collectives"]["by_kind"])  # FSDP's params and grads
+
+
+def test_markdown_table_has_a_row_a_record(tmp_path):
+    fitted = {"topology": "v5e:4x4", "devices": 16, "mesh": {"data": 16, "fsdp": 1, "tensor": 1},
+              "per_device_batch": 256, "fits": True, "compile_seconds": 90.4, "largest_per_device_batch": 256,
+              "memory_per_device": {"total_gib": 12.9, "hbm_bytes": cr.CHIPS["v5e"].hbm_bytes},
+              "cost_per_device": {"flops": 5.5e12}, "roofline": {"step_seconds": 0.0312, "bound": "compute"},
+              "collectives": {"by_kind": {"all-reduce": {"count": 3, "operand_bytes": 2e8}},
+                              "total_operand_bytes": 2e8}}
+    unfit = {"topology": "v4:2x2x1", "devices": 4, "mesh": {"data": 1, "fsdp": 4, "tensor": 1},
+             "per_device_batch": 64, "fits": False, "compile_seconds": 30.0, "compiler_error": "Ran out of memory"}
+    (tmp_path / "a_fits.json").write_text(json.dumps(fitted))
+    (tmp_path / "b_unfit.json").write_text(json.dumps(unfit))
+    head, rule, first, second = cr.markdown_table(str(tmp_path)).splitlines()
+    assert head.count("|") == rule.count("|") == first.count("|") == second.count("|") == 11
+    assert first == ("| a_fits | v5e:4x4 (16) | 16 x 1 | 256 | 12.90 (16) | 256 | 5500 | 3, 200 | 31.2 (compute) "
+                     "| 90 |")
+    assert "| b_unfit | v4:2x2x1 (4) | 1 x 4 | 64 | out of memory | - |" in second
