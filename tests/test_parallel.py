@@ -134,13 +134,18 @@ STRATEGIES = {  # name: (mesh shape over ('data', 'fsdp', 'tensor'), mode)
     "pmap": ((8, 1, 1), "pmap"),
 }
 RUNS = [(name, "none") for name in ("single", *STRATEGIES)] + [(name, "pcgrad") for name in ("single", "mix", "pmap")]
+# Packed batches in 8 row groups (the single device holds all 8): pmap and the data mesh give its losses.
+PACKED_RUNS = [("single+packed", "none"), ("data+packed", "none"), ("pmap+packed", "none"),
+               ("single+packed", "pcgrad"), ("pmap+packed", "pcgrad")]
+PACK_GROUPS = 8
 STEPS = 5
 
 
 def run_strategies(model_dir: str) -> dict:
     """Trains STEPS steps per strategy and surgery mode; losses, and the param shardings the step produced."""
     from jaxmt.data.demo import demo_split
-    from jaxmt.data.sampling import TaskSampler, train_batches
+    from jaxmt.data.packing import train_step_batches
+    from jaxmt.data.sampling import TaskSampler
     from jaxmt.data.schema import DEFAULT_TASKS
     from jaxmt.models.pretrained import load_pretrained
     from jaxmt.parallel.host_data import put_global
@@ -150,20 +155,22 @@ def run_strategies(model_dir: str) -> dict:
     from jaxmt.training import setup
     from jaxmt.training.optimizer import make_optimizer
     from jaxmt.training.step import init_state, multitask_step_runner
+    from jaxmt.training.trainer import make_sampler
 
     pretrained = load_pretrained(model_dir)
     specs = DEFAULT_TASKS
     report = {"devices": jax.device_count(), "runs": {}}
-    for name, surgery in RUNS:
+    for name, surgery in RUNS + PACKED_RUNS:
         start = time.time()
-        shape, mode = {"single": ((1, 1, 1), "jit"), **STRATEGIES}[name]
+        strategy, packed = name.split("+")[0], name.endswith("+packed")
+        shape, mode = {"single": ((1, 1, 1), "jit"), **STRATEGIES}[strategy]
         config = tiny_config(model_dir, **{"optim.gradient_surgery": surgery, "optim.learning_rate": 1e-3,
                                            "optim.warmup_fraction": 0.0, "model.dropout": 0.0,
                                            "parallel.mode": mode, "mesh.shape": shape,
                                            "data.buckets": (32,), "data.max_length": 32})
         for task in config.tasks.values():
             task.batch_size = 16
-        devices = jax.devices()[:1] if name == "single" else jax.devices()
+        devices = jax.devices()[:1] if strategy == "single" else jax.devices()
         mesh = make_mesh(config.mesh.axes, config.mesh.shape, devices)
         setup.check_batches_fit(config, mesh)
         model = setup.build_model(config, pretrained.config, specs)
@@ -177,10 +184,12 @@ def run_strategies(model_dir: str) -> dict:
         splits = setup.encode_splits(config, {t: demo_split(s, "train", 64) for t, s in specs.items()},
                                      pretrained.tokenizer)
         sampler = TaskSampler({t: 64 for t in specs}, {t: 16 for t in specs}, "all", 0, STEPS)
+        if packed:
+            sampler = make_sampler(config, splits, {}, PACK_GROUPS)[0]
         losses = []
         for step in range(STEPS):
-            batches = runner.put_host(train_batches(splits, sampler, step, config.data.buckets,
-                                                    pretrained.tokenizer.pad_token_id))
+            batches = runner.put_host(train_step_batches(splits, sampler, step, config.data.buckets,
+                                                         pretrained.tokenizer.pad_token_id))
             state, metrics = runner.step(state, batches, jax.random.PRNGKey(1))
             losses.append({k: float(v) for k, v in metrics.items() if k.startswith("loss/")})
         flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
@@ -193,7 +202,7 @@ def run_strategies(model_dir: str) -> dict:
             run["shard_shapes"][key] = [list(leaf.shape), list(leaf.addressable_shards[0].data.shape)]
         moments = [x for x in jax.tree_util.tree_leaves(state.opt_state) if x.ndim == 2]
         run["opt_state_sharded"] = sorted({str(x.sharding.spec) for x in moments})
-        if mode == "jit" and name != "single":
+        if mode == "jit" and strategy != "single" and not packed:
             executable = runner.lower(state, batches, jax.random.PRNGKey(1)).compile()
             compiled = jax.tree_util.tree_leaves(executable.input_shardings[0][0].params)
             run["compiled_specs"] = [str(c.spec) for c in compiled]
@@ -217,18 +226,29 @@ def eight_device_report(tmp_path_factory) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("strategy", "surgery"), [r for r in RUNS if r[0] != "single"])
-def test_every_strategy_gives_the_single_device_losses(eight_device_report, strategy, surgery):
-    assert eight_device_report["devices"] == 8
-    single = eight_device_report["runs"][f"single/{surgery}"]["losses"]
-    got = eight_device_report["runs"][f"{strategy}/{surgery}"]["losses"]
+def assert_same_losses(report: dict, run: str, single_run: str) -> None:
+    """`run`'s losses step by step equal `single_run`'s, which train (so equal losses mean something)."""
+    single, got = report["runs"][single_run]["losses"], report["runs"][run]["losses"]
     assert len(got) == len(single) == STEPS
     for step, (a, b) in enumerate(zip(got, single)):
         assert a.keys() == b.keys()
         for key in a:
-            assert a[key] == pytest.approx(b[key], **TOLERANCE), (strategy, surgery, step, key)
-    assert single[-1]["loss/total"] < single[0]["loss/total"]  # it trains, so equal losses mean something
+            assert a[key] == pytest.approx(b[key], **TOLERANCE), (run, step, key)
+    assert single[-1]["loss/total"] < single[0]["loss/total"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("strategy", "surgery"), [r for r in RUNS if r[0] != "single"])
+def test_every_strategy_gives_the_single_device_losses(eight_device_report, strategy, surgery):
+    assert eight_device_report["devices"] == 8
+    assert_same_losses(eight_device_report, f"{strategy}/{surgery}", f"single/{surgery}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("strategy", "surgery"), [r for r in PACKED_RUNS if not r[0].startswith("single")])
+def test_packed_batches_give_the_single_device_losses_on_the_data_mesh_and_pmap(eight_device_report, strategy,
+                                                                                surgery):
+    assert_same_losses(eight_device_report, f"{strategy}/{surgery}", f"single+packed/{surgery}")
 
 
 @pytest.mark.slow
