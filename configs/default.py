@@ -53,8 +53,8 @@ def get_config() -> ConfigDict:
     config.data.sick_file = "../shared/data/sick/SICK.txt"  # source=sick: the SICK corpus (pair tasks only)
     config.data.sick_split = (0.8, 0.1, 0.1)  # source=sick: train/dev/test shares, fixed by a hash of pair_ID
     config.data.buckets = (32, 64, 128)  # padded lengths (packing off); a batch pads to the smallest that fits
-    # Packing: each task's examples fill fixed [rows, pack_length] arrays (a segment per sequence, attention within
-    # it), as many as fit rows sized for tasks.<t>.batch_size examples on average (jaxmt.data.packing).
+    # Packing: each task's tasks.<t>.batch_size examples a step fill fixed [rows, pack_length] arrays (a segment per
+    # sequence, attention within it), in row groups, one per data-parallel device (jaxmt.data.packing).
     config.data.packing = True  # False: pad each step's batches to a common bucket instead
     config.data.pack_length = 128  # tokens a packed row (>= max_length)
     config.data.max_length = 128  # truncation length (tokens, special tokens included)
