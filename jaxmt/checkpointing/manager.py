@@ -3,7 +3,10 @@
 `workdir/checkpoints/` holds full train states (params, optimizer state, step) for
 resumption; `workdir/best/` holds the params of the best evaluation so far with its score.
 Orbax finalises each checkpoint atomically, so a run killed mid-save leaves the previous
-one intact.
+one intact. The workdir is any `etils.epath` path (a local folder, or gs://... on a pod, which Orbax
+writes through TensorStore's GCS driver). Saves are asynchronous on one process and on many: training
+goes on while the arrays are written, and `wait()` (which the loop calls before it returns, stops or
+exits) blocks until the last save is committed on every process.
 """
 
 from __future__ import annotations
@@ -15,8 +18,13 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from jaxmt.paths import is_local
 
 log = logging.getLogger(__name__)
+
+ASYNC_TIMEOUT_SECONDS = 1800  # the longest an async save's commit may wait for every process to finish writing
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -27,21 +35,21 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
 class Checkpoints:
     """The two checkpoint managers of a workdir."""
 
-    def __init__(self, workdir: str, keep: int = 2, read_only: bool = False) -> None:
-        workdir = os.path.abspath(workdir)
+    def __init__(self, workdir: str | os.PathLike, keep: int = 2, read_only: bool = False) -> None:
+        root = epath.Path(os.path.abspath(workdir) if is_local(workdir) else workdir)
         create = not read_only
-        # Async saves overlap training in one process; across processes their commit barrier has timed out on
-        # a loaded host (seen in tests/test_multihost.py), so multi-process runs save synchronously.
-        is_async = jax.process_count() == 1
+        # The commit of an async save waits at a barrier of all processes, which once timed out on a loaded
+        # 2-core host (tests/test_multihost.py); it gets ASYNC_TIMEOUT_SECONDS, and those tests pass async.
+        async_options = ocp.options.AsyncOptions(timeout_secs=ASYNC_TIMEOUT_SECONDS)
         self.latest = ocp.CheckpointManager(
-            os.path.join(workdir, "checkpoints"),
+            root / "checkpoints",
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, read_only=read_only,
-                                                 enable_async_checkpointing=is_async),
+                                                 enable_async_checkpointing=True, async_options=async_options),
         )
         self.best = ocp.CheckpointManager(
-            os.path.join(workdir, "best"),
+            root / "best",
             options=ocp.CheckpointManagerOptions(max_to_keep=1, create=create, read_only=read_only,
-                                                 enable_async_checkpointing=is_async),
+                                                 enable_async_checkpointing=True, async_options=async_options),
         )
 
     def latest_step(self) -> int | None:
