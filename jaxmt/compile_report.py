@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ml_collections import ConfigDict
@@ -390,13 +391,25 @@ def _leaves_with_path(tree: Any):
     return jax.tree_util.tree_flatten_with_path(tree)[0]
 
 
+def search_report(reports: dict[int, dict], best: int | None) -> dict[str, Any]:
+    """The search's JSON: the largest fitting compile's report (`best`; None while searching: the largest that fit
+    so far), `largest_per_device_batch` (None until the search ends) and every compile's verdict."""
+    fitted = [b for b, r in reports.items() if r["fits"]]
+    shown = best if best is not None else max(fitted, default=None)
+    return {**(reports[shown] if shown is not None else {}), "largest_per_device_batch": best,
+            "search": {str(k): {"fits": r["fits"], "total_gib": r.get("memory_per_device", {}).get("total_gib"),
+                                "compile_seconds": r["compile_seconds"]} for k, r in sorted(reports.items())}}
+
+
 def search_per_device_batch(config: ConfigDict, topology: str, devices: list, start: int = 8,
-                            log=print) -> tuple[int | None, dict[int, dict]]:
+                            log: Callable[[str, dict], None] | None = None) -> tuple[int | None, dict[int, dict]]:
     """The largest power-of-two per-device batch whose step fits the chip's HBM, and every compile's report.
 
     Memory grows about linearly with the batch, so two compiles (`start`, 2 * `start`) predict the answer;
     compiles then confirm it fits and that twice it does not, walking on where the prediction was off.
+    `log(message, reports)` is called after each compile (default: the message to stderr).
     """
+    log = log or (lambda message, reports: print(message, file=sys.stderr))
     from jaxmt.parallel.mesh import data_parallel_size, make_mesh
 
     data_parallel = data_parallel_size(make_mesh(config.mesh.axes, config.mesh.shape, devices))
@@ -408,7 +421,8 @@ def search_per_device_batch(config: ConfigDict, topology: str, devices: list, st
                                                devices)
             r = reports[per_device]
             log(f"per-device batch {per_device}: fits={r['fits']} "
-                f"({r.get('memory_per_device', {}).get('total_gib', '-')} GiB, {r['compile_seconds']} s to compile)")
+                f"({r.get('memory_per_device', {}).get('total_gib', '-')} GiB, {r['compile_seconds']} s to compile)",
+                reports)
         return reports[per_device]["fits"]
 
     low = start
@@ -483,6 +497,15 @@ def run(argv: list[str] | None = None) -> None:
         if FLAGS.table:
             print(markdown_table(FLAGS.table))
             return
+
+        def write(report: dict) -> str:
+            """The report as JSON, with its command; written to --output too."""
+            report["command"] = " ".join(["python -m jaxmt.compile_report"] + sys.argv[1:])
+            text = json.dumps(report, indent=2, sort_keys=True)
+            if FLAGS.output:
+                with open(FLAGS.output, "w") as f:
+                    f.write(text + "\n")
+            return text
         config = FLAGS.config
         with user_facing_errors():
             devices = topology_devices(FLAGS.topology)
@@ -490,23 +513,18 @@ def run(argv: list[str] | None = None) -> None:
 
             data_parallel = data_parallel_size(make_mesh(config.mesh.axes, config.mesh.shape, devices))
             if FLAGS.search:
-                best, reports = search_per_device_batch(
-                    config, FLAGS.topology, devices, max(FLAGS.per_device_batch, 1) if FLAGS.per_device_batch else 8,
-                    log=lambda m: print(m, file=sys.stderr))
-                report = {**(reports[best] if best else {}), "largest_per_device_batch": best,
-                          "search": {str(k): {"fits": r["fits"], "total_gib": r.get("memory_per_device", {})
-                                              .get("total_gib"), "compile_seconds": r["compile_seconds"]}
-                                     for k, r in sorted(reports.items())}}
+                def log(message: str, reports: dict) -> None:  # each compile's verdict, and the search so far saved
+                    print(message, file=sys.stderr)
+                    write(search_report(reports, None))
+
+                best, reports = search_per_device_batch(config, FLAGS.topology, devices,
+                                                        FLAGS.per_device_batch or 8, log=log)
+                report = search_report(reports, best)
             else:
                 if FLAGS.per_device_batch:
                     config = with_per_device_batch(config, FLAGS.per_device_batch, data_parallel)
                 report = compile_once(config, FLAGS.topology, devices)
-        report["command"] = " ".join(["python -m jaxmt.compile_report"] + sys.argv[1:])
-        text = json.dumps(report, indent=2, sort_keys=True)
-        if FLAGS.output:
-            with open(FLAGS.output, "w") as f:
-                f.write(text + "\n")
-        print(text)
+        print(write(report))
 
     app.run(main, argv=argv, flags_parser=parse_flags)
 

@@ -65,12 +65,16 @@ def test_search_finds_the_largest_power_of_two_that_fits(monkeypatch):
     from configs import pretrain_bert
 
     config = pretrain_bert.get_config()
-    best, reports = cr.search_per_device_batch(config, "v5e:2x2", jax.devices()[:1], start=4, log=lambda m: None)
+    best, reports = cr.search_per_device_batch(config, "v5e:2x2", jax.devices()[:1], start=4, log=lambda m, r: None)
     assert best == 32 and reports[32]["fits"] and not reports[64]["fits"]
     assert compiled == [4, 8, 32, 64]  # two to fit the line, then the prediction and twice it
     compiled.clear()
-    best, _ = cr.search_per_device_batch(config, "v5e:2x2", jax.devices()[:1], start=128, log=lambda m: None)
+    best, _ = cr.search_per_device_batch(config, "v5e:2x2", jax.devices()[:1], start=128, log=lambda m, r: None)
     assert best == 32 and compiled == [128, 64, 32]  # walks down from a start that does not fit
+    partial = cr.search_report({k: v for k, v in reports.items() if k <= 8}, None)  # as saved while searching
+    assert partial["largest_per_device_batch"] is None  # not known yet; the largest fitting so far is shown
+    assert partial["memory_per_device"] == reports[8]["memory_per_device"]
+    assert set(partial["search"]) == {"4", "8"} and cr.search_report(reports, 32)["largest_per_device_batch"] == 32
 
 
 def test_bad_topology_and_unknown_model_are_one_line_errors():
