@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from jaxmt.cli import check_output_dir, parse_flags, setup_logging
 from jaxmt.data.demo import DEMO_BANNER
@@ -47,7 +48,7 @@ def format_prediction(kind: str, value: float) -> str:
 def write_predictions(path: str, task: str, ids: list[str], predictions, kind: str = CLASSIFICATION) -> None:
     """One CS224N output file: a header `id \\t Predicted_X `, then `id , value ` a line."""
     column = PREDICTION_COLUMNS.get(task, "Predicted_Label")
-    with open(path, "w") as f:
+    with epath.Path(path).open("w") as f:  # any epath path: a gs:// workdir too
         f.write(f"id \t {column} \n")
         for example_id, value in zip(ids, predictions):
             f.write(f"{example_id} , {format_prediction(kind, value)} \n")
@@ -76,7 +77,7 @@ def evaluate_workdir(workdir: str, split: str = "dev", checkpoint: str = "best",
                           run.tokenizer.pad_token_id)
     metrics, predictions = predictor.evaluate(run.params, encoded)
     output_dir = output_dir or os.path.join(workdir, "predictions")
-    os.makedirs(output_dir, exist_ok=True)
+    epath.Path(output_dir).mkdir(parents=True, exist_ok=True)
     files = {}
     for task, preds in predictions.items():
         files[task] = os.path.join(output_dir, f"{task}-{split}-output.csv")

@@ -19,6 +19,7 @@ from test_loop import toy_config, toy_program
 from jaxmt.checkpointing.workdir import read_run_config
 from jaxmt.cli import check_output_dir
 from jaxmt.errors import ConfigError
+from jaxmt.evaluate import write_predictions
 from jaxmt.paths import local_staging
 from jaxmt.plot import plot_run
 from jaxmt.training import loop
@@ -82,6 +83,8 @@ def test_every_record_of_a_run_goes_to_a_gs_workdir(tmp_path, monkeypatch):
         assert any(t.endswith(".xplane.pb") for t in traces) and any(t.endswith("perfetto_trace.json.gz")
                                                                        for t in traces)
 
+        write_predictions(f"{workdir}/predictions/sst-dev-output.csv", "sst", ["a", "b"], [1, 4])
+        assert fs.cat(f"{root}/predictions/sst-dev-output.csv").decode().splitlines()[1:] == ["a , 1 ", "b , 4 "]
         assert plot_run(workdir) == f"{workdir}/training.png" and fs.cat(f"{root}/training.png")[:4] == b"\x89PNG"
         with local_staging(f"{workdir}/hf_model") as local:  # for writers that know only local files (export)
             (Path(local) / "config.json").write_text("{}")
