@@ -80,7 +80,7 @@ def get_config() -> ConfigDict:
     config.model.remat_policy = "full"
     # jax.nn.dot_product_attention's implementation: default (JAX picks) | xla | cudnn (NVIDIA GPU, bf16; fused
     # flash attention). Training with attention dropout > 0 takes a written-out softmax on every backend
-    # (docs/performance.md, "Precision and attention").
+    # (docs/performance.md, the attention path table).
     config.model.attention_implementation = "default"
 
     config.optim = ConfigDict()

@@ -27,38 +27,46 @@ import jax
 import jax.numpy as jnp
 
 
-def micro_batches(batch: Any, steps: int) -> Any:
-    """Every leaf [N, ...] -> [steps, N / steps, ...]; micro-batch j takes rows j, j + steps, j + 2 * steps, ...
+def micro_batches(batch: Any, steps: int, groups: int | None = None) -> Any:
+    """Every leaf [N, ...] -> [steps, N / steps, ...]: micro-batch j takes rows j, j + steps, j + 2 * steps, ...,
+    or, with `groups`, the leading axis is that many equal blocks kept whole (packed row groups, whose token
+    rows, example slots and segment tables each split along their leading axis) and micro-batch j takes
+    blocks j, j + steps, ...
 
-    Interleaved rather than contiguous: a batch split over devices along its rows keeps every micro-batch
-    split over all of them (each device's rows are a contiguous block, so it holds N / steps / devices rows of
-    each micro-batch and the split moves no data).
+    Interleaved rather than contiguous: a batch split over devices along its leading axis keeps every
+    micro-batch split over all of them (each device's rows are a contiguous block, so it holds a 1 / steps
+    share of each micro-batch and the split moves no data).
     """
     def split(x: jax.Array) -> jax.Array:
-        if x.shape[0] % steps:
-            raise ValueError(f"a batch of {x.shape[0]} rows does not split into {steps} equal micro-batches")
-        return jnp.swapaxes(x.reshape((x.shape[0] // steps, steps) + x.shape[1:]), 0, 1)
+        units = x.shape[0] if groups is None else groups
+        if units % steps or x.shape[0] % units:
+            raise ValueError(f"a batch of {units} {'rows' if groups is None else 'row groups'} does not split "
+                             f"into {steps} equal micro-batches")
+        per_unit = x.shape[0] // units
+        blocks = x.reshape((units // steps, steps, per_unit) + x.shape[1:])
+        return jnp.swapaxes(blocks, 0, 1).reshape((steps, x.shape[0] // steps) + x.shape[1:])
 
     return jax.tree_util.tree_map(split, batch)
 
 
 def accumulate(grad_fn: Callable[[Any, Any, jax.Array], Any], params: Any, batch: Any, rng: jax.Array,
-               steps: int) -> Any:
+               steps: int, split: Callable[[Any, int], Any] = micro_batches) -> Any:
     """The sum over `steps` micro-batches of `grad_fn(params, micro_batch, rng_j)` (any tree: gradients, loss
-    shares, additive statistics), `rng_j` being `rng` folded with the micro-batch index j.
+    shares, additive statistics), `rng_j` being `rng` folded with the micro-batch index j. `split(batch, steps)`
+    gives the micro-batches stacked on a leading axis (`micro_batches`, or a step's own for packed batches).
 
     `steps == 1` calls `grad_fn(params, batch, rng)` once, unchanged (no split, no fold), so a run without
     accumulation computes exactly what it did before accumulation existed.
     """
     if steps == 1:
         return grad_fn(params, batch, rng)
-    split = micro_batches(batch, steps)
-    first = jax.tree_util.tree_map(lambda x: x[0], split)
+    stacked = split(batch, steps)
+    first = jax.tree_util.tree_map(lambda x: x[0], stacked)
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, first, rng))
 
     def add_micro_batch(total: Any, indexed: tuple[jax.Array, Any]) -> tuple[Any, None]:
         index, micro = indexed
         return jax.tree_util.tree_map(jnp.add, total, grad_fn(params, micro, jax.random.fold_in(rng, index))), None
 
-    total, _ = jax.lax.scan(add_micro_batch, zeros, (jnp.arange(steps), split))
+    total, _ = jax.lax.scan(add_micro_batch, zeros, (jnp.arange(steps), stacked))
     return total

@@ -112,7 +112,7 @@ class BertSelfAttention(nn.Module):
     """Multi-head self-attention: query/key/value projections, then `jax.nn.dot_product_attention`.
 
     With attention dropout active (training, `attention_probs_dropout_prob > 0`) the softmax is written
-    out, since the fused function has no dropout (docs/performance.md, "Precision and attention"); set the
+    out, since the fused function has no dropout (docs/performance.md, the attention path table); set the
     probability to 0 to train on the fused kernel. Logits and softmax are float32 on either path.
     """
 

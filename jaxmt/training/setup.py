@@ -11,14 +11,14 @@ import logging
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxmt.config_checks import check_model_options, one_of
+from jaxmt.config_checks import check_accumulation, check_model_options, one_of
 from jaxmt.data.sampling import SAMPLING_MODES
 from jaxmt.data.schema import HEADS, TaskData, TaskSpec
 from jaxmt.data.tokenization import PAIR_MODES, SEQUENCES_PER_PAIR, EncodedSplit, encode_split
 from jaxmt.errors import ConfigError
 from jaxmt.models.multitask import MultitaskModel, SharedBackbone
 from jaxmt.models.options import EncoderOptions
-from jaxmt.parallel.mesh import check_divisible
+from jaxmt.parallel.mesh import check_divisible, data_parallel_size
 from jaxmt.parallel.state_sharding import state_shardings as rule_shardings
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,8 @@ def group_label(group: tuple[str, ...]) -> str:
 def check_batches_fit(config: ConfigDict, mesh: Mesh) -> None:
     for name in config.task_names:
         check_divisible(config.tasks[name].batch_size, mesh, f"config.tasks.{name}.batch_size")
+        check_accumulation(config.tasks[name].batch_size, config.optim.accumulation_steps, data_parallel_size(mesh),
+                           f"tasks.{name}.batch_size")
     check_divisible(config.eval_batch_size, mesh, "config.eval_batch_size")
 
 

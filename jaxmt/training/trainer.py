@@ -82,13 +82,15 @@ def make_sampler(config: ConfigDict, train: dict[str, EncodedSplit], dev: dict[s
                  groups: int) -> tuple[TaskSampler, dict[str, PackLayout] | None]:
     """The training sampler and the dev sets' packed layouts: each task's batch size of examples a step in
     `groups` row groups (one or more a data-parallel device) of `data.pack_length`-token rows, or fixed-size
-    padded batches (layouts None) when `data.packing` is off."""
+    padded batches (layouts None) when `data.packing` is off. Training batches hold `optim.accumulation_steps`
+    times the groups: a micro-batch is whole groups, the same number on every device."""
     batch_sizes = {t: config.tasks[t].batch_size for t in train}
     if not config.data.packing:
         return TaskSampler({t: len(s.data) for t, s in train.items()}, batch_sizes, config.sampling, config.seed,
                            config.num_steps), None
     length = config.data.pack_length
-    layouts = {t: layout_for(s, batch_sizes[t], length, groups) for t, s in train.items()}
+    train_groups = groups * config.optim.accumulation_steps
+    layouts = {t: layout_for(s, batch_sizes[t], length, train_groups) for t, s in train.items()}
     sampler = PackedTaskSampler(train, layouts, batch_sizes, config.sampling, config.seed, config.num_steps)
     log.info("packed batches: %s", {t: f"{v.groups}x{v.rows}x{v.length}" for t, v in layouts.items()})
     return sampler, {t: layout_for(s, config.eval_batch_size, length, groups) for t, s in dev.items()}
