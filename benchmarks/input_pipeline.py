@@ -16,7 +16,9 @@ batches of the three tasks, handed to the device (`put_host`).
       host_only), handed to the device in the consuming thread (a worker cannot make device arrays for it); its
       start-up (workers spawned, the splits pickled to them) is reported apart.
     Also host_only: the host batches alone (`train_step_batches` on the trainer's splits and sampler, as its
-    `Program.batch` builds them before `put_host`), in the consuming thread.
+    `Program.batch` builds them before `put_host`), in the consuming thread. Beside steps/s (wall clock), each
+    mode but grain_processes has steps_per_cpu_s: steps a second of this process's CPU time (all its threads),
+    what it delivers from a free core when the machine is shared (wall-clock rates then measure the load too).
 (b) A real training run: `train_and_evaluate` for --train_steps steps with data.prefetch=--prefetch and with 0, the
     loop's wait for each step's batch (`Outcome.input_wait_seconds`) at steady state (from step 3: the first step
     compiles) and the step time.
@@ -97,7 +99,7 @@ def bench_config(model: str, csv_dir: str, num_steps: int, prefetch: int) -> Con
     config.data.prefetch = prefetch
     config.data.max_eval_examples = 64
     config.num_steps = num_steps
-    config.eval_every, config.checkpoint_every, config.log_every = 0, 0, 10
+    config.eval_every, config.checkpoint_every, config.log_every = 0, num_steps, 10
     return config
 
 
@@ -192,14 +194,16 @@ def pipeline_rates(program: loop.Program, host: Callable[[int], dict], steps: in
     runners = mode_runners(program, host, depth, use_grain)
     per_round = max(steps // rounds, 1)
     rates: dict[str, list[float]] = {name: [] for name in runners}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in runners}
     for r in range(rounds):
         chosen = range(r * per_round, (r + 1) * per_round)
         for name, run in runners.items():
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             count = run(chosen)
             rates[name].append(count / (time.perf_counter() - start))
-    out = {name: {"steps_per_s": round(statistics.median(v), 1), "rounds": [round(x, 1) for x in v]}
-           for name, v in rates.items()}
+            cpu_rates[name].append(count / max(time.process_time() - cpu, 1e-9))
+    out = {name: {"steps_per_s": round(statistics.median(v), 1), "rounds": [round(x, 1) for x in v],
+                  "steps_per_cpu_s": round(statistics.median(cpu_rates[name]), 1)} for name, v in rates.items()}
     out["steps_per_round"] = per_round
     if use_grain:
         out["grain_processes"] = grain_processes(host, range(per_round), put_of(program, host))

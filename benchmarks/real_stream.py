@@ -396,7 +396,8 @@ def main(argv: list[str]) -> None:
         for group in groups.values():
             for runner in group:
                 runner.time_round(r)
-        print(f"real_stream: training round {r + 1}/{rounds} done", file=sys.stderr)
+        if groups:
+            print(f"real_stream: training round {r + 1}/{rounds} done", file=sys.stderr)
     for r in range(rounds):
         for runner in evaluation:
             runner.time_round(r)

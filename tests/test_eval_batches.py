@@ -1,5 +1,5 @@
 """Evaluation packed into rows sized to the examples (jaxmt.data.eval_batches): every example once, each in the
-shortest row length that holds it, a few shapes, and the Predictor's packed predictions equal to its padded ones
+row length its size fills best, a few shapes, and the Predictor's packed predictions equal to its padded ones
 for cross, siamese and triplet pairs."""
 
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from jaxmt.data.eval_batches import EvalPacking, eval_packing, example_sizes, sized_eval_batches
+from jaxmt.data.eval_batches import EvalPacking, eval_packing, example_sizes, row_choice, sized_eval_batches
 from jaxmt.data.sources import load_splits, task_specs
 from jaxmt.parallel.mesh import make_mesh
 from jaxmt.training import setup
@@ -25,7 +25,7 @@ def eval_setup(request, tiny_bert, tiny_bert_dir):
     return config, splits, model, params, tiny_bert.tokenizer.pad_token_id
 
 
-def test_every_example_once_in_the_shortest_rows_that_hold_it(eval_setup):
+def test_every_example_once_in_the_rows_its_size_fills_best(eval_setup):
     _, splits, _, _, pad_id = eval_setup
     packing = EvalPacking(row_lengths=(16, 32, 64), tokens=256, max_examples=24, groups=2)
     for task, split in splits.items():
@@ -36,15 +36,16 @@ def test_every_example_once_in_the_shortest_rows_that_hold_it(eval_setup):
             assert rows == 2 * max(256 // (2 * length), split.num_sequences)  # two groups of rows
             assert batch["example_mask"].sum() == len(idx) <= 24 and len(batch["example_mask"]) == 24
             np.testing.assert_array_equal(batch["labels"][batch["example_mask"] > 0], split.data.labels[idx])
-            # The shortest row length that holds the whole example (the longest rows for what none holds).
-            expected = np.minimum(np.searchsorted([16, 32, 64], sizes[idx]), 2)
-            assert (np.asarray([16, 32, 64])[expected] == length).all(), task
+            assert (np.asarray([16, 32, 64])[row_choice(sizes[idx], (16, 32, 64))] == length).all(), task
             seen.extend(idx.tolist())
         assert sorted(seen) == list(range(len(split.data))) and len(shapes) <= 3
 
 
 def test_sized_rows_come_from_the_pack_length_and_an_overlong_sequence_is_an_error(eval_setup):
     _, splits, _, _, pad_id = eval_setup
+    # A 20-token example fills 64-token rows best (3 a row), 28 tokens 32-token rows (the shortest of equals),
+    # 17 tokens 128-token rows (7 a row), and what no row holds goes to the longest.
+    np.testing.assert_array_equal(row_choice(np.array([20, 28, 17, 200]), (32, 64, 128)), [1, 0, 2, 2])
     packing = eval_packing(64, groups=4)
     assert packing.row_lengths == (16, 32, 64) and packing.groups == 4 and packing.layout(16).groups == 4
     with pytest.raises(ValueError, match=r"does not fit the longest evaluation row \(8 tokens\)"):
