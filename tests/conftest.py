@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import jax
@@ -16,6 +17,9 @@ SHARED_CS224N = SHARED_DATA / "cs224n"
 SHARED_SQUAD_DEV = SHARED_DATA / "squad" / "squad-v1.1-dev-part2.json"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The persistent XLA cache is on by default (config.compilation_cache='auto' = $XDG_CACHE_HOME/jaxmt/xla): the
+# tests' commands write it to a folder of this session, never into the user's own cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="jaxmt-test-cache-")
 
 
 def demo_words() -> list[str]:
