@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -83,6 +84,11 @@ def test_two_processes_train_checkpoint_resume_like_one(tiny_bert_dir, tmp_path)
     assert_same(got_dev, want_dev, "dev/")
     results = json.load(open(multi / "results.json"))
     assert results["devices"] == 4
+    for i in range(2):  # each process built half of each global batch: its own row groups
+        log = open(tmp_path / "logs" / f"process_{i}.log").read()
+        line = re.search(rf"process {i} builds block {i} of 2 of each batch: (.*)", log).group(1)
+        counts = re.findall(r"'(\d+) of", line)
+        assert len(counts) == 3 and all(f"{n} of {2 * int(n)} examples" in line for n in counts), line
 
     # Resume from the step-3 checkpoint both processes wrote: each restores its own shards.
     shutil.rmtree(multi / "checkpoints" / "6")
