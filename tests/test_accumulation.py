@@ -200,3 +200,22 @@ def test_batches_that_do_not_split_and_the_gan_step_are_one_line_errors():
         check_gan_config(config)
     config.gan.method = "baseline"
     check_gan_config(config)
+
+
+def test_the_multitask_trainer_runs_accumulated_packed_steps(tiny_bert_dir, tmp_path, caplog):
+    """End to end: the trainer packs k times the row groups (here 2 for one device) and trains on them."""
+    import json
+    import logging
+
+    from conftest import tiny_config as tiny_run_config
+
+    from jaxmt.training.trainer import train_and_evaluate
+
+    config = tiny_run_config(tiny_bert_dir, **{"optim.accumulation_steps": 2, "num_steps": 2, "eval_every": 0,
+                                               "checkpoint_every": 2, "log_every": 1})
+    with caplog.at_level(logging.INFO, logger="jaxmt.training.trainer"):
+        assert train_and_evaluate(config, str(tmp_path))["steps"] == 2
+    assert "'sst': '2x" in caplog.text  # 2 row groups a step: one a micro-batch
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "train/loss/total" in r] == [1, 2]
+    assert all(np.isfinite(r["train/loss/total"]) for r in logged if "train/loss/total" in r)
