@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import torch_reference as ref  # noqa: E402
-from benchmarks.common import JaxmtTrain, environment, jaxmt_train, torch_info  # noqa: E402
+from benchmarks.common import JaxmtTrain, environment, jaxmt_train, torch_info, train_run  # noqa: E402
 from configs import pcgrad  # noqa: E402
 from jaxmt.data.eval_batches import EvalPacking, eval_packing, sized_eval_batches  # noqa: E402
 from jaxmt.data.packing import train_step_batches  # noqa: E402
@@ -218,20 +218,6 @@ class Timed:
         }
 
 
-def jaxmt_train_run(train: JaxmtTrain) -> Callable[[Sequence], None]:
-    """Runs host batches through jaxmt's donated step as the trainer does (put, step), blocking at the end."""
-    holder = {"state": train.state}
-
-    def run(items: Sequence) -> None:
-        metrics = None
-        for batches in items:
-            holder["state"], metrics = train.runner.step(holder["state"], train.runner.put_host(batches),
-                                                         train.step_rng)
-        jax.block_until_ready((holder["state"].params, metrics))
-
-    return run
-
-
 def shape_key(batches: dict) -> tuple:
     return tuple((t, b["input_ids"].shape) for t, b in sorted(batches.items()))
 
@@ -254,7 +240,7 @@ def train_runners(label: str, surgery: str, pretrained, specs: dict, streams: di
         heads = jax.device_get(train.state.params["heads"])  # before the first step donates the state
         first_leaf = jax.tree_util.tree_leaves(train.state.params)[0]
         items, counts, build_s = streams[kind]
-        timed = Timed(f"jaxmt_{kind}", items, counts, jaxmt_train_run(train), slices[kind])
+        timed = Timed(f"jaxmt_{kind}", items, counts, train_run(train), slices[kind])
         timed.warm_up(one_per_shape(items, shape_key))
         timed.info.update(compiles=len(one_per_shape(items, shape_key)), donated_state_freed=first_leaf.is_deleted(),
                           host_build_s_per_step=round(build_s / len(items), 4))
