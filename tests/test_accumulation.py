@@ -23,18 +23,20 @@ def tiny_config(num_layers: int = 2) -> BertConfig:
                       attention_probs_dropout_prob=0.0)
 
 
-def one_step(make_step, params, batch, steps):
-    """New params and metrics of one step with `steps` micro-batches (SGD at rate 1: params move by -grad)."""
-    tx = optax.sgd(1.0)
+def one_step(make_step, params, batch, steps, tx):
+    """New params and metrics of one step with `steps` micro-batches."""
     state = TrainState.create(params, tx)
     new_state, metrics = jax.jit(make_step(tx, steps))(state, batch, jax.random.PRNGKey(3))
     return jax.device_get(new_state.params), jax.device_get(metrics)
 
 
-def assert_same_step(make_step, params, batch, steps):
-    whole_params, whole_metrics = one_step(make_step, params, batch, 1)
+def assert_same_step(make_step, params, batch, steps, tx=None):
+    """One step of `make_step(tx, k)` gives the same params and metrics for each k in `steps` as for 1; `tx` is
+    SGD at rate 1 unless given (params move by the raw gradient: no warm-up at 0, no normalisation hiding it)."""
+    tx = tx or optax.sgd(1.0)
+    whole_params, whole_metrics = one_step(make_step, params, batch, 1, tx)
     for k in steps:
-        split_params, split_metrics = one_step(make_step, params, batch, k)
+        split_params, split_metrics = one_step(make_step, params, batch, k, tx)
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, **TOLERANCE), split_params, whole_params)
         assert split_metrics.keys() == whole_metrics.keys()
         for name in whole_metrics:
@@ -43,6 +45,7 @@ def assert_same_step(make_step, params, batch, steps):
     moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree_util.tree_leaves(whole_params),
                                                             jax.tree_util.tree_leaves(params)))
     assert moved > 1e-4  # the step did something
+    return whole_metrics
 
 
 def test_micro_batches_interleave_rows_and_a_bad_split_is_named():
@@ -145,8 +148,9 @@ def test_multitask_packed_step_accumulated_equals_the_whole_batch(tiny_bert, tin
 
     from jaxmt.data.packing import PackedTaskSampler, layout_for
     from jaxmt.data.sources import load_splits, task_specs
+    from jaxmt.optim.pcgrad import pcgrad
     from jaxmt.training import setup
-    from jaxmt.training.optimizer import make_optimizer
+    from jaxmt.training.optimizer import surgery_mask
     from jaxmt.training.step import make_train_step
 
     config = tiny_run_config(tiny_bert_dir, **{"model.dropout": 0.0, **overrides})
@@ -165,20 +169,13 @@ def test_multitask_packed_step_accumulated_equals_the_whole_batch(tiny_bert, tin
     params = model.init(jax.random.PRNGKey(0), tiny_bert.params)
     per_task = config.optim.gradient_surgery == "pcgrad"
     groups = setup.surgery_groups(config, specs) if per_task else None
-    tx = make_optimizer(config, 10, len(groups) if groups else 1)
-
-    def run(steps):
-        state = TrainState.create(params, tx)
-        step = make_train_step(model, tx, setup.loss_weights(config, specs), per_task, groups=groups,
-                               accumulation_steps=steps)
-        new_state, metrics = jax.jit(step)(state, batches, jax.random.PRNGKey(3))
-        return jax.device_get(new_state.params), jax.device_get(metrics)
-
-    (whole_params, whole_metrics), (split_params, split_metrics) = run(1), run(2)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, **TOLERANCE), split_params, whole_params)
-    assert split_metrics.keys() == whole_metrics.keys()
-    for name in whole_metrics:
-        np.testing.assert_allclose(split_metrics[name], whole_metrics[name], **TOLERANCE, err_msg=name)
+    tx = optax.sgd(1.0)
+    if per_task:  # the surgery as make_optimizer sets it up, then the raw projected gradient
+        tx = optax.chain(pcgrad(len(groups), seed=jax.random.PRNGKey(7),
+                                mask=lambda p: surgery_mask(p, config.optim.surgery_scope)), tx)
+    whole_metrics = assert_same_step(
+        lambda tx, k: make_train_step(model, tx, setup.loss_weights(config, specs), per_task, groups=groups,
+                                      accumulation_steps=k), params, batches, (2,), tx)
     if per_task:
         assert {"grad_norm/sst", "grad_norm/para+sts"} <= whole_metrics.keys()
 
@@ -219,3 +216,71 @@ def test_the_multitask_trainer_runs_accumulated_packed_steps(tiny_bert_dir, tmp_
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "train/loss/total" in r] == [1, 2]
     assert all(np.isfinite(r["train/loss/total"]) for r in logged if "train/loss/total" in r)
+
+
+PMAP_SCRIPT = """
+import sys
+sys.path[:0] = [{tests!r}]
+import jax, numpy as np, optax
+from test_accumulation import multitask_setup
+from jaxmt.core.state import TrainState
+from jaxmt.training.step import make_train_step
+model, params, batches, weights, groups, tx = multitask_setup({model!r})
+halves = jax.tree_util.tree_map(lambda x: x.reshape((2, x.shape[0] // 2) + x.shape[1:]), batches)
+out = []
+for k in (1, 2):
+    step = make_train_step(model, tx, weights, True, "batch", groups=groups, accumulation_steps=k)
+    state, metrics = jax.pmap(step, axis_name="batch", in_axes=(None, 0, None), out_axes=None)(
+        TrainState.create(params, tx), halves, jax.random.PRNGKey(3))
+    out.append(jax.device_get((state.params, metrics)))
+for a, b in zip(jax.tree_util.tree_leaves(out[0]), jax.tree_util.tree_leaves(out[1])):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-5, atol=1e-6)
+print("same")
+"""
+
+
+def multitask_setup(model_dir):
+    """PCGrad with loss pairing on packed batches of 4 row groups (group 0 one example short): model, params,
+    batches, loss weights, groups and optimizer (the surgery, then SGD at rate 1)."""
+    from conftest import tiny_config as tiny_run_config
+
+    from jaxmt.data.packing import PackedTaskSampler, layout_for
+    from jaxmt.data.sources import load_splits, task_specs
+    from jaxmt.models.pretrained import load_pretrained
+    from jaxmt.optim.pcgrad import pcgrad
+    from jaxmt.training import setup
+
+    config = tiny_run_config(model_dir, **{"model.dropout": 0.0, "optim.gradient_surgery": "pcgrad",
+                                           "optim.surgery_groups": (("sst",), ("para", "sts"))})
+    pretrained = load_pretrained(str(model_dir))
+    specs = task_specs(config)
+    splits = setup.encode_splits(config, load_splits(config, specs, "train"), pretrained.tokenizer)
+    model = setup.build_model(config, pretrained.config, specs)
+    sampler = PackedTaskSampler(splits, {t: layout_for(s, 8, 64, groups=4) for t, s in splits.items()},
+                                {t: 8 for t in splits}, "all", 0, 4)
+    batches = {t: sampler.batch(t, 1, pretrained.tokenizer.pad_token_id) for t in splits}
+    batches["sst"]["example_mask"][np.flatnonzero(batches["sst"]["example_mask"])[0]] = 0
+    groups = setup.surgery_groups(config, specs)
+    tx = optax.chain(pcgrad(len(groups), seed=jax.random.PRNGKey(7)), optax.sgd(1.0))
+    return (model, model.init(jax.random.PRNGKey(0), pretrained.params), batches, setup.loss_weights(config, specs),
+            groups, tx)
+
+
+def test_pmap_accumulates_each_devices_micro_batches_into_the_same_update(tmp_path):
+    """Two emulated devices under pmap, 2 row groups each, one a micro-batch: losses are shares of the global
+    example count and the gradients are all-reduced once after the micro-batches; the update equals k = 1's."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT, demo_words
+
+    from jaxmt.models.pretrained import write_random_bert
+
+    model_dir = write_random_bert(tmp_path / "bert", demo_words(), seed=0, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    script = PMAP_SCRIPT.format(tests=str(ROOT / "tests"), model=str(model_dir))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("same"), proc.stderr[-3000:]
