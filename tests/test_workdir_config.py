@@ -6,6 +6,7 @@ import pytest
 from conftest import tiny_config
 
 from jaxmt.checkpointing.workdir import (
+    ADDED_FIELDS,
     CONFIG_CHANGES_FILE,
     RESUMABLE_FIELDS,
     check_resume_config,
@@ -60,3 +61,44 @@ def test_allow_changes_accepts_any_change_and_records_it(workdir, tiny_bert_dir)
     lines = (workdir / CONFIG_CHANGES_FILE).read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["allowed_by"] == "allow_config_change"
 
+
+
+def _record_without(workdir, fields: list[str], **values) -> None:
+    """Rewrites workdir's config.json as an older jaxmt wrote it: `fields` absent, `values` set (dotted keys)."""
+    path = workdir / "config.json"
+    recorded = json.loads(path.read_text())
+
+    def parent(dotted: str) -> tuple[dict, str]:
+        *parents, name = dotted.split(".")
+        node = recorded
+        for key in parents:
+            node = node[key]
+        return node, name
+
+    for dotted in fields:
+        node, name = parent(dotted)
+        node.pop(name)
+    for dotted, value in values.items():
+        node, name = parent(dotted)
+        node[name] = value
+    path.write_text(json.dumps(recorded))
+
+
+def test_a_workdir_recorded_before_new_fields_resumes_while_they_hold_their_defaults(workdir, tiny_bert_dir):
+    from configs import default
+
+    defaults = default.get_config()
+    for field, value in ADDED_FIELDS.items():  # the table follows configs/default.py
+        node = defaults
+        for part in field.replace("*", "sst").split("."):
+            node = node[part]
+        assert (list(node) if isinstance(node, tuple) else node) == value, field
+    older = [f.replace("*", t) for f in ADDED_FIELDS for t in ("sst", "para", "sts")]
+    _record_without(workdir, sorted(set(older)), **{"model.dtype": "float32"})
+    assert check_resume_config(str(workdir), tiny_config(tiny_bert_dir), allow_changes=False) == []  # CPU: auto = f32
+    assert not (workdir / CONFIG_CHANGES_FILE).exists()
+    with pytest.raises(ConfigError, match=r"config.optim.accumulation_steps: \(absent\) -> 2"):
+        check_resume_config(str(workdir), tiny_config(tiny_bert_dir, **{"optim.accumulation_steps": 2}),
+                            allow_changes=False)
+    changes = check_resume_config(str(workdir), tiny_config(tiny_bert_dir, **{"data.prefetch": 0}), allow_changes=False)
+    assert changes == ["config.data.prefetch: (absent) -> 0"]  # resumable: recorded, not refused

@@ -14,6 +14,7 @@ config of a start that failed while loading, which the next start replaces (`jax
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import time
@@ -53,6 +54,20 @@ RESUMABLE_FIELDS = (
     "parallel.num_processes",
     "parallel.process_id",
 )
+# Fields added after workdirs were first recorded, with their configs/ defaults, under which a step computes what
+# it computed before the field existed (remat: up to rounding). A recorded config.json without one of them resumes
+# as unchanged while the field holds this value; `*` matches a task's name.
+ADDED_FIELDS = {
+    "compilation_cache": "auto",
+    "data.pack_groups": 0,
+    "data.prefetch": 2,
+    "model.attention_implementation": "default",
+    "model.remat_policy": "full",
+    "num_epochs": 0.0,
+    "optim.accumulation_steps": 1,
+    "profile_steps": [0, 0],
+    "tasks.*.train_files": [],
+}
 _ABSENT = object()
 
 
@@ -112,6 +127,20 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def _same(key: str, recorded: Any, current: Any) -> bool:
+    """Whether a field's recorded and current values train alike: equal; absent from an older config.json and now
+    its `ADDED_FIELDS` default; or model.dtype 'auto' where it resolves to the recorded dtype (float32 on CPU)."""
+    if recorded == current:
+        return True
+    if recorded is _ABSENT:
+        return any(fnmatch.fnmatchcase(key, field) and current == default for field, default in ADDED_FIELDS.items())
+    if key == "model.dtype" and "auto" in (recorded, current):
+        from jaxmt.models.options import DTYPES, compute_dtype
+
+        return {recorded, current} <= {"auto", *DTYPES} and compute_dtype(recorded) == compute_dtype(current)
+    return False
+
+
 def _show(value: Any) -> str:
     return "(absent)" if value is _ABSENT else repr(value) if isinstance(value, str) else json.dumps(value)
 
@@ -130,7 +159,7 @@ def check_resume_config(workdir: str, config: ConfigDict, allow_changes: bool) -
     recorded = _flatten(json.loads(path.read_text()))
     current = _flatten(json.loads(config.to_json_best_effort()))
     changed = [key for key in sorted(set(recorded) | set(current))
-               if recorded.get(key, _ABSENT) != current.get(key, _ABSENT)]
+               if not _same(key, recorded.get(key, _ABSENT), current.get(key, _ABSENT))]
     changes = [f"config.{key}: {_show(recorded.get(key, _ABSENT))} -> {_show(current.get(key, _ABSENT))}"
                for key in changed]
     if not changes:
