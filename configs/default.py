@@ -54,8 +54,12 @@ def get_config() -> ConfigDict:
     config.data.sick_split = (0.8, 0.1, 0.1)  # source=sick: train/dev/test shares, fixed by a hash of pair_ID
     config.data.buckets = (32, 64, 128)  # padded lengths (packing off); a batch pads to the smallest that fits
     # Packing: each task's tasks.<t>.batch_size examples a step fill fixed [rows, pack_length] arrays (a segment per
-    # sequence, attention within it), in row groups, one per data-parallel device (jaxmt.data.packing).
+    # sequence, attention within it), in row groups, a whole number per data-parallel device (jaxmt.data.packing).
     config.data.packing = True  # False: pad each step's batches to a common bucket instead
+    # Row groups a packed step (times optim.accumulation_steps), a multiple of the data-parallel devices; 0 = one per
+    # device. Which examples a step trains on, and so its losses, depend on this count, not on the devices: fix it
+    # (e.g. 8) to train the same losses on every device count that divides it.
+    config.data.pack_groups = 0
     config.data.pack_length = 128  # tokens a packed row (>= max_length)
     config.data.max_length = 128  # truncation length (tokens, special tokens included)
     config.data.on_bad_row = "skip"  # error: stop at a bad row | skip: leave it out, count and report it

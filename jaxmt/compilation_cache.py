@@ -73,11 +73,12 @@ def persistent_compilation_cache(setting: str) -> Iterator[dict[str, float]]:
     finally:
         monitoring.unregister_event_listener(on_event)
         monitoring.unregister_event_duration_listener(on_duration)
-        cache = (f"persistent compilation cache {path}: {int(totals[_HIT_EVENT])} hits "
-                 f"({totals[_SAVED_EVENT]:.1f} s of compiling saved), {int(totals[_WRITE_EVENT])} programs written"
-                 if path is not None else "persistent compilation cache off")
-        log.info("XLA compile time %.2f s for %d programs; %s", totals[_COMPILE_EVENT],
-                 int(totals[_COMPILE_EVENT + ":count"]), cache)
+        if totals[_COMPILE_EVENT + ":count"] or totals[_HIT_EVENT]:  # silent when nothing compiled (a bad config)
+            cache = (f"persistent compilation cache {path}: {int(totals[_HIT_EVENT])} hits "
+                     f"({totals[_SAVED_EVENT]:.1f} s of compiling saved), {int(totals[_WRITE_EVENT])} programs "
+                     "written" if path is not None else "persistent compilation cache off")
+            log.info("XLA compile time %.2f s for %d programs; %s", totals[_COMPILE_EVENT],
+                     int(totals[_COMPILE_EVENT + ":count"]), cache)
 
 
 def off_for_cpu_processes() -> None:

@@ -1,6 +1,8 @@
 """Packed batches (jaxmt.data.packing): the layout, token-budget draws that are a pure function of the step,
 and packed outputs, losses and gradients equal to the padded ones for the same examples."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -90,6 +92,19 @@ def test_packed_draws_are_a_pure_function_of_the_step_and_cover_the_stream(packe
         assert one.examples_per_step() == {t: 8.0 for t in splits}
 
 
+def test_dropped_share_counts_the_carried_examples_without_room(packed_setup):
+    config, splits, *_ = packed_setup
+    # Rows one example's worth: most of a group's share is carried, and most of the carry dropped.
+    layouts = {t: dataclasses.replace(layout_for(s, 8, int(s.lengths.max()), 2), rows=s.num_sequences)
+               for t, s in splits.items()}
+    sampler = PackedTaskSampler(splits, layouts, {t: 8 for t in splits}, "round_robin", 0, 12)
+    shares = sampler.dropped_share(12)
+    assert sorted(shares) == sorted(splits)
+    for task in splits:  # round robin: a task trains every len(tasks)-th step, 8 examples a draw
+        steps = [s for s in range(12) if sampler.tasks_at(s) == (task,)]
+        assert shares[task] == sum(sampler.dropped(task, s) for s in steps) / (8 * len(steps)) > 0
+
+
 def padded_and_packed(splits, task, idx, pad_id, length=128):
     split = splits[task]
     padded = make_batch(split, idx, 64, pad_id)
@@ -160,3 +175,18 @@ def test_packed_training_compiles_the_step_once(tiny_bert_dir, tmp_path):
     config = tiny_config(tiny_bert_dir, **{"optim.gradient_surgery": "pcgrad", "eval_every": 0})
     results = train_and_evaluate(config, str(tmp_path))
     assert results["train_step_compiles"] == 1 and set(results["dev"]) == {"sst", "para", "sts", "mean"}
+    drops = results["data"]["packing_dropped_share"]  # measured at start over the first steps, recorded
+    assert sorted(drops) == ["para", "sst", "sts"] and all(0 <= d < 0.5 for d in drops.values())
+    assert results["data"]["packing_dropped_steps"] == config.num_steps
+
+
+def test_pack_groups_fix_the_row_groups_and_must_split_the_batches(tiny_bert_dir):
+    from jaxmt.errors import ConfigError
+    from jaxmt.parallel.mesh import make_mesh
+
+    config = tiny_config(tiny_bert_dir, **{"data.pack_groups": 8, "optim.accumulation_steps": 2})
+    assert setup.pack_groups(config, 1) == setup.pack_groups(config, 4) == 8  # the config's, not the devices'
+    assert setup.pack_groups(tiny_config(tiny_bert_dir), 2) == 2  # 0: one a data-parallel device
+    mesh = make_mesh(config.mesh.axes, config.mesh.shape, jax.devices()[:1])
+    with pytest.raises(ConfigError, match=r"tasks.sst.batch_size = 8 does not split into 8 packed row groups x 2 "):
+        setup.check_batches_fit(config, mesh)

@@ -81,6 +81,7 @@ def run_train(*flags, devices=1, timeout=300):
     (["--config.task_names=('sst', 'nli')"], "unknown task 'nli' in config.task_names"),
     (["--config.sampling=random"], "config.sampling = 'random'; expected one of"),
     (["--config.tasks.sst.batch_size=3"], "config.tasks.sst.batch_size = 3 is not divisible by the 2 data-parallel"),
+    (["--config.data.pack_groups=3"], "config.data.pack_groups = 3 is not a multiple of the 2 data-parallel"),
     (["--config.model.name=configs"], "configs: no config.json, so this is not a Hugging Face model directory"),
 ])
 def test_bad_config_is_a_one_line_error_before_any_compilation(flags, message, tmp_path):

@@ -200,7 +200,9 @@ sys.path.insert(0, {tests!r})
 from conftest import tiny_config
 from jaxmt.training.trainer import train_and_evaluate
 import jax
-config = tiny_config({model!r}, **{{"num_steps": 4, "log_every": 1, "eval_every": 0, "model.dropout": 0.0}})
+# data.pack_groups fixed (default 0 = one group a device): a step's examples depend on the groups, not the devices
+config = tiny_config({model!r}, **{{"num_steps": 4, "log_every": 1, "eval_every": 0, "model.dropout": 0.0,
+                                    "data.pack_groups": 4}})
 train_and_evaluate(config, {workdir!r})
 print(json.dumps({{"devices": jax.device_count()}}))
 """

@@ -15,10 +15,13 @@ takes the losses of its own examples from its own rows, and only parameters' gra
 Training draws take a fixed number of stream examples: a task's k-th draw takes its stream's examples
 k * batch_size .. (k + 1) * batch_size - 1 (the padded sampler's draw), split evenly over the groups, so
 which examples a group gets, and so any step's batch, is computed from (seed, step) alone, in constant
-time, by the process whose devices hold that group. A group's rows are sized so its share fits in most
-draws; the examples that do not fit (first fit decreasing) are carried to the same group of the next
-draw and placed in the room its own examples leave. A carried example that does not fit there either
-is dropped (`PackedTaskSampler.dropped` counts them; rare by the rows' sizing). The carry is recomputed
+time, by the process whose devices hold that group. The number of groups is the config's (`data.pack_groups`,
+`jaxmt.training.setup.pack_groups`), not the devices': the carry and drops are a group's, so for a fixed
+count a step's examples, and its losses, are the same on any number of devices that divides it. A group's
+rows are sized so its share fits in most draws; the examples that do not fit (first fit decreasing) are
+carried to the same group of the next draw and placed in the room its own examples leave. A carried example
+that does not fit there either is dropped (`PackedTaskSampler.dropped` counts them, `dropped_share` the
+trainer logs at start and records in results.json; rare by the rows' sizing). The carry is recomputed
 from the previous draw's own examples, never chained further back, so a draw needs no earlier draw.
 
 Why not grain's packers: they pack one stateful stream into rows and are resumed from a saved iterator
@@ -269,6 +272,16 @@ class PackedTaskSampler(TaskSampler):
     def dropped(self, task: str, step: int) -> int:
         """Carried examples of `task` that found no room at `step` (not trained on)."""
         return sum(d for _, d in self.placements(task, step))
+
+    def dropped_share(self, steps: int) -> dict[str, float]:
+        """Each task's share of its drawn examples dropped (carried, and still without room) over steps 0 ..
+        `steps` - 1: what packing costs in examples, measured once at start (placements only, no arrays)."""
+        dropped, drawn = dict.fromkeys(self.tasks, 0), dict.fromkeys(self.tasks, 0)
+        for step in range(steps):
+            for task in self.tasks_at(step):
+                dropped[task] += self.dropped(task, step)
+                drawn[task] += self.batch_sizes[task]
+        return {t: dropped[t] / drawn[t] for t in self.tasks if drawn[t]}
 
     def batch(self, task: str, step: int, pad_id: int, groups: slice | None = None) -> dict[str, np.ndarray]:
         """`task`'s packed arrays at `step`, of the groups in `groups` only (default all)."""

@@ -110,11 +110,29 @@ def group_label(group: tuple[str, ...]) -> str:
     return "+".join(group)
 
 
+def pack_groups(config: ConfigDict, data_parallel: int) -> int:
+    """Row groups of a packed step before accumulation: `data.pack_groups`, or one a data-parallel device (0).
+
+    Fixed by the config, not the devices, so which examples a step holds (the carry and drops are a group's)
+    does not change with the device count; a multiple of the devices, so each holds whole groups."""
+    groups = config.data.get("pack_groups", 0) or data_parallel
+    if groups < 0 or groups % data_parallel:
+        raise ConfigError(f"config.data.pack_groups = {config.data.pack_groups} is not a multiple of the "
+                          f"{data_parallel} data-parallel device(s): make it one, or 0 for one group a device")
+    return groups
+
+
 def check_batches_fit(config: ConfigDict, mesh: Mesh) -> None:
+    groups = pack_groups(config, data_parallel_size(mesh)) if config.data.packing else data_parallel_size(mesh)
     for name in config.task_names:
         check_divisible(config.tasks[name].batch_size, mesh, f"config.tasks.{name}.batch_size")
         check_accumulation(config.tasks[name].batch_size, config.optim.accumulation_steps, data_parallel_size(mesh),
                            f"tasks.{name}.batch_size")
+        if config.tasks[name].batch_size % (groups * config.optim.accumulation_steps):
+            raise ConfigError(f"config.tasks.{name}.batch_size = {config.tasks[name].batch_size} does not split into "
+                              f"{groups} packed row groups x {config.optim.accumulation_steps} accumulation steps "
+                              f"(data.pack_groups, optim.accumulation_steps): make it a multiple of "
+                              f"{groups * config.optim.accumulation_steps}")
     check_divisible(config.eval_batch_size, mesh, "config.eval_batch_size")
 
 

@@ -78,22 +78,39 @@ def _nonfinite_tasks(flags: dict) -> str:
     return f"non-finite loss in task {', '.join(tasks)}" if tasks else "non-finite gradient (all losses finite)"
 
 
+DROP_CHECK_STEPS = 200  # steps over which the start measures packing's dropped examples (placements only)
+
+
 def make_sampler(config: ConfigDict, train: dict[str, EncodedSplit], dev: dict[str, EncodedSplit],
-                 groups: int) -> tuple[TaskSampler, dict[str, PackLayout] | None]:
+                 data_parallel: int) -> tuple[TaskSampler, dict[str, PackLayout] | None]:
     """The training sampler and the dev sets' packed layouts: each task's batch size of examples a step in
-    `groups` row groups (one or more a data-parallel device) of `data.pack_length`-token rows, or fixed-size
-    padded batches (layouts None) when `data.packing` is off. Training batches hold `optim.accumulation_steps`
-    times the groups: a micro-batch is whole groups, the same number on every device."""
+    `setup.pack_groups` row groups (`data.pack_groups`, a multiple of the `data_parallel` devices) of
+    `data.pack_length`-token rows, or fixed-size padded batches (layouts None) when `data.packing` is off.
+    Training batches hold `optim.accumulation_steps` times the groups: a micro-batch is whole groups, the same
+    number on every device. Dev sets pack one group a device (predictions do not depend on the grouping)."""
     batch_sizes = {t: config.tasks[t].batch_size for t in train}
     if not config.data.packing:
         return TaskSampler({t: len(s.data) for t, s in train.items()}, batch_sizes, config.sampling, config.seed,
                            config.num_steps), None
     length = config.data.pack_length
-    train_groups = groups * config.optim.accumulation_steps
+    train_groups = setup.pack_groups(config, data_parallel) * config.optim.accumulation_steps
     layouts = {t: layout_for(s, batch_sizes[t], length, train_groups) for t, s in train.items()}
     sampler = PackedTaskSampler(train, layouts, batch_sizes, config.sampling, config.seed, config.num_steps)
     log.info("packed batches: %s", {t: f"{v.groups}x{v.rows}x{v.length}" for t, v in layouts.items()})
-    return sampler, {t: layout_for(s, config.eval_batch_size, length, groups) for t, s in dev.items()}
+    return sampler, {t: layout_for(s, config.eval_batch_size, length, data_parallel) for t, s in dev.items()}
+
+
+def packing_drops(sampler: TaskSampler, num_steps: int) -> dict:
+    """Each task's share of drawn examples packing drops (a carried example still without room), over the first
+    DROP_CHECK_STEPS steps, logged and returned for results.json's data record; {} when not packing."""
+    if not isinstance(sampler, PackedTaskSampler):
+        return {}
+    steps = min(num_steps, DROP_CHECK_STEPS)
+    shares = sampler.dropped_share(steps)
+    log.info("packing drops %s of the drawn examples (first %d steps)",
+             {t: f"{share:.2%}" for t, share in shares.items()}, steps)
+    return {"packing_dropped_share": {t: round(share, 5) for t, share in shares.items()},
+            "packing_dropped_steps": steps}
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
@@ -131,6 +148,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     del pretrained
 
     sampler, eval_layouts = make_sampler(config, train_split, dev_split, data_parallel_size(mesh))
+    dropped = packing_drops(sampler, config.num_steps)
     predictor = Predictor(model, mesh, config.eval_batch_size, config.data.buckets, tokenizer.pad_token_id,
                           eval_layouts)
     gradient_names = [setup.group_label(g) for g in groups]
@@ -163,7 +181,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         "demo_data": is_demo,
         "data": {"source": config.data.source, "train_sizes": {t: len(d) for t, d in train_data.items()},
                  "skipped_rows": {t: len(d.skipped) for t, d in train_data.items()},
-                 "first_skipped_row": first_skipped_rows(train_data)},
+                 "first_skipped_row": first_skipped_rows(train_data), **dropped},
         "model": config.model.name,
         **outcome.common_results(config),
         "eval_every": loop_config.eval_every,
