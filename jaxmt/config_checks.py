@@ -115,6 +115,9 @@ RANGE_RULES: tuple[tuple[str, Range], ...] = (
     ("data.short_seq_prob", PROBABILITY),
     ("data.max_train_examples", EXAMPLE_CAP),
     ("data.max_eval_examples", EXAMPLE_CAP),
+    ("data.prefetch", NON_NEGATIVE),  # 0 = batches built in the loop's thread
+    ("data.pack_groups", NON_NEGATIVE),  # 0 = one row group a data-parallel device
+    ("profile_steps", NON_NEGATIVE),  # (first step, count); count 0 = off
     ("decode.null_threshold", ANY_FINITE),
     ("tasks.*.label_min", ANY_FINITE),
     ("tasks.*.label_max", ANY_FINITE),
