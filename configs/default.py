@@ -56,10 +56,9 @@ def get_config() -> ConfigDict:
     # Packing: each task's tasks.<t>.batch_size examples a step fill fixed [rows, pack_length] arrays (a segment per
     # sequence, attention within it), in row groups, a whole number per data-parallel device (jaxmt.data.packing).
     config.data.packing = True  # False: pad each step's batches to a common bucket instead
-    # Row groups a packed step (times optim.accumulation_steps), a multiple of the data-parallel devices; 0 = one per
-    # device. Which examples a step trains on, and so its losses, depend on this count, not on the devices: fix it
+    # Which examples a step trains on, and so its losses, depend on the row-group count, not on the devices: fix it
     # (e.g. 8) to train the same losses on every device count that divides it.
-    config.data.pack_groups = 0
+    config.data.pack_groups = 0  # row groups a step (x accumulation_steps), a multiple of the devices; 0 = one a device
     config.data.pack_length = 128  # tokens a packed row (>= max_length)
     config.data.max_length = 128  # truncation length (tokens, special tokens included)
     config.data.on_bad_row = "skip"  # error: stop at a bad row | skip: leave it out, count and report it
@@ -77,15 +76,15 @@ def get_config() -> ConfigDict:
     config.model.dropout = 0.1  # dropout before the shared layers and the heads
     # Compute dtype: auto (bfloat16 on GPU and TPU, float32 on CPU) | float32 | bfloat16. Params, optimizer state,
     # losses and metrics stay float32 whatever it is.
-    config.model.dtype = "auto"
+    config.model.dtype = "auto"  # compute dtype, see above
     config.model.remat = False  # jax.checkpoint each encoder layer: less activation memory, ~1/3 more compute
     # remat on: what a layer keeps for the backward pass: full (its input only) | dots_saveable (matmul outputs too)
     # | dots_with_no_batch_dims_saveable (weight matmuls' outputs too, not attention's)
-    config.model.remat_policy = "full"
+    config.model.remat_policy = "full"  # remat policy, see above
     # jax.nn.dot_product_attention's implementation: default (JAX picks) | xla | cudnn (NVIDIA GPU, bf16; fused
     # flash attention). Training with attention dropout > 0 takes a written-out softmax on every backend
     # (docs/performance.md, the attention path table).
-    config.model.attention_implementation = "default"
+    config.model.attention_implementation = "default"  # default | xla | cudnn, see above
 
     config.optim = ConfigDict()
     config.optim.learning_rate = 5e-5  # AdamW peak learning rate
@@ -95,7 +94,7 @@ def get_config() -> ConfigDict:
     # k > 1: each step's batch runs as k micro-batches (forward and backward one at a time, so activations for 1/k of
     # it), their gradients summed into one update equal to the whole batch's (jaxmt.core.accumulation); batch sizes
     # (packed: rows) must split into k equal parts on every data-parallel device.
-    config.optim.accumulation_steps = 1
+    config.optim.accumulation_steps = 1  # micro-batches a step (k), see above
     config.optim.gradient_surgery = "none"  # none | pcgrad (per-task gradients, projected, then combined)
     config.optim.surgery_scope = "shared"  # pcgrad on: all params | shared (heads pass through)
     config.optim.surgery_reduction = "sum"  # pcgrad: combine projected gradients by sum | mean
@@ -114,7 +113,7 @@ def get_config() -> ConfigDict:
     config.num_steps = 200  # training steps
     # > 0: train this many epochs of the largest task instead (num_steps is then set from it), an epoch counted as
     # eval_every_epochs counts it, so num_epochs=3 with eval_every_epochs=1 evaluates 3 times; results.json: steps.
-    config.num_epochs = 0.0
+    config.num_epochs = 0.0  # epochs of the largest task (0 = num_steps decides), see above
     config.log_every = 10  # steps between training-metric logs
     config.eval_every = 100  # steps between dev evaluations (and best-checkpoint updates); 0 = at the end only
     # An epoch = ceil(train size / batch size) steps of the largest task (packed or not: a packed step trains its
