@@ -41,15 +41,20 @@ class Checkpoints:
         # The commit of an async save waits at a barrier of all processes, which once timed out on a loaded
         # 2-core host (tests/test_multihost.py); it gets ASYNC_TIMEOUT_SECONDS, and those tests pass async.
         async_options = ocp.options.AsyncOptions(timeout_secs=ASYNC_TIMEOUT_SECONDS)
+        # Each manager's barriers get their own names: both save at an evaluation step, and Orbax names an async
+        # commit's barrier by the step alone ("_async_write_complete.6 is already ongoing" on 2 processes).
+        barriers = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)  # noqa: E731
         self.latest = ocp.CheckpointManager(
             root / "checkpoints",
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, read_only=read_only,
-                                                 enable_async_checkpointing=True, async_options=async_options),
+                                                 enable_async_checkpointing=True, async_options=async_options,
+                                                 multiprocessing_options=barriers("latest")),
         )
         self.best = ocp.CheckpointManager(
             root / "best",
             options=ocp.CheckpointManagerOptions(max_to_keep=1, create=create, read_only=read_only,
-                                                 enable_async_checkpointing=True, async_options=async_options),
+                                                 enable_async_checkpointing=True, async_options=async_options,
+                                                 multiprocessing_options=barriers("best")),
         )
 
     def latest_step(self) -> int | None:
