@@ -22,7 +22,6 @@ vocabulary); the JSON goes to --out (default benchmarks/results/accelerator_<bac
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import torch_reference as ref  # noqa: E402
-from benchmarks.common import environment, jaxmt_train, torch_info, train_run  # noqa: E402
+from benchmarks.common import environment, jaxmt_train, torch_info, train_run, write_result  # noqa: E402
 from configs import pcgrad  # noqa: E402
 from jaxmt.compile_report import BERT_SHAPES, SHAPE_TOKENIZER  # noqa: E402
 from jaxmt.data.demo import SPLIT_SIZES, demo_split  # noqa: E402
@@ -311,11 +310,7 @@ def main(argv: list[str]) -> None:
         if use_torch:
             out[part]["ratio_jaxmt_over_torch"] = round(out[part]["jaxmt_packed"]["examples_per_s"]
                                                         / out[part]["torch_dynamic"]["examples_per_s"], 3)
-    text = json.dumps(out, indent=2)
-    path = Path(_OUT.value or ROOT / "benchmarks" / "results" / f"accelerator_{jax.default_backend()}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
-    print(text)
+    write_result(out, Path(_OUT.value or ROOT / "benchmarks" / "results" / f"accelerator_{jax.default_backend()}.json"))
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ machine a result was measured on (so every JSON says the same things about its e
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -82,3 +84,12 @@ def environment(torch: dict) -> dict:
         "torch": torch,
         "gpu": "not available in this run" if jax.default_backend() == "cpu" else jax.devices()[0].device_kind,
     }
+
+
+def write_result(result: dict, path: Path) -> None:
+    """Writes a benchmark's JSON to `path` (its folder made if missing) and prints it: the record and the console
+    show the same text."""
+    text = json.dumps(result, indent=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    print(text)

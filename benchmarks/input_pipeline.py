@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import statistics
 import sys
 import tempfile
@@ -51,7 +50,7 @@ from ml_collections import ConfigDict
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import environment  # noqa: E402
+from benchmarks.common import environment, write_result  # noqa: E402
 from configs import pcgrad  # noqa: E402
 from jaxmt.data.packing import train_step_batches  # noqa: E402
 from jaxmt.data.prefetch import Prefetcher  # noqa: E402
@@ -284,10 +283,7 @@ def main(argv: list[str]) -> None:
     }
     if train_steps:
         result["training"] = training_waits(bench_config(FLAGS.model, FLAGS.csv_dir, train_steps, depth), depth)
-    text = json.dumps(result, indent=2)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(text + "\n")
-    print(text)
+    write_result(result, out_path)
 
 
 def run_main(argv: list[str]) -> None:

@@ -36,7 +36,6 @@ the full result. Packed evaluation packs into rows sized to the examples (`jaxmt
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import sys
 import time
@@ -52,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import torch_reference as ref  # noqa: E402
-from benchmarks.common import JaxmtTrain, environment, jaxmt_train, torch_info, train_run  # noqa: E402
+from benchmarks.common import JaxmtTrain, environment, jaxmt_train, torch_info, train_run, write_result  # noqa: E402
 from configs import pcgrad  # noqa: E402
 from jaxmt.data.eval_batches import EvalPacking, eval_packing, sized_eval_batches  # noqa: E402
 from jaxmt.data.packing import train_step_batches  # noqa: E402
@@ -420,10 +419,7 @@ def main(argv: list[str]) -> None:
     if evaluation:
         result["eval"] = {**compare(evaluation), "prediction_agreement (classes: fraction equal, scores: max abs "
                           "difference)": agreement(predictions, dev)}
-    text = json.dumps(result, indent=2)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(text + "\n")
-    print(text)
+    write_result(result, out_path)
 
 
 def run_main(argv: list[str]) -> None:
