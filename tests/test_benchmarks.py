@@ -1,6 +1,8 @@
 """benchmarks/real_stream.py's streams and accounting, on the demo data (no step is compiled: a --quick run of
 the whole script compiles four train steps, over a minute of CPU, too slow for the suite)."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -91,9 +93,18 @@ def test_accelerator_check_runs_on_cpu_with_a_tiny_model(tmp_path):
     run = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert result["tiny"] and result["model"]["compute_dtype"] == "bfloat16" and result["torch_device"] == "cpu"
+    assert result["tiny"] and result["model"]["compute_dtype"] == "bfloat16"
+    # The PyTorch reference runs only where torch is installed (the bench extra; CI's clean checkout has no torch):
+    # without it the jaxmt half still runs and the JSON says there was no reference.
+    has_torch = importlib.util.find_spec("torch") is not None
+    assert result["torch_device"] == ("cpu" if has_torch else None)
     for part in ("train", "eval"):
-        jaxmt, torch = result[part]["jaxmt_packed"], result[part]["torch_dynamic"]
-        assert jaxmt["examples"] == torch["examples"] > 0  # the same examples for both
-        assert jaxmt["examples_per_s"] > 0 and 0 < jaxmt["mfu"] < 1 and result[part]["ratio_jaxmt_over_torch"] > 0
+        jaxmt = result[part]["jaxmt_packed"]
+        assert jaxmt["examples"] > 0 and jaxmt["examples_per_s"] > 0 and 0 < jaxmt["mfu"] < 1
+        if has_torch:
+            torch = result[part]["torch_dynamic"]
+            assert jaxmt["examples"] == torch["examples"]  # the same examples for both
+            assert result[part]["ratio_jaxmt_over_torch"] > 0
+        else:
+            assert "torch_dynamic" not in result[part] and "ratio_jaxmt_over_torch" not in result[part]
     assert result["peak_source"] == "best bf16 matmul measured here" and result["gpu"] == "not available in this run"
