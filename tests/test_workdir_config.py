@@ -97,6 +97,10 @@ def test_a_workdir_recorded_before_new_fields_resumes_while_they_hold_their_defa
     _record_without(workdir, sorted(set(older)), **{"model.dtype": "float32"})
     assert check_resume_config(str(workdir), tiny_config(tiny_bert_dir), allow_changes=False) == []  # CPU: auto = f32
     assert not (workdir / CONFIG_CHANGES_FILE).exists()
+    _record_without(workdir, [], **{"model.dtype": "bfloat16"})  # a resolved field: auto is float32 here, not bf16
+    with pytest.raises(ConfigError, match=r"config.model.dtype: 'bfloat16' -> 'auto'"):
+        check_resume_config(str(workdir), tiny_config(tiny_bert_dir), allow_changes=False)
+    _record_without(workdir, [], **{"model.dtype": "float32"})
     with pytest.raises(ConfigError, match=r"config.optim.accumulation_steps: \(absent\) -> 2"):
         check_resume_config(str(workdir), tiny_config(tiny_bert_dir, **{"optim.accumulation_steps": 2}),
                             allow_changes=False)

@@ -71,6 +71,18 @@ ADDED_FIELDS = {
 _ABSENT = object()
 
 
+def _model_dtype_here(name: Any) -> Any:
+    """The compute dtype `model.dtype` resolves to on this backend ('auto': float32 on CPU, bfloat16 elsewhere)."""
+    from jaxmt.models.options import DTYPES, compute_dtype  # imports jax: only when a resume compares dtypes
+
+    return compute_dtype(name) if name in {"auto", *DTYPES} else name
+
+
+# Fields whose value may be a choice made on the machine ('auto'): a recorded and a current value train alike
+# where they resolve to the same thing here, as float32 and 'auto' do on CPU.
+RESOLVED_FIELDS = {"model.dtype": _model_dtype_here}
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Writes `text` atomically: a temporary file, then a rename (on object stores an upload is atomic anyway)."""
     path = epath.Path(path)
@@ -129,16 +141,13 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _same(key: str, recorded: Any, current: Any) -> bool:
     """Whether a field's recorded and current values train alike: equal; absent from an older config.json and now
-    its `ADDED_FIELDS` default; or model.dtype 'auto' where it resolves to the recorded dtype (float32 on CPU)."""
+    its `ADDED_FIELDS` default; or, for a `RESOLVED_FIELDS` field, both resolving to the same value here."""
     if recorded == current:
         return True
     if recorded is _ABSENT:
         return any(fnmatch.fnmatchcase(key, field) and current == default for field, default in ADDED_FIELDS.items())
-    if key == "model.dtype" and "auto" in (recorded, current):
-        from jaxmt.models.options import DTYPES, compute_dtype
-
-        return {recorded, current} <= {"auto", *DTYPES} and compute_dtype(recorded) == compute_dtype(current)
-    return False
+    resolve = RESOLVED_FIELDS.get(key)
+    return resolve is not None and current is not _ABSENT and resolve(recorded) == resolve(current)
 
 
 def _show(value: Any) -> str:
