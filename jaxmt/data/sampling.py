@@ -73,6 +73,8 @@ class TaskSampler:
     def _at(self, task_index: int, positions: np.ndarray) -> np.ndarray:
         """The example indices at stream `positions` (epoch = position // size, then that epoch's order)."""
         n = self.sizes[self.tasks[task_index]]
+        if len(positions) and positions[0] // n == positions[-1] // n:  # one epoch (positions ascend): one gather
+            return self._permutation(task_index, int(positions[0] // n))[positions % n].astype(np.int64)
         out = np.empty(len(positions), dtype=np.int64)
         for epoch in np.unique(positions // n):
             sel = positions // n == epoch

@@ -48,11 +48,10 @@ def process_rows(batch_size: int, sharding: NamedSharding) -> slice:
 def put_host_batch(batch: Any, sharding: NamedSharding) -> Any:
     """A host batch (a tree of [rows, ...] numpy arrays, the same on every process) as global arrays split along
     their leading axis by `sharding`; each process hands over only the rows its devices hold."""
-    def one(v):
-        v = np.asarray(v)
-        return jax.make_array_from_process_local_data(sharding, v[process_rows(len(v), sharding)], v.shape)
-
-    return jax.tree_util.tree_map(one, batch)
+    batch = jax.tree_util.tree_map(np.asarray, batch)
+    rows = {n: process_rows(n, sharding) for n in {len(v) for v in jax.tree_util.tree_leaves(batch)}}
+    local = jax.tree_util.tree_map(lambda v: v[rows[len(v)]], batch)
+    return _put_tree(local, sharding, jax.tree_util.tree_map(lambda v: v.shape, batch))
 
 
 def process_block(sharding: NamedSharding) -> tuple[int, int]:
@@ -72,8 +71,14 @@ def _leading_axes(sharding: NamedSharding) -> tuple[str, ...]:
 def put_process_block(block: Any, sharding: NamedSharding, blocks: int) -> Any:
     """This process's block (a tree of numpy arrays, `process_block`'s i-th of `blocks`) as global arrays split
     along their leading axis by `sharding`, the global leading size `blocks` times the block's."""
-    def one(v):
-        v = np.asarray(v)
-        return jax.make_array_from_process_local_data(sharding, v, (v.shape[0] * blocks,) + v.shape[1:])
+    block = jax.tree_util.tree_map(np.asarray, block)
+    return _put_tree(block, sharding, jax.tree_util.tree_map(lambda v: (v.shape[0] * blocks,) + v.shape[1:], block))
 
-    return jax.tree_util.tree_map(one, block)
+
+def _put_tree(local: Any, sharding: NamedSharding, global_shapes: Any) -> Any:
+    """`local` (a tree of this process's numpy blocks) as global arrays of `global_shapes`, in one call for the
+    whole tree: on one process JAX makes it one batched `jax.device_put` (0.9 ms of CPU for a packed 3-task step's
+    21 arrays, where a call an array took 1.5-1.9 ms); on several, its per-array assembly of the processes' blocks."""
+    leaves, treedef = jax.tree_util.tree_flatten(local)
+    shapes = treedef.flatten_up_to(global_shapes)
+    return jax.tree_util.tree_unflatten(treedef, jax.make_array_from_process_local_data(sharding, leaves, shapes))
