@@ -449,13 +449,13 @@ def search_per_device_batch(config: ConfigDict, topology: str, devices: list, st
 
 def markdown_table(folder: str) -> str:
     """A markdown table of the reports (`--output` JSON files) in `folder`, a row a file, named by its stem."""
-    from pathlib import Path
+    from etils import epath
 
     head = ("| report | topology (chips) | mesh data x fsdp | per-device batch | GiB a device (of HBM) | largest "
             "power of two that fits | GFLOP a step a device | collectives (count, operand MB) | roofline ms "
             "(bound) | compile s |\n|" + "---|" * 10)
     rows = [head]
-    for path in sorted(Path(folder).glob("*.json")):
+    for path in sorted(epath.Path(folder).glob("*.json")):
         r = json.loads(path.read_text())
         memory = r.get("memory_per_device", {})
         gib = f"{memory['total_gib']:.2f} ({memory['hbm_bytes'] / GIB:.0f})" if memory else "out of memory"
@@ -503,8 +503,9 @@ def run(argv: list[str] | None = None) -> None:
             report["command"] = " ".join(["python -m jaxmt.compile_report"] + sys.argv[1:])
             text = json.dumps(report, indent=2, sort_keys=True)
             if FLAGS.output:
-                with open(FLAGS.output, "w") as f:
-                    f.write(text + "\n")
+                from etils import epath
+
+                epath.Path(FLAGS.output).write_text(text + "\n")
             return text
         config = FLAGS.config
         with user_facing_errors():

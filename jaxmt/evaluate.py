@@ -64,7 +64,7 @@ def evaluate_workdir(workdir: str, split: str = "dev", checkpoint: str = "best",
     config, specs = read_run(workdir)
     if data_dir:
         data_dir = expand_path(data_dir, "--data_dir")
-        if not os.path.isdir(data_dir):
+        if not epath.Path(data_dir).is_dir():
             raise DataError(f"{data_dir}: --data_dir is not a folder")
         config.data.source, config.data.csv_dir = "csv", data_dir
     data = load_splits(config, specs, split)

@@ -1,12 +1,16 @@
 """The one way jaxmt reads a path from a config field, flag or argument: `~` and `$VAR` expanded.
 
 Every reader of a path field calls `expand_path`, so `--config.data.csv_dir=$DATA/cs224n` or
-`~/tensorflow_datasets` means the same in every config, whichever command reads it.
+`~/tensorflow_datasets` means the same in every config, whichever command reads it. A path may be any
+`etils.epath` path (gs://bucket/... on a pod): the helpers below read and write files, figures and globs
+through epath, which on a local path is Python's own `open` and `glob`, so local behaviour is unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import io
 import os
 import re
 import shutil
@@ -47,6 +51,53 @@ def expand_path(path: str, field: str = "") -> str:
 def is_local(path: str | os.PathLike) -> bool:
     """Whether `path` is a local path (not an `etils.epath` URI such as gs://bucket/...)."""
     return "://" not in os.fspath(path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """`path` made absolute if it is local (as `os.path.abspath`); a URI (gs://...) as it is."""
+    return os.path.abspath(path) if is_local(path) else os.fspath(path)
+
+
+def open_text(path: str | os.PathLike) -> io.TextIOWrapper:
+    """`path` (any epath path) opened for reading UTF-8 text line by line, a byte-order mark skipped (as
+    `open(path, encoding='utf-8-sig')`; epath's own text mode is plain utf-8). Missing: FileNotFoundError."""
+    from etils import epath
+
+    return io.TextIOWrapper(epath.Path(path).open("rb"), encoding="utf-8-sig")
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> str:
+    """Writes a matplotlib figure to `path` (any epath path; the format from its suffix, as `savefig`) and
+    returns `path`: matplotlib writes only local files, so it renders into memory and epath writes the bytes."""
+    from etils import epath
+
+    image = io.BytesIO()
+    savefig_kwargs.setdefault("format", os.path.splitext(os.fspath(path))[1][1:] or "png")
+    fig.savefig(image, **savefig_kwargs)
+    epath.Path(path).write_bytes(image.getvalue())
+    return os.fspath(path)
+
+
+def glob_paths(pattern: str) -> list[str]:
+    """The paths matching `pattern` (`*`, `?`, `[...]` in any folder, as `glob.glob`) on any epath filesystem,
+    spelled as the pattern is (a relative pattern gives relative paths); unsorted, as `glob.glob`."""
+    from etils import epath
+
+    parts = pattern.split("/")
+    first = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    if first == len(parts):
+        return [pattern] if epath.Path(pattern).exists() else []
+    root = "/".join(parts[:first])
+    if not root.strip("/") or root.endswith(":/"):  # a wildcard in the first folder (or the bucket): local glob
+        return glob.glob(pattern) if is_local(pattern) else []
+    return [os.fspath(p) for p in epath.Path(root).glob("/".join(parts[first:]))]
+
+
+def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copies one (small) file between any two epath paths, e.g. a run's records from gs:// to docs/runs."""
+    from etils import epath
+
+    epath.Path(target).write_bytes(epath.Path(source).read_bytes())
 
 
 @contextlib.contextmanager

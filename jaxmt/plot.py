@@ -6,7 +6,6 @@ cosine similarity of the task gradients and the number of conflicting pairs per 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 
@@ -14,6 +13,7 @@ from absl import app, flags
 from etils import epath
 
 from jaxmt.cli import check_output_dir, parse_flags
+from jaxmt.paths import absolute, save_figure
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -83,13 +83,10 @@ def plot_run(workdir: str, out: str | None = None) -> str:
             twin.set_ylabel("conflicting pairs (ordered)")
             twin.legend(loc="lower right")
         ax.legend(loc="upper right")
-    fig.suptitle(os.path.basename(os.path.abspath(workdir)))
+    fig.suptitle(os.path.basename(absolute(workdir).rstrip("/")))
     fig.tight_layout()
-    out = out or os.fspath(epath.Path(workdir) / "training.png")
-    image = io.BytesIO()  # through epath, so a gs:// workdir gets its plot too
-    fig.savefig(image, format="png", dpi=110)
+    out = save_figure(fig, out or os.fspath(epath.Path(workdir) / "training.png"), format="png", dpi=110)
     plt.close(fig)
-    epath.Path(out).write_bytes(image.getvalue())
     return out
 
 

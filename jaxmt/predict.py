@@ -41,9 +41,10 @@ def read_inputs(spec, args: list[str], input_file: str | None) -> tuple[list[str
                             f"(\"s1\" \"s2\" ...), got {len(args)}")
         rows = [args[i:i + width] for i in range(0, len(args), width)]
     else:
+        from etils import epath
+
         try:
-            with open(input_file, encoding="utf-8") as f:
-                lines = f.read().splitlines()
+            lines = epath.Path(input_file).read_text().splitlines()  # any epath path: gs://... too
         except (FileNotFoundError, IsADirectoryError):
             raise DataError(f"{input_file}: no such file (--input_file)") from None
         rows = []

@@ -1,7 +1,8 @@
 """Command line: python -m jaxmt.probe --models=NAME=DIR,NAME2=DIR2 --corpus=FILE --out=DIR.
 
 Builds the probing tasks from the corpus once, probes every layer of every model on the same
-examples, and writes results.csv, results.md, heatmap.png and results.json to --out.
+examples, and writes results.csv, results.md, heatmap.png and results.json to --out. The corpus, the
+models and --out may be any `etils.epath` path (gs://... too).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import os
 import time
 
 from absl import app, flags
+from etils import epath
 
 from jaxmt.cli import check_output_dir, parse_flags, setup_logging
-from jaxmt.paths import expand_path
+from jaxmt.paths import absolute, expand_path, is_local
 
 log = logging.getLogger("jaxmt.probe")
 
@@ -63,12 +65,12 @@ def seen_in_pretraining(model_path: str, corpus: str) -> bool | None:
     from jaxmt.checkpointing.workdir import read_run_config
 
     try:
-        run_config = read_run_config(os.path.dirname(os.path.abspath(expand_path(model_path, "--models"))))
+        run_config = read_run_config(os.path.dirname(absolute(expand_path(model_path, "--models")).rstrip("/")))
         files = [expand_path(f, "config.data.files") for f in run_config.data.files]
     except (FileNotFoundError, AttributeError, KeyError, ValueError):
         return None
     for recorded in files:
-        if os.path.exists(recorded) and os.path.exists(corpus):
+        if is_local(recorded) and is_local(corpus) and os.path.exists(recorded) and os.path.exists(corpus):
             if os.path.samefile(recorded, corpus):
                 return True
         elif os.path.basename(recorded) == os.path.basename(corpus):
@@ -107,20 +109,18 @@ def run_probing(models: dict[str, str], corpus: str, out: str, tasks: list[str],
         results[name] = probe_model(features, built, config)
         seconds[name] = round(time.time() - start, 1)
         log.info("%s: probed %d layers x %d tasks in %.0f s", name, features.num_layers, len(built), seconds[name])
-    paths = write_report(out, results, chance, sizes)
     seen = {name: seen_in_pretraining(path, corpus) for name, path in models.items()}
     for name in (n for n, was_seen in seen.items() if was_seen):
         log.warning("%s was pre-trained on %s: its probe accuracies are not on unseen text", name, corpus)
     seen_words = {True: "yes", False: "no", None: "unknown"}
-    with open(paths["markdown"], "a") as md:
-        md.write(f"\nProbing sentences from {os.path.basename(corpus)}; seen in pre-training: "
-                 + ", ".join(f"{name} {seen_words[was_seen]}" for name, was_seen in seen.items()) + ".\n")
-    summary = {"models": models, "corpus": os.path.abspath(corpus), "corpus_sentences": len(sentences),
+    paths = write_report(out, results, chance, sizes, footer=(
+        f"\nProbing sentences from {os.path.basename(corpus)}; seen in pre-training: "
+        + ", ".join(f"{name} {seen_words[was_seen]}" for name, was_seen in seen.items()) + ".\n"))
+    summary = {"models": models, "corpus": absolute(corpus), "corpus_sentences": len(sentences),
                "tasks": sizes, "majority": chance, "seen_in_pretraining": seen, "seconds": seconds, "files": paths,
                "accuracy": {m: {t: [round(float(a), 4) for a in accs] for t, accs in by_task.items()}
                             for m, by_task in results.items()}}
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    epath.Path(out, "results.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -134,8 +134,7 @@ def main(argv: list[str]) -> None:
         check_output_dir(f.out, "--out")
         summary = run_probing(parse_models(f.models), f.corpus, f.out, f.tasks, f.max_sentences, f.seed,
                               f.max_length, f.batch_size, f.probe_steps, f.l2)
-    with open(summary["files"]["markdown"]) as md:
-        print(md.read())
+    print(epath.Path(summary["files"]["markdown"]).read_text())
     print(f"wrote {', '.join(summary['files'].values())}")
 
 

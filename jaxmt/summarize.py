@@ -15,20 +15,22 @@ name) each other model's difference to it, `*` where it exceeds seed noise.
 `--archive=DIR` copies each run's small records (results.json, config.json, metrics.jsonl) to
 DIR/NAME/RUN, so a table can be rebuilt (`--runs=NAME=DIR/NAME/*`) after the workdirs, with their
 checkpoints, are gone: how docs/runs keeps the runs behind the docs' tables.
+
+Globs, runs, the archive and --out may be any `etils.epath` path (gs://bucket/runs/*/seed* too).
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
-import shutil
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from jaxmt.cli import parse_flags
+from jaxmt.paths import absolute, copy_file, glob_paths
 
 RECORDS = ("results.json", "config.json", "metrics.jsonl")
 
@@ -54,7 +56,7 @@ def parse_arms(items: list[str]) -> dict[str, list[str]]:
             raise ConfigError(f"--runs: {item!r} is not NAME=GLOB")
         if name in arms:
             raise ConfigError(f"--runs: the name {name!r} is used twice")
-        dirs = sorted(d for d in glob.glob(pattern) if os.path.isfile(os.path.join(d, "results.json")))
+        dirs = sorted(d for d in glob_paths(pattern) if epath.Path(d, "results.json").is_file())
         if not dirs:
             raise ConfigError(f"--runs: {pattern!r} matches no workdir with a results.json (finished run)")
         arms[name] = dirs
@@ -68,11 +70,10 @@ def read_scores(workdir: str, key: str) -> dict[str, float]:
     from jaxmt.data.errors import DataError
 
     path = os.path.join(workdir, "results.json")
-    with open(path) as f:
-        try:
-            results = json.load(f)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: not JSON ({err.msg})") from None
+    try:
+        results = json.loads(epath.Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not JSON ({err.msg})") from None
     scores = results.get(key)
     if not isinstance(scores, dict):
         raise DataError(f"{path}: no '{key}' metrics (entries: {', '.join(sorted(results))})")
@@ -154,16 +155,15 @@ def read_probe_runs(pattern: str) -> list[dict]:
     from jaxmt.data.errors import DataError
     from jaxmt.errors import ConfigError
 
-    paths = sorted(glob.glob(os.path.join(pattern, "results.json")))
+    paths = sorted(glob_paths(os.path.join(pattern, "results.json")))
     if not paths:
         raise ConfigError(f"--probes={pattern}: matches no probe folder with a results.json")
     results = []
     for path in paths:
-        with open(path) as f:
-            try:
-                result = json.load(f)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: not JSON ({err.msg})") from None
+        try:
+            result = json.loads(epath.Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not JSON ({err.msg})") from None
         if "accuracy" not in result or "tasks" not in result:
             raise DataError(f"{path}: not a jaxmt.probe result (no 'accuracy' and 'tasks')")
         shape = (list(result["accuracy"]), list(result["tasks"]))
@@ -178,12 +178,12 @@ def archive_runs(arms: dict[str, list[str]], out: str) -> None:
     for name, dirs in arms.items():
         for workdir in dirs:
             target = os.path.join(out, name, os.path.basename(os.path.normpath(workdir)))
-            if os.path.abspath(target) == os.path.abspath(workdir):
+            if absolute(target).rstrip("/") == absolute(workdir).rstrip("/"):
                 continue
-            os.makedirs(target, exist_ok=True)
+            epath.Path(target).mkdir(parents=True, exist_ok=True)
             for record in RECORDS:
-                if os.path.isfile(os.path.join(workdir, record)):
-                    shutil.copyfile(os.path.join(workdir, record), os.path.join(target, record))
+                if epath.Path(workdir, record).is_file():
+                    copy_file(os.path.join(workdir, record), os.path.join(target, record))
 
 
 def probes_table(pattern: str, baseline: str) -> str:
@@ -222,8 +222,7 @@ def main(argv: list[str]) -> None:
     with user_facing_errors():
         table = probes_table(f.probes, f.baseline) if f.probes else runs_table(f)
         if f.out:
-            with open(f.out, "w") as out:
-                out.write(table + "\n")
+            epath.Path(f.out).write_text(table + "\n")
     print(table)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from functools import partial
 
@@ -22,6 +21,7 @@ import numpy as np
 from jaxmt.data.csv_source import read_tsv_rows
 from jaxmt.data.errors import DataError, location
 from jaxmt.data.schema import CLASSIFICATION, REGRESSION, SkippedRow, TaskData, TaskSpec, row_texts
+from jaxmt.paths import absolute
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def read_sick_split(
     return TaskData(
         spec=spec,
         split=split,
-        source=f"{os.path.abspath(path)}[{split}]",
+        source=f"{absolute(path)}[{split}]",
         ids=ids,
         text_a=text_a,
         text_b=text_b,

@@ -6,14 +6,18 @@
     collapsed generator (one output per class, whatever the noise) gives a ratio near 0.
 (c) a 2-D PCA plot of real and fake embeddings coloured by class; the 2-D points are kept (pca.npz) so
     that several seeds' runs can be drawn together (`pca_seeds_plot`: class centroids with error bars).
+Files are read and written through etils.epath, so a run's workdir may be gs://... too.
 """
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
+from etils import epath
 
+from jaxmt.paths import save_figure
 from jaxmt.probing.classifier import fit_logistic_probe
 
 
@@ -71,8 +75,10 @@ def pca_plot(real_x: np.ndarray, real_y: np.ndarray, fake_x: np.ndarray, fake_y:
     import matplotlib.pyplot as plt
 
     real_2d, fake_2d, explained = pca_projection(real_x, fake_x)
-    np.savez_compressed(os.path.splitext(path)[0] + ".npz", real_2d=real_2d.astype(np.float32), real_y=real_y,
+    points = io.BytesIO()  # in memory: zipfile seeks back in what it writes, which an object store's upload cannot
+    np.savez_compressed(points, real_2d=real_2d.astype(np.float32), real_y=real_y,
                         fake_2d=fake_2d.astype(np.float32), fake_y=fake_y, explained=explained)
+    epath.Path(os.path.splitext(path)[0] + ".npz").write_bytes(points.getvalue())
     colors = plt.get_cmap("viridis")(np.linspace(0, 1, num_classes))
     fig, ax = plt.subplots(figsize=(6, 5))
     for c in range(num_classes):
@@ -81,7 +87,7 @@ def pca_plot(real_x: np.ndarray, real_y: np.ndarray, fake_x: np.ndarray, fake_y:
     ax.set(xlabel="PC 1 (of real)", ylabel="PC 2 (of real)", title=title or "real (o) vs generated (x) embeddings")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -101,7 +107,7 @@ def aligned_centroids(npz_paths: list[str], num_classes: int) -> tuple[np.ndarra
     run's on that axis. Then the spread over seeds of a centroid is what differs between seeds, not a sign."""
     real, fake = [], []
     for path in npz_paths:
-        with np.load(path) as run:
+        with epath.Path(path).open("rb") as f, np.load(f) as run:
             real.append(class_centroids(run["real_2d"], run["real_y"], num_classes))
             fake.append(class_centroids(run["fake_2d"], run["fake_y"], num_classes))
     real, fake = np.stack(real), np.stack(fake)
@@ -133,7 +139,7 @@ def pca_seeds_plot(npz_paths: list[str], num_classes: int, path: str, title: str
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

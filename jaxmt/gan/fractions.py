@@ -17,26 +17,29 @@ pca.npz), DIR/pca_METHOD.png sets them side by side (a row a fraction, a column 
 DIR/fraction_F/METHOD/pca_seeds.png draws the class centroids of its seeds' runs with error bars. The tables
 are rewritten after every run.
 A run whose results.json exists is not trained again, so a killed sweep, or one continued later with the
-same flags (or more seeds or fractions), picks up where it stopped.
+same flags (or more seeds or fractions), picks up where it stopped. DIR and the archive may be any
+`etils.epath` path (gs://... on a pod): every table, plot and copied record goes through epath.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Sequence
 
 import jax
 import numpy as np
+from etils import epath
 from ml_collections import ConfigDict
 
 from jaxmt.errors import ConfigError
 from jaxmt.parallel import distributed
+from jaxmt.paths import copy_file, save_figure
 from jaxmt.summarize import arm_stats, difference, stats_cell
 
 log = logging.getLogger(__name__)
@@ -120,10 +123,10 @@ ARCHIVED = ("results.json", "config.json", "metrics.jsonl", "pca.png", "pca.npz"
 
 def archive_run(run: str, target: str) -> str:
     """Copies a finished run's records (`ARCHIVED`, no checkpoints) from `run` to `target`; returns `target`."""
-    os.makedirs(target, exist_ok=True)
+    epath.Path(target).mkdir(parents=True, exist_ok=True)
     for record in ARCHIVED:
-        if os.path.isfile(os.path.join(run, record)):
-            shutil.copyfile(os.path.join(run, record), os.path.join(target, record))
+        if epath.Path(run, record).is_file():
+            copy_file(os.path.join(run, record), os.path.join(target, record))
     return target
 
 
@@ -131,7 +134,7 @@ def finished_run(out: str, archived: str) -> str | None:
     """Where a finished run's results.json is: the sweep's own run directory, else its archived copy (a later
     session with a fresh workdir continues from the archive); None when the run is still to train."""
     for place in (out, archived):
-        if place and os.path.exists(os.path.join(place, "results.json")):
+        if place and epath.Path(place, "results.json").exists():
             return place
     return None
 
@@ -173,8 +176,8 @@ def run_sweep(config: ConfigDict, workdir: str, fractions: Sequence[float], meth
                 if done:
                     if archived and done == out:
                         done = archive_run(out, archived)
-                    with open(os.path.join(done, "results.json")) as f:
-                        rows.append(result_row(json.load(f), done, method, seed))
+                    results = json.loads(epath.Path(done, "results.json").read_text())
+                    rows.append(result_row(results, done, method, seed))
                     warn_if_other_steps(rows[-1], config.num_steps, epochs, reference_epochs)
                     continue
                 data = data or load_gan_data(config)  # tokenized once; only the labeled subset changes
@@ -214,17 +217,17 @@ def warn_if_other_steps(row: dict, num_steps: int, epochs: float, reference_epoc
 def write_table(rows: list[dict], workdir: str) -> dict[str, str]:
     """results.csv (one row a run), results.md (one row a fraction), accuracy.png, checks.png and each GAN
     method's pca_seeds.png a fraction (from process 0 only); returns their paths."""
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     paths = {"csv": os.path.join(workdir, "results.csv"), "md": os.path.join(workdir, "results.md"),
              "png": os.path.join(workdir, "accuracy.png")}
     if jax.process_index() != 0:
         return paths
-    with open(paths["csv"], "w", newline="") as f:
+    with io.StringIO(newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    with open(paths["md"], "w") as f:
-        f.write(markdown_table(rows) + "\n\n" + NOISE_NOTE + "\n")
+        epath.Path(paths["csv"]).write_bytes(f.getvalue().encode())  # bytes: the csv module's \r\n as written
+    epath.Path(paths["md"]).write_text(markdown_table(rows) + "\n\n" + NOISE_NOTE + "\n")
     plot_accuracy(rows, paths["png"])
     if any(r["method"] in GAN_METHODS for r in rows):
         paths["checks"] = plot_checks(rows, os.path.join(workdir, "checks.png"))
@@ -310,7 +313,7 @@ def _errorbar_lines(ax, rows: list[dict], methods: Sequence[str], metric: str) -
 
 def _save(fig, path: str) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -363,7 +366,7 @@ def p_real_curves(runs: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]] 
     None when no run has a metrics.jsonl with them."""
     from jaxmt.plot import read_metrics
 
-    logged = [read_metrics(r["workdir"]) for r in runs if os.path.exists(os.path.join(r["workdir"], "metrics.jsonl"))]
+    logged = [read_metrics(r["workdir"]) for r in runs if epath.Path(r["workdir"], "metrics.jsonl").exists()]
     per_run = [{row["step"]: row for row in rows if all(k in row for k in P_REAL.values())} for rows in logged]
     per_run = [by_step for by_step in per_run if by_step]
     if not per_run:
@@ -413,7 +416,7 @@ def pca_montages(rows: list[dict], workdir: str) -> dict[str, str]:
     groups = group_runs(rows)
     for method in GAN_METHODS:
         grid = {(fraction, r["seed"]): png for fraction, by_method in groups.items()
-                for r in by_method.get(method, []) if os.path.exists(png := os.path.join(r["workdir"], "pca.png"))}
+                for r in by_method.get(method, []) if (png := epath.Path(r["workdir"], "pca.png")).exists()}
         if not grid:
             continue
         fractions, seeds = sorted({f for f, _ in grid}), sorted({s for _, s in grid})
@@ -424,7 +427,7 @@ def pca_montages(rows: list[dict], workdir: str) -> dict[str, str]:
                 ax = axes[i, j]
                 ax.axis("off")
                 if (fraction, seed) in grid:
-                    ax.imshow(plt.imread(grid[fraction, seed]))
+                    ax.imshow(plt.imread(io.BytesIO(grid[fraction, seed].read_bytes()), format="png"))
                     ax.set_title(f"fraction {fraction:g}, seed {seed}", fontsize=8)
         fig.suptitle(f"{METHODS[method][2]}: real (o) and generated (x) dev embeddings, first two PCs of the real")
         written[f"pca_montage/{method}"] = _save(fig, os.path.join(workdir, f"pca_{method}.png"))
@@ -440,10 +443,10 @@ def plot_pca_seeds(rows: list[dict], workdir: str) -> dict[str, str]:
     for fraction, by_method in sorted(group_runs(rows).items()):
         for method in GAN_METHODS:
             runs = sorted(by_method.get(method, []), key=lambda r: r["seed"])
-            npz = [p for r in runs if os.path.exists(p := os.path.join(r["workdir"], "pca.npz"))]
+            npz = [p for r in runs if epath.Path(p := os.path.join(r["workdir"], "pca.npz")).exists()]
             if not npz:
                 continue
-            with np.load(npz[0]) as first:
+            with epath.Path(npz[0]).open("rb") as f, np.load(f) as first:
                 num_classes = int(max(first["real_y"].max(), first["fake_y"].max())) + 1
             path = os.path.join(os.path.dirname(runs[0]["workdir"]), "pca_seeds.png")
             title = f"{METHODS[method][2]}, fraction {fraction:g}: class centroids over {len(npz)} seed(s)"

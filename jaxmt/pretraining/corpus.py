@@ -1,32 +1,35 @@
 """Plain-text pre-training corpora: documents of sentences, tokenized once and cached on disk.
 
-Two local file formats are read: 'plain' (one sentence or paragraph a line, documents separated by
-blank lines) and 'wikitext' (WikiText-2/103: ` = Title = ` starts an article, ` = = Section = = `
-headings are dropped, paragraphs are single lines, blank lines carry no meaning). A TFDS text
-dataset prepared on disk is read example by example, each example one document. Paragraphs are
-split into sentences by a simple regex, because BERT's pairs are built from sentence boundaries.
+Two text file formats are read, from any `etils.epath` path (a local file, or gs://... on a pod): 'plain'
+(one sentence or paragraph a line, documents separated by blank lines) and 'wikitext' (WikiText-2/103:
+` = Title = ` starts an article, ` = = Section = = ` headings are dropped, paragraphs are single lines,
+blank lines carry no meaning). A TFDS text dataset prepared on disk is read example by example, each
+example one document. Paragraphs are split into sentences by a simple regex, because BERT's pairs are
+built from sentence boundaries.
 
 Tokenizing is the slow part of loading, so each source (a file, or a TFDS split) is tokenized
-into one shard, `<cache_dir>/<key>.npz`, whose key hashes the source's content, the tokenizer and
-the reading settings: a second run with the same inputs reads the shard and never tokenizes.
+into one shard, `<cache_dir>/<key>.npz` (cache_dir any epath path too), whose key hashes the source's
+content, the tokenizer and the reading settings: a second run with the same inputs reads the shard and
+never tokenizes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from jaxmt.data.errors import DataError
-from jaxmt.paths import expand_path
+from jaxmt.paths import absolute, expand_path, open_text
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +108,9 @@ def split_sentences(paragraph: str) -> list[str]:
     return [(s + c).strip() for s, c in zip(sentences, closers) if (s + c).strip()]
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: str | os.PathLike) -> str:
     """'wikitext' if the first non-blank line is a ` = Title = ` line, else 'plain'."""
-    with open(path, encoding="utf-8-sig") as f:
+    with open_text(path) as f:
         for line in f:
             if line.strip():
                 return "wikitext" if _WIKITEXT_TITLE.match(line.rstrip("\n")) else "plain"
@@ -116,8 +119,9 @@ def detect_format(path: Path) -> str:
 
 def read_text_documents(path: str | os.PathLike, fmt: str = "auto", sentences: bool = True,
                         unk_token: str = "[UNK]") -> list[list[str]]:
-    """The documents of a local text file, each a list of sentences (or of lines, if not `sentences`)."""
-    path = Path(path)
+    """The documents of a text file (any epath path), each a list of sentences (or of lines, if not
+    `sentences`)."""
+    path = epath.Path(path)
     if fmt not in FORMATS:
         raise DataError(f"{path}: unknown corpus format {fmt!r}; expected one of {FORMATS}")
     if not path.is_file():
@@ -134,7 +138,7 @@ def read_text_documents(path: str | os.PathLike, fmt: str = "auto", sentences: b
         current = []
 
     try:
-        with open(path, encoding="utf-8-sig") as f:
+        with open_text(path) as f:
             for raw in f:
                 line = raw.rstrip("\n")
                 if fmt == "wikitext":
@@ -207,9 +211,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: epath.Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -221,20 +225,22 @@ def shard_key(source: dict, tokenizer_hash: str, settings: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def _read_shard(path: Path, source: str) -> TokenizedCorpus:
-    with np.load(path) as shard:
+def _read_shard(path: epath.Path, source: str) -> TokenizedCorpus:
+    with path.open("rb") as f, np.load(f) as shard:
         return TokenizedCorpus(tokens=shard["tokens"], sentence_starts=shard["sentence_starts"],
                                document_starts=shard["document_starts"], source=source)
 
 
-def _write_shard(path: Path, corpus: TokenizedCorpus) -> None:
-    """Written to a temporary file and renamed: a killed run never leaves a half shard behind."""
+def _write_shard(path: epath.Path, corpus: TokenizedCorpus) -> None:
+    """Written to a temporary file and renamed: a killed run never leaves a half shard behind. The archive is
+    built in memory: zipfile seeks back in what it writes, which an object store's upload stream cannot."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, tokens=corpus.tokens, sentence_starts=corpus.sentence_starts,
-                 document_starts=corpus.document_starts)
-    os.replace(tmp, path)
+    archive = io.BytesIO()
+    np.savez(archive, tokens=corpus.tokens, sentence_starts=corpus.sentence_starts,
+             document_starts=corpus.document_starts)
+    tmp.write_bytes(archive.getvalue())
+    tmp.replace(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +276,7 @@ def check_corpus_spec(spec: CorpusSpec) -> None:
         if not spec.files:
             raise ConfigError("config.data.files is empty: name at least one corpus text file")
         for name in spec.files:
-            if not Path(name).is_file():
+            if not epath.Path(name).is_file():
                 raise DataError(f"{name}: corpus file not found (config.data.files)")
     elif not spec.tfds_name:
         raise ConfigError("config.data.source = 'tfds' needs config.data.tfds_name (e.g. 'wikipedia/20230601.en')")
@@ -280,7 +286,7 @@ def _sources(spec: CorpusSpec) -> Iterable[tuple[str, dict, Any]]:
     """(name, identity for the cache key, reader) of each shard."""
     if spec.source == "files":
         for name in spec.files:
-            path = Path(name)
+            path = epath.Path(name)
             if not path.is_file():
                 raise DataError(f"{path}: corpus file not found (config.data.files)")
             identity = {"file": path.name, "sha256": _file_digest(path), "format": spec.format}
@@ -289,7 +295,7 @@ def _sources(spec: CorpusSpec) -> Iterable[tuple[str, dict, Any]]:
     else:
         name = f"tfds:{spec.tfds_name}[{spec.tfds_split}]"
         identity = {"tfds": spec.tfds_name, "split": spec.tfds_split, "field": spec.tfds_field,
-                    "data_dir": os.path.abspath(spec.tfds_data_dir) if spec.tfds_data_dir else ""}
+                    "data_dir": absolute(spec.tfds_data_dir) if spec.tfds_data_dir else ""}
         yield name, identity, lambda tokenizer: read_tfds_documents(
             spec.tfds_name, spec.tfds_split, spec.tfds_data_dir, spec.tfds_field, spec.split_sentences)
 
@@ -301,7 +307,8 @@ def load_corpus(spec: CorpusSpec, tokenizer: Any, cache_dir: str | os.PathLike |
     shards = []
     for name, identity, read in _sources(spec):
         shard_name = f"{shard_key(identity, tokenizer_hash, settings)}.npz"
-        shard_path = Path(expand_path(str(cache_dir), "config.data.cache_dir")) / shard_name if cache_dir else None
+        shard_path = (epath.Path(expand_path(str(cache_dir), "config.data.cache_dir")) / shard_name
+                      if cache_dir else None)
         if shard_path is not None and shard_path.is_file():
             log.info("%s: tokenized shard from the cache %s", name, shard_path)
             shards.append(_read_shard(shard_path, name))

@@ -1,12 +1,17 @@
-"""Probing results as a layer x task table (CSV and Markdown) and side-by-side heat maps (PNG)."""
+"""Probing results as a layer x task table (CSV and Markdown) and side-by-side heat maps (PNG), written to any
+`etils.epath` folder (gs://... too)."""
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Sequence
 
 import numpy as np
+from etils import epath
+
+from jaxmt.paths import save_figure
 
 Results = dict[str, dict[str, np.ndarray]]  # model -> task -> per-layer accuracy [layers]
 
@@ -17,7 +22,7 @@ def layer_names(num_layers: int) -> list[str]:
 
 def write_csv(path: str, results: Results, chance: dict[str, float]) -> None:
     """Long format: one row per (model, layer, task), plus each task's majority-class accuracy."""
-    with open(path, "w", newline="") as f:
+    with io.StringIO(newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["model", "layer", "layer_name", "task", "accuracy"])
         for model, by_task in results.items():
@@ -26,6 +31,7 @@ def write_csv(path: str, results: Results, chance: dict[str, float]) -> None:
                     writer.writerow([model, layer, name, task, f"{float(acc):.4f}"])
         for task, acc in chance.items():
             writer.writerow(["majority", "", "", task, f"{acc:.4f}"])
+        epath.Path(path).write_bytes(f.getvalue().encode())  # bytes: the csv module's \r\n kept as written
 
 
 def markdown_table(results: Results, chance: dict[str, float]) -> str:
@@ -70,19 +76,20 @@ def plot_heatmaps(path: str, results: Results, tasks: Sequence[str] | None = Non
             ax.text(c, r, f"{value:.0f}", ha="center", va="center", fontsize=7,
                     color="white" if value < (lo + hi) / 2 else "black")
     fig.colorbar(image, ax=axes[0].tolist(), label="test accuracy (%)")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
-def write_report(out_dir: str, results: Results, chance: dict[str, float], sizes: dict[str, dict[str, int]]) -> dict:
-    """results.csv, results.md and heatmap.png in `out_dir`; returns their paths."""
-    os.makedirs(out_dir, exist_ok=True)
+def write_report(out_dir: str, results: Results, chance: dict[str, float], sizes: dict[str, dict[str, int]],
+                 footer: str = "") -> dict:
+    """results.csv, results.md (`footer` after the tables) and heatmap.png in `out_dir`; returns their paths."""
+    epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
     paths = {k: os.path.join(out_dir, name) for k, name in (("csv", "results.csv"), ("markdown", "results.md"),
                                                            ("heatmap", "heatmap.png"))}
     write_csv(paths["csv"], results, chance)
     sizes_line = ", ".join(f"{t}: {s['train']} train / {s['test']} test, {s['classes']} classes"
                            for t, s in sizes.items())
-    with open(paths["markdown"], "w") as f:
-        f.write(f"## Probing accuracy (%) by layer\n\nExamples: {sizes_line}.\n\n{markdown_table(results, chance)}")
+    epath.Path(paths["markdown"]).write_text(
+        f"## Probing accuracy (%) by layer\n\nExamples: {sizes_line}.\n\n{markdown_table(results, chance)}{footer}")
     plot_heatmaps(paths["heatmap"], results)
     return paths

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from jaxmt.data.errors import DataError
-from jaxmt.paths import expand_path
+from jaxmt.paths import expand_path, open_text
 
 HEADING = re.compile(r"^\s*=.*=\s*$")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
@@ -55,7 +55,7 @@ def read_corpus_sentences(path: str, min_words: int = 5, max_words: int = 40) ->
     """
     path = expand_path(path, "--corpus")
     try:
-        with open(path, encoding="utf-8-sig") as f:
+        with open_text(path) as f:  # any epath path: gs://... too
             lines = f.read().splitlines()
     except FileNotFoundError:
         raise DataError(f"{path}: corpus file not found") from None
