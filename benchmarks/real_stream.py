@@ -26,6 +26,7 @@ evaluation); per setting the ratios packed/torch and packed/padded of examples/s
     python benchmarks/real_stream.py [--steps=100] [--rounds=5] [--torch_threads=2] [--no_torch] [--out=PATH]
     python benchmarks/real_stream.py --quick --no_torch   # smoke run: 6 steps, 2 rounds, 128 dev examples a task
     python benchmarks/real_stream.py --only=eval          # the evaluation runners alone (no train step compiled)
+    python benchmarks/real_stream.py --only=train --no_padded   # packed vs torch training only
 
 A relative --out is taken from the repository root; --quick writes benchmarks/results/real_stream_quick.json
 and --only=eval benchmarks/results/real_stream_eval_cpu_2core.json unless --out is given, so neither replaces
@@ -71,6 +72,7 @@ _STEPS = flags.DEFINE_integer("steps", 100, "Padded steps' worth of training exa
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating timing rounds (slices of each pass).")
 _EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", -1, "Keep the first N dev examples of each task (-1: all).")
 _NO_TORCH = flags.DEFINE_bool("no_torch", False, "Skip the PyTorch reference.")
+_NO_PADDED = flags.DEFINE_bool("no_padded", False, "Skip the jaxmt padded training runners (the slowest).")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the reference.")
 _MAX_LENGTH = flags.DEFINE_integer("max_length", 128, "data.max_length (truncation; pack_length is 128).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/real_stream_cpu_2core.json", "Where the JSON is written.")
@@ -233,7 +235,7 @@ def train_runners(label: str, surgery: str, pretrained, specs: dict, streams: di
                   use_torch: bool, schedule_steps: int, eval_examples: int) -> list[Timed]:
     """The packed, padded and torch runners of one step kind, each with its own state, warmed up."""
     runners = []
-    for kind in ("packed", "padded"):
+    for kind in ("packed",) if _NO_PADDED.value else ("packed", "padded"):
         config = bench_config(surgery, kind == "packed", schedule_steps, eval_examples)
         train = jaxmt_train(config, pretrained, specs, schedule_steps)
         heads = jax.device_get(train.state.params["heads"])  # before the first step donates the state
@@ -398,7 +400,7 @@ def main(argv: list[str]) -> None:
             "seed": base.seed, "eval_batch_size": base.eval_batch_size, "model.dtype": base.model.dtype,
             "optim": {k: base.optim[k] for k in ("learning_rate", "weight_decay", "warmup_fraction", "clip_norm")},
             "schedule_steps": schedule_steps, "steps": steps, "rounds": rounds, "quick": _QUICK.value,
-            "only": _ONLY.value,
+            "only": _ONLY.value, "train_padded": not _NO_PADDED.value,
             "dev_examples": {t: len(s.data) for t, s in dev.items()},
         },
         "stream": {
