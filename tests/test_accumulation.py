@@ -180,23 +180,16 @@ def test_multitask_packed_step_accumulated_equals_the_whole_batch(tiny_bert, tin
         assert {"grad_norm/sst", "grad_norm/para+sts"} <= whole_metrics.keys()
 
 
-def test_batches_that_do_not_split_and_the_gan_step_are_one_line_errors():
-    from configs import acgan, default
+def test_batches_that_do_not_split_are_one_line_errors():
+    from configs import default
     from jaxmt.config_checks import check_accumulation
     from jaxmt.errors import ConfigError
-    from jaxmt.gan.build import check_gan_config
 
     with pytest.raises(ConfigError, match=r"^config.tasks.sst.batch_size = 8 does not split into "
                                           r"config.optim.accumulation_steps = 3 micro-batches over 2 data-parallel"):
         check_accumulation(8, 3, 2, "tasks.sst.batch_size")
     check_accumulation(8, 2, 2, "batch_size")
-    assert default.get_config().optim.accumulation_steps == 1
-    config = acgan.get_config()
-    config.optim.accumulation_steps = 2
-    with pytest.raises(ConfigError, match="AC-GAN-BERT's step does not accumulate"):
-        check_gan_config(config)
-    config.gan.method = "baseline"
-    check_gan_config(config)
+    assert default.get_config().optim.accumulation_steps == 1  # the GAN's step: tests/test_gan_accumulation.py
 
 
 def test_the_multitask_trainer_runs_accumulated_packed_steps(tiny_bert_dir, tmp_path, caplog):

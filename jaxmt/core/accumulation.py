@@ -49,11 +49,25 @@ def micro_batches(batch: Any, steps: int, groups: int | None = None) -> Any:
     return jax.tree_util.tree_map(split, batch)
 
 
+def join_micro_batches(stacked: Any, steps: int) -> Any:
+    """The inverse of `micro_batches` (without `groups`): every leaf [steps, M, ...] -> [steps * M, ...] in the
+    batch's row order, for per-row outputs of the micro-batches (e.g. embeddings a later whole-batch loss reads)."""
+    def join(x: jax.Array) -> jax.Array:
+        return jnp.swapaxes(x, 0, 1).reshape((steps * x.shape[1],) + x.shape[2:])
+
+    return jax.tree_util.tree_map(join, stacked)
+
+
 def accumulate(grad_fn: Callable[[Any, Any, jax.Array], Any], params: Any, batch: Any, rng: jax.Array,
-               steps: int, split: Callable[[Any, int], Any] = micro_batches) -> Any:
+               steps: int, split: Callable[[Any, int], Any] = micro_batches,
+               join: Callable[[Any, int], Any] | None = None) -> Any:
     """The sum over `steps` micro-batches of `grad_fn(params, micro_batch, rng_j)` (any tree: gradients, loss
     shares, additive statistics), `rng_j` being `rng` folded with the micro-batch index j. `split(batch, steps)`
     gives the micro-batches stacked on a leading axis (`micro_batches`, or a step's own for packed batches).
+
+    With `join`, `grad_fn` returns a pair (summands, rows): the summands are summed as above, and the rows
+    (per-row outputs, not summable) come back as `join(stacked rows, steps)`, e.g. `join_micro_batches`, which puts
+    them in the batch's row order; the result is then the pair (sum, rows).
 
     `steps == 1` calls `grad_fn(params, batch, rng)` once, unchanged (no split, no fold), so a run without
     accumulation computes exactly what it did before accumulation existed.
@@ -62,11 +76,14 @@ def accumulate(grad_fn: Callable[[Any, Any, jax.Array], Any], params: Any, batch
         return grad_fn(params, batch, rng)
     stacked = split(batch, steps)
     first = jax.tree_util.tree_map(lambda x: x[0], stacked)
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, first, rng))
+    shapes = jax.eval_shape(grad_fn, params, first, rng)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes if join is None else shapes[0])
 
-    def add_micro_batch(total: Any, indexed: tuple[jax.Array, Any]) -> tuple[Any, None]:
+    def add_micro_batch(total: Any, indexed: tuple[jax.Array, Any]) -> tuple[Any, Any]:
         index, micro = indexed
-        return jax.tree_util.tree_map(jnp.add, total, grad_fn(params, micro, jax.random.fold_in(rng, index))), None
+        out = grad_fn(params, micro, jax.random.fold_in(rng, index))
+        summands, rows = (out, None) if join is None else out
+        return jax.tree_util.tree_map(jnp.add, total, summands), rows
 
-    total, _ = jax.lax.scan(add_micro_batch, zeros, (jnp.arange(steps), stacked))
-    return total
+    total, rows = jax.lax.scan(add_micro_batch, zeros, (jnp.arange(steps), stacked))
+    return total if join is None else (total, join(rows, steps))

@@ -48,10 +48,10 @@ def check_gan_config(config: ConfigDict) -> None:
                            ("labeled_copies", LABELED_COPIES)):
         if gan[field] not in allowed:
             raise ConfigError(f"config.gan.{field} = {gan[field]!r}; expected one of {allowed}")
-    if gan.method == "acgan" and config.optim.accumulation_steps != 1:
-        raise ConfigError(f"config.optim.accumulation_steps = {config.optim.accumulation_steps}: AC-GAN-BERT's step "
-                          "does not accumulate (G's feature matching compares whole-batch feature means, so a "
-                          "micro-batch's loss is no share of the batch's); use 1 (the baseline accumulates)")
+    if gan.method == "acgan" and gan.fake_batch_size % config.optim.accumulation_steps:
+        raise ConfigError(f"config.gan.fake_batch_size = {gan.fake_batch_size} does not split into "
+                          f"config.optim.accumulation_steps = {config.optim.accumulation_steps} micro-batches (each "
+                          "takes its share of the step's fakes): make it a multiple, or 0 (= the batch size)")
     if len(config.task_names) != 1:
         raise ConfigError(f"config.task_names = {tuple(config.task_names)}: a GAN run trains one classification "
                           "task, e.g. --config.task_names=sst")

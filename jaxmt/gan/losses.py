@@ -43,9 +43,32 @@ class LossWeights:
         return cls(**{name: float(value) for name, value in values.items()})
 
 
-def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+def masked_mean(values: jax.Array, mask: jax.Array, count: jax.Array | None = None) -> jax.Array:
+    """The mean of `values` over `mask`; with `count` (the mask's sum over a whole accumulated step) the share of
+    that step's mean these rows hold."""
     mask = mask.astype(jnp.float32)
-    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask) if count is None else count, 1.0)
+
+
+@flax.struct.dataclass
+class StepCounts:
+    """What D's loss terms and statistics divide by, counted once over the whole step's rows and fakes.
+
+    Under gradient accumulation a micro-batch's sums divided by these are its exact share of the step's means
+    (its own counts would not do: labeled rows, for one, fall unevenly into the micro-batches). They do not
+    depend on the params, so their gradients are nil either way."""
+
+    rows: jax.Array  # real rows, padding included (D's p_real statistics average over them)
+    real: jax.Array  # real rows (example_mask)
+    labeled: jax.Array  # labeled real rows (label_mask * example_mask)
+    fakes: jax.Array  # fakes
+    conditioned: jax.Array  # fakes conditioned on a class (not on "no label")
+
+    @classmethod
+    def of(cls, num_classes: int, label_mask: jax.Array, real_mask: jax.Array, fake_labels: jax.Array) -> StepCounts:
+        total = lambda mask: jnp.sum(mask.astype(jnp.float32))  # noqa: E731
+        return cls(rows=jnp.float32(real_mask.shape[0]), real=total(real_mask), labeled=total(label_mask * real_mask),
+                   fakes=jnp.float32(fake_labels.shape[0]), conditioned=total(fake_labels < num_classes))
 
 
 def class_cross_entropy(d: Discriminator, outputs: dict, labels: jax.Array) -> jax.Array:
@@ -53,26 +76,32 @@ def class_cross_entropy(d: Discriminator, outputs: dict, labels: jax.Array) -> j
     return optax.softmax_cross_entropy_with_integer_labels(d.class_logits(outputs), labels.astype(jnp.int32))
 
 
-def fake_class_loss(d: Discriminator, fake_out: dict, fake_labels: jax.Array) -> jax.Array:
+def fake_class_loss(d: Discriminator, fake_out: dict, fake_labels: jax.Array,
+                    count: jax.Array | None = None) -> jax.Array:
     """Mean K-way cross-entropy of the fakes for their conditioning labels, over the fakes conditioned on a class
-    (a fake conditioned on "no label", label K, has no class to be judged by)."""
+    (a fake conditioned on "no label", label K, has no class to be judged by); `count` as in `masked_mean`."""
     conditioned = fake_labels < d.num_classes
-    return masked_mean(class_cross_entropy(d, fake_out, jnp.where(conditioned, fake_labels, 0)), conditioned)
+    return masked_mean(class_cross_entropy(d, fake_out, jnp.where(conditioned, fake_labels, 0)), conditioned, count)
 
 
 def discriminator_losses(d: Discriminator, real_out: dict, fake_out: dict, labels: jax.Array,
                          label_mask: jax.Array, real_mask: jax.Array, fake_labels: jax.Array,
-                         w: LossWeights) -> tuple[jax.Array, dict]:
+                         w: LossWeights, counts: StepCounts | None = None) -> tuple[jax.Array, dict]:
     """D's total loss and its terms: supervised CE on labeled real rows, real-vs-fake on every real row
-    (`real_mask`) and every fake, and, for the acgan form, the class loss of the fakes."""
-    sup = masked_mean(class_cross_entropy(d, real_out, labels), label_mask * real_mask)
+    (`real_mask`) and every fake, and, for the acgan form, the class loss of the fakes.
+
+    Every term is a sum over rows divided by a count, so with the whole step's `counts` (default: these rows'
+    own) the loss of a micro-batch's rows and fakes is its share of the step's, and the shares sum to it."""
+    if counts is None:
+        counts = StepCounts.of(d.num_classes, label_mask, real_mask, fake_labels)
+    sup = masked_mean(class_cross_entropy(d, real_out, labels), label_mask * real_mask, counts.labeled)
     log_real, _ = d.log_real_and_fake(real_out)
     _, log_fake = d.log_real_and_fake(fake_out)
-    unsup = -masked_mean(log_real, real_mask) - jnp.mean(log_fake)
+    unsup = -masked_mean(log_real, real_mask, counts.real) - jnp.sum(log_fake) / counts.fakes
     terms = {"supervised": sup, "unsupervised": unsup}
     total = w.d_supervised * sup + w.d_unsupervised * unsup
     if d.form == ACGAN:
-        terms["fake_class"] = fake_class_loss(d, fake_out, fake_labels)
+        terms["fake_class"] = fake_class_loss(d, fake_out, fake_labels, counts.conditioned)
         total = total + w.d_fake_class * terms["fake_class"]
     return total, terms
 

@@ -4,6 +4,23 @@ D's loss is a function of the encoder+D params alone (the fakes enter as constan
 `stop_gradient`), G's loss of G's params alone (D's params and the real embeddings enter as
 constants), and each is differentiated only with respect to its own params and updated by its own
 optax optimizer. So no term of G's loss can move D or the encoder, nor any term of D's loss G.
+
+Gradient accumulation (`optim.accumulation_steps = k`) is exact, and costs no extra pass of the encoder:
+
+- D's loss (and its statistics) is a sum over rows and fakes divided by counts (`StepCounts`). Divided by the
+  whole step's counts, each micro-batch's loss (its real rows and its 1/k of the step's fakes) is its share of
+  the step's loss, so the summed gradients are the whole batch's (`jaxmt.core.accumulation`). Only D's pass
+  runs the encoder, one micro-batch at a time, forward and backward, as any accumulated step does.
+- G's loss is not such a sum: feature matching compares whole-batch means (real vs fake D features, per class
+  too), a nonlinear function of them, so a sum of micro-batch gradients would not be the batch's. But the
+  encoder's embeddings enter G's loss as constants (no gradient reaches the encoder or D), and the rest of it
+  is two small MLPs (G, D) over B real embeddings and F fakes. So the micro-batches' embeddings, which D's pass
+  computes anyway, are kept ([B, D] floats: the step's rows in order) and G's loss runs once over the whole
+  step, exactly as without accumulation: no linearization, no second pass.
+
+The fakes D sees are G's for the whole step, drawn once before the micro-batches and split among them; the
+step's noise and G's dropout are then those of k = 1. What differs with k > 1 is only the dropout masks of
+the encoder and of D's pass over real rows (drawn per micro-batch, as in every accumulated trainer).
 """
 
 from __future__ import annotations
@@ -18,8 +35,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from jaxmt.core.accumulation import accumulate, join_micro_batches
 from jaxmt.core.state import TrainState, guard, is_finite
-from jaxmt.gan.losses import LossWeights, discriminator_losses, generator_losses
+from jaxmt.gan.losses import LossWeights, StepCounts, discriminator_losses, generator_losses, masked_mean
 from jaxmt.gan.networks import Discriminator, Generator
 from jaxmt.models.multitask import MultitaskModel
 from jaxmt.parallel.mesh import batch_sharding, replicated
@@ -88,22 +106,39 @@ class GanModel:
         tail = lambda x: x[b:]  # noqa: E731
         return (jax.tree_util.tree_map(head, out), feats[:b]), (jax.tree_util.tree_map(tail, out), feats[b:])
 
+    def d_fakes(self, g_params: dict, batch: dict, rng: jax.Array, noise_rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The fakes D's loss reads (constants: G's output behind `stop_gradient`) and their labels, for the rows
+        of `batch`; `rng` is D's (`d_loss`'s), of which the second split is G's dropout here."""
+        _, g_rng, _ = jax.random.split(rng, 3)
+        noise, fake_labels = self.fake_inputs(noise_rng, batch)
+        fake = self.generator(g_params, noise, fake_labels, g_rng, deterministic=False)
+        return jax.lax.stop_gradient(fake), fake_labels
+
+    def step_counts(self, batch: dict, fake_labels: jax.Array) -> StepCounts:
+        return StepCounts.of(self.discriminator.num_classes, batch["label_mask"], batch["example_mask"], fake_labels)
+
     def d_loss(self, d_params: dict, g_params: dict, batch: dict, rng: jax.Array, noise_rng: jax.Array):
         """D's loss; differentiable in `d_params` only (G's output is a constant here)."""
-        enc_rng, g_rng, d_rng = jax.random.split(rng, 3)
+        fake, fake_labels = self.d_fakes(g_params, batch, rng, noise_rng)
+        return self.d_loss_share(d_params, batch, fake, fake_labels, rng, self.step_counts(batch, fake_labels))
+
+    def d_loss_share(self, d_params: dict, batch: dict, fake: jax.Array, fake_labels: jax.Array, rng: jax.Array,
+                     counts: StepCounts):
+        """D's loss over these real rows and fakes as their share of a step with `counts` (all of it when they are
+        the whole step), its terms and statistics likewise; aux 'real' holds the rows' embeddings [B, D]."""
+        enc_rng, _, d_rng = jax.random.split(rng, 3)
         real = self.real_embeddings(d_params, batch, enc_rng, deterministic=False)
-        noise, fake_labels = self.fake_inputs(noise_rng, batch)
-        fake = jax.lax.stop_gradient(self.generator(g_params, noise, fake_labels, g_rng, deterministic=False))
         (real_out, _), (fake_out, _) = self._discriminate(d_params, real, fake, d_rng)
         total, terms = discriminator_losses(self.discriminator, real_out, fake_out, batch["labels"],
-                                            batch["label_mask"], batch["example_mask"], fake_labels, self.weights)
+                                            batch["label_mask"], batch["example_mask"], fake_labels, self.weights,
+                                            counts)
         log_real_on_real, _ = self.discriminator.log_real_and_fake(real_out)
         log_real_on_fake, _ = self.discriminator.log_real_and_fake(fake_out)
         correct = jnp.argmax(self.discriminator.class_logits(real_out), -1) == batch["labels"]
-        mask = batch["label_mask"] * batch["example_mask"]
-        stats = {"p_real_on_real": jnp.mean(jnp.exp(log_real_on_real)),
-                 "p_real_on_fake": jnp.mean(jnp.exp(log_real_on_fake)),
-                 "labeled_accuracy": jnp.sum(correct * mask) / jnp.maximum(jnp.sum(mask), 1.0)}
+        stats = {"p_real_on_real": jnp.sum(jnp.exp(log_real_on_real)) / counts.rows,
+                 "p_real_on_fake": jnp.sum(jnp.exp(log_real_on_fake)) / counts.fakes,
+                 "labeled_accuracy": masked_mean(correct, batch["label_mask"] * batch["example_mask"],
+                                                 counts.labeled)}
         return total, {"terms": terms, "stats": stats, "real": real}
 
     def g_loss(self, g_params: dict, d_params: dict, real: jax.Array, batch: dict, rng: jax.Array,
@@ -127,12 +162,14 @@ def init_gan_state(gan: GanModel, d_tx: optax.GradientTransformation, g_tx: opta
 
 
 def make_gan_step(gan: GanModel, d_tx: optax.GradientTransformation, g_tx: optax.GradientTransformation,
-                  update: str = "simultaneous") -> Callable:
+                  update: str = "simultaneous", accumulation_steps: int = 1) -> Callable:
     """Returns `gan_step(state, batch, rng) -> (state, metrics)`.
 
     'simultaneous': both losses are taken at the step's starting params. 'alternating': D is
     updated first and G's loss reads the updated D (on the same real embeddings and noise).
     A non-finite loss or gradient leaves both states as they were and sets metrics['nonfinite'].
+    `accumulation_steps` = k > 1 runs D's pass as k micro-batches of the batch's rows and fakes and G's loss
+    once over the whole step (the module's docstring: why that is the whole batch's update).
     """
     if update not in UPDATES:
         raise ValueError(f"gan.update_order must be one of {UPDATES}, got {update!r}")
@@ -140,12 +177,22 @@ def make_gan_step(gan: GanModel, d_tx: optax.GradientTransformation, g_tx: optax
     def gan_step(state: GanState, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.d.step)
         d_rng, g_rng, noise_rng = jax.random.split(rng, 3)
-        (d_total, d_aux), d_grads = jax.value_and_grad(gan.d_loss, has_aux=True)(
-            state.d.params, state.g.params, batch, d_rng, noise_rng)
+        fake, fake_labels = gan.d_fakes(state.g.params, batch, d_rng, noise_rng)
+        counts = gan.step_counts(batch, fake_labels)
+
+        def d_share(d_params, micro, micro_rng):
+            """(D's loss share with its terms and statistics, its gradient), and the micro-batch's embeddings."""
+            micro_batch, micro_fake, micro_fake_labels = micro
+            (total, aux), grads = jax.value_and_grad(gan.d_loss_share, has_aux=True)(
+                d_params, micro_batch, micro_fake, micro_fake_labels, micro_rng, counts)
+            return (total, {"terms": aux["terms"], "stats": aux["stats"]}, grads), aux["real"]
+
+        (d_total, d_aux, d_grads), real = accumulate(d_share, state.d.params, (batch, fake, fake_labels), d_rng,
+                                                     accumulation_steps, join=join_micro_batches)
         new_d = state.d.apply_gradients(d_grads, d_tx)
         d_for_g = new_d.params if update == "alternating" else state.d.params
         (g_total, g_aux), g_grads = jax.value_and_grad(gan.g_loss, has_aux=True)(
-            state.g.params, d_for_g, d_aux["real"], batch, g_rng, noise_rng)
+            state.g.params, d_for_g, real, batch, g_rng, noise_rng)
         new_g = state.g.apply_gradients(g_grads, g_tx)
 
         d_norm, g_norm = optax.global_norm(d_grads), optax.global_norm(g_grads)
@@ -168,9 +215,9 @@ def gan_state_shardings(abstract_state: GanState, mesh: Mesh) -> GanState:
 
 
 def jit_gan_step(gan: GanModel, d_tx: optax.GradientTransformation, g_tx: optax.GradientTransformation,
-                 update: str, mesh: Mesh, state_sharding: Any) -> Callable:
+                 update: str, mesh: Mesh, state_sharding: Any, accumulation_steps: int = 1) -> Callable:
     """The step jitted over the mesh: batch split over the data axes, state donated and kept in place."""
-    return jax.jit(make_gan_step(gan, d_tx, g_tx, update),
+    return jax.jit(make_gan_step(gan, d_tx, g_tx, update, accumulation_steps),
                    in_shardings=(state_sharding, batch_sharding(mesh), replicated(mesh)),
                    out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,))
 

@@ -78,7 +78,8 @@ def train_gan(config: ConfigDict, workdir: str, data: GanData | None = None) -> 
     init = lambda p: init_gan_state(gan, d_tx, g_tx, init_rng, p)  # noqa: E731
     abstract = jax.eval_shape(init, data.pretrained.params)
     shardings = gan_state_shardings(abstract, mesh)
-    step_fn = jit_gan_step(gan, d_tx, g_tx, config.gan.update_order, mesh, shardings)
+    step_fn = jit_gan_step(gan, d_tx, g_tx, config.gan.update_order, mesh, shardings,
+                           config.optim.accumulation_steps)
     embed, classify, generate = make_eval_fns(gan, mesh)
     sampler = build_sampler(config, len(data.train.data), data.labeled, config.tasks[name].batch_size)
     log.info("%sAC-GAN-BERT on %s: %.1f labeled rows per batch of %d (labeled_copies=%s), %s, %d steps", tag,
