@@ -25,7 +25,7 @@ from jaxmt.data.sources import load_splits
 from jaxmt.inference import read_run, restore_run
 from jaxmt.paths import expand_path
 from jaxmt.training import setup
-from jaxmt.training.evaluation import Predictor
+from jaxmt.training.evaluation import Predictor, run_eval_packing
 from jaxmt.training.faults import user_facing_errors
 
 # The column names the CS224N starter writes (evaluation.py, test_model_multitask), its
@@ -74,7 +74,7 @@ def evaluate_workdir(workdir: str, split: str = "dev", checkpoint: str = "best",
     run = restore_run(config, workdir, checkpoint, specs)
     encoded = setup.encode_splits(config, data, run.tokenizer)
     predictor = Predictor(run.model, run.mesh, config.eval_batch_size, config.data.buckets,
-                          run.tokenizer.pad_token_id)
+                          run.tokenizer.pad_token_id, run_eval_packing(config, encoded, run.mesh))
     metrics, predictions = predictor.evaluate(run.params, encoded)
     output_dir = output_dir or os.path.join(workdir, "predictions")
     epath.Path(output_dir).mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,6 @@ from jaxmt.checkpointing.manager import Checkpoints, abstract_like
 from jaxmt.checkpointing.workdir import read_run_config
 from jaxmt.config_checks import check_ranges
 from jaxmt.data.errors import DataError
-from jaxmt.data.eval_batches import eval_packing, sized_eval_batches
-from jaxmt.data.sampling import eval_batches
 from jaxmt.data.schema import BINARY, CLASSIFICATION, TaskData, TaskSpec
 from jaxmt.data.sources import task_specs
 from jaxmt.data.tokenization import encode_split
@@ -31,8 +29,9 @@ from jaxmt.errors import ConfigError
 from jaxmt.models.hf_checkpoint import SENTENCE_POOLINGS, save_hf_model
 from jaxmt.models.multitask import MultitaskModel
 from jaxmt.models.pretrained import load_pretrained
-from jaxmt.parallel.mesh import batch_sharding, data_parallel_size, make_mesh, replicated
+from jaxmt.parallel.mesh import make_mesh
 from jaxmt.training import setup
+from jaxmt.training.evaluation import Predictor, run_eval_packing
 from jaxmt.training.losses import predict as metric_prediction
 
 
@@ -99,13 +98,9 @@ class TrainedModel:
         self.run = restore_run(self.config, workdir, checkpoint, self.specs)
         self.step = self.run.step
         self.is_demo = self.config.data.source == "demo"
-        model, mesh = self.run.model, self.run.mesh
-        self._steps = {
-            task: jax.jit(lambda params, batch, task=task: readable_scores(
-                model.specs[task], model.outputs(params, task, batch, deterministic=True)),
-                in_shardings=(None, batch_sharding(mesh)), out_shardings=replicated(mesh))
-            for task in self.specs
-        }
+        self._predictor = Predictor(self.run.model, self.run.mesh, self.config.eval_batch_size,
+                                    self.config.data.buckets, self.run.tokenizer.pad_token_id,
+                                    run_eval_packing(self.config, self.specs, self.run.mesh), readable_scores)
 
     def predict(self, task: str, texts: Sequence[str], texts_b: Sequence[str] | None = None) -> np.ndarray:
         """Scores for each sentence of `texts` (single-sentence tasks) or pair (`texts[i]`, `texts_b[i]`):
@@ -114,24 +109,13 @@ class TrainedModel:
         texts_a = [str(t).strip() for t in texts]
         pair_b = None if texts_b is None else [str(t).strip() for t in texts_b]
         check_texts(spec, texts_a, pair_b)
-        width = (spec.num_classes,) if spec.kind == CLASSIFICATION else ()
-        out = np.zeros((len(texts_a), *width), np.float32)
         if not texts_a:
-            return out
+            return np.zeros((0, spec.num_classes) if spec.kind == CLASSIFICATION else 0, np.float32)
         data = TaskData(spec=spec, split="predict", source="input", ids=[str(i) for i in range(len(texts_a))],
                         text_a=texts_a, text_b=pair_b, labels=None)
         encoded = encode_split(data, self.run.tokenizer, self.config.data.max_length,
                                setup.pair_mode(self.config, task))
-        sharding, pad_id, data = batch_sharding(self.run.mesh), self.run.tokenizer.pad_token_id, self.config.data
-        if data.get("packing", False):  # rows sized to the sentences, as the run's dev evaluation packs them
-            packing = eval_packing(data.pack_length, data_parallel_size(self.run.mesh))
-            batches = sized_eval_batches(encoded, packing, pad_id)
-        else:
-            batches = eval_batches(encoded, self.config.eval_batch_size, data.buckets, pad_id)
-        for idx, batch in batches:
-            scores = self._steps[task](self.run.params, jax.device_put(batch, sharding))
-            out[idx] = np.asarray(jax.device_get(scores), np.float32)[batch["example_mask"] > 0]
-        return out
+        return self._predictor.predict(self.run.params, task, encoded).astype(np.float32)
 
     def task_spec(self, task: str) -> TaskSpec:
         return run_task_spec(self.specs, task)

@@ -97,6 +97,34 @@ def test_trained_model_predicts_what_the_dev_evaluation_scores(trained_model, pa
     assert trained_model.predict("sst", []).shape == (0, 5)
 
 
+def test_evaluate_runs_the_trainers_sized_rows_and_predicts_what_the_padded_path_does(paper_a_run, tmp_path,
+                                                                                      monkeypatch):
+    """`jaxmt.evaluate` packs a packing run's dev sets into sized rows through the trainer's Predictor (the
+    batches come from `sized_eval_batches`), scores the trainer's last evaluation, and its prediction files hold
+    the padded path's predictions (sst, para: equal; sts: within float32 rounding)."""
+    from jaxmt.data.sources import load_splits, task_specs
+    from jaxmt.evaluate import evaluate_workdir
+    from jaxmt.inference import restore_run
+    from jaxmt.training import evaluation
+
+    workdir, config, results = paper_a_run
+    packed_calls = []
+    sized = evaluation.sized_eval_batches
+    monkeypatch.setattr(evaluation, "sized_eval_batches",
+                        lambda split, *a: packed_calls.append(split.data.spec.name) or sized(split, *a))
+    out = evaluate_workdir(workdir, split="dev", checkpoint="latest", output_dir=str(tmp_path / "pred"))
+    assert config.data.packing and sorted(packed_calls) == ["para", "sst", "sts"]
+    assert out["metrics"] == pytest.approx(results["dev"], abs=1e-6)
+    specs = task_specs(config)
+    run = restore_run(config, workdir, "latest", specs)
+    splits = setup.encode_splits(config, load_splits(config, specs, "dev"), run.tokenizer)
+    padded = Predictor(run.model, run.mesh, config.eval_batch_size, config.data.buckets, run.tokenizer.pad_token_id)
+    for task, split in splits.items():
+        with open(out["prediction_files"][task]) as f:
+            written = np.asarray([float(line.split(" , ")[1]) for line in f.readlines()[1:]])
+        np.testing.assert_allclose(written, padded.predict(run.params, task, split), rtol=0, atol=1e-5)
+
+
 def test_trained_model_refuses_inputs_that_do_not_fit_the_task(trained_model):
     with pytest.raises(ConfigError, match="task 'nli': this run trained para, sst, sts"):
         trained_model.predict("nli", ["a"])

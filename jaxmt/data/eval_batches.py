@@ -1,13 +1,19 @@
 """Evaluation batches packed into rows sized to their examples: a few compiled shapes, little padding, short
 attention blocks.
 
-Training packs into `pack_length`-token rows (128) because a step's examples are a random draw. Evaluation
-sees the whole split at once, so it can sort: each example goes to the one of a few row lengths (32, 64, 128
-for pack_length 128) whose rows examples of its size fill best (`row_choice`), and each length's examples,
-shortest first, are packed into batches of about `tokens` tokens (`tokens / length` rows) with up to
-`max_examples` examples. Attention blocks are then mostly 32 x 32 or 64 x 64 instead of 128 x 128, as in a
-length-sorted, dynamically padded PyTorch pass, with one compiled shape per row length and task instead of one
-per batch. Within a length the packing is `jaxmt.data.packing`'s own (`packed_eval_batches`).
+Training packs a random draw into `pack_length`-token rows (128). Evaluation sees the whole split at once, so it
+can sort: each example goes to the one of a few row lengths (32, 64, 128 for pack_length 128) whose rows
+examples of its size fill best (`row_choice`), and each length's examples are packed first fit decreasing
+(longest first; a shorter one fills the room a longer one leaves) into batches of about `tokens` tokens
+(`tokens / length` rows a batch) with up to `max_examples` examples. A length's last batch, part full, takes
+half or a quarter of the rows when its examples fit them (`RUNGS`). Attention blocks are then mostly 32 x 32 or
+64 x 64 instead of 128 x 128, as in a length-sorted, dynamically padded PyTorch pass, with a few compiled shapes
+per row length and task instead of one per batch.
+
+Why not `jaxmt.data.packing`'s training placement: a training draw is packed in stream order, a group's
+examples fixed by the step; here any example may go into any batch, which is what lets the shorter ones fill
+the gaps of the longer ones (0.85 of the computed tokens real on the CS224N dev sets, 0.81 filling rows in
+length order).
 """
 
 from __future__ import annotations
@@ -17,14 +23,14 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from jaxmt.data.packing import PackLayout, packed_eval_batches
+from jaxmt.data.packing import PackLayout, Placement, concat_groups, pack_group
 from jaxmt.data.tokenization import EncodedSplit
 
 # A batch of 2,048 tokens (about 70 CS224N dev sentences, as many as PyTorch's batches of 64) and up to 256
-# examples: on the CS224N dev sets 0.81 of the tokens computed are real, 0.75 with 4,096 (each row length's last,
-# part-full batch costs more), 0.61 padded to the 32/64/128 buckets (docs/performance.md).
+# examples (docs/performance.md, "Evaluation: rows sized to the examples").
 BATCH_TOKENS = 2048
 MAX_EXAMPLES = 256
+RUNGS = 3  # a length's last batch may take 1/2 or 1/4 of the rows: at most 3 shapes a row length and task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,17 +70,65 @@ def row_choice(sizes: np.ndarray, row_lengths: tuple[int, ...]) -> np.ndarray:
     return np.argmax(filled - 1e-9 * np.arange(lengths.shape[1]), axis=1)  # ties: the shortest row
 
 
-def _subset(split: EncodedSplit, indices: np.ndarray) -> EncodedSplit:
-    rows = indices.tolist()
-    return EncodedSplit(data=split.data.subset(rows), input_ids=[split.input_ids[i] for i in rows],
-                        token_type_ids=[split.token_type_ids[i] for i in rows], num_truncated=0)
+def fill_group(split: EncodedSplit, pending: list[int], layout: PackLayout) -> tuple[Placement, list[int]]:
+    """First fit decreasing of the examples `pending` (indices, longest first) into one group's empty rows, at
+    most `layout.max_examples` of them: (their placement in slot order, the indices left, still longest first).
+
+    Each sequence goes to the first row with room, so the rows used are always the first ones."""
+    free = np.full(layout.rows, layout.length, np.int64)
+    placed: Placement = []
+    left: list[int] = []
+    for index in pending:
+        sizes = [len(q) for q in split.input_ids[index]]
+        if len(placed) == layout.max_examples or max(sizes) > free.max():
+            left.append(index)
+            continue
+        trial, spots = free.copy(), []
+        for size in sizes:
+            row = int(np.argmax(trial >= size))
+            if trial[row] < size:
+                break
+            spots.append((row, layout.length - int(trial[row])))
+            trial[row] -= size
+        if len(spots) == len(sizes):
+            free = trial
+            placed.append((index, spots))
+        else:
+            left.append(index)
+    return placed, left
+
+
+def _rows_used(placement: Placement) -> int:
+    return 1 + max((row for _, spots in placement for row, _ in spots), default=0)
+
+
+def length_batches(split: EncodedSplit, indices: np.ndarray, layout: PackLayout,
+                   pad_id: int) -> Iterator[tuple[np.ndarray, dict]]:
+    """Yields (indices, packed batch) covering the examples at `indices` once, in batches of `layout` filled
+    group by group (`fill_group`); a batch whose examples fit the first half or quarter of every group's rows
+    gets that many rows (`RUNGS`)."""
+    pending = sorted((int(i) for i in indices), key=lambda i: -sum(len(q) for q in split.input_ids[i]))
+    while pending:
+        groups = []
+        for _ in range(layout.groups):
+            placement, pending = fill_group(split, pending, layout)
+            groups.append(placement)
+        if not any(groups):
+            raise ValueError(f"an example of {split.data.spec.name} does not fit {layout}")
+        rows, used = layout.rows, max(_rows_used(g) for g in groups)
+        for _ in range(RUNGS - 1):
+            if used <= rows // 2 and rows // 2 >= split.num_sequences:
+                rows //= 2
+        sized = dataclasses.replace(layout, rows=rows)
+        yield (np.asarray([i for g in groups for i, _ in g], np.int64),
+               concat_groups([pack_group(split, g, sized, pad_id) for g in groups]))
 
 
 def sized_eval_batches(split: EncodedSplit, packing: EvalPacking, pad_id: int) -> Iterator[tuple[np.ndarray, dict]]:
-    """Yields (indices into `split`, packed batch) covering every example once: each row length's examples,
-    shortest first, in batches of `packing.layout(length)`; the indices are those of the batch's example slots
-    with `example_mask > 0`, in slot order (`packed_eval_batches`). An example longer than every row (a siamese
-    pair of two long sentences) goes to the longest rows, which hold it as training rows of that length do."""
+    """Yields (indices into `split`, packed batch) covering every example once: each row length's examples in
+    batches of `packing.layout(length)` (`length_batches`); the indices are those of the batch's example slots
+    with `example_mask > 0`, in slot order. An example longer than every row (a siamese pair of two long
+    sentences) goes to the longest rows, which hold it as training rows of that length do."""
     longest = packing.row_lengths[-1]
     if len(split.data) and int(split.lengths.max()) > longest:
         raise ValueError(f"a sequence of {int(split.lengths.max())} tokens does not fit the longest evaluation row "
@@ -83,6 +137,4 @@ def sized_eval_batches(split: EncodedSplit, packing: EvalPacking, pad_id: int) -
     for k, length in enumerate(packing.row_lengths):
         members = np.flatnonzero(which == k)
         if len(members):
-            layout = packing.layout(length, split.num_sequences)
-            for idx, batch in packed_eval_batches(_subset(split, members), layout, pad_id):
-                yield members[idx], batch
+            yield from length_batches(split, members, packing.layout(length, split.num_sequences), pad_id)

@@ -154,10 +154,11 @@ def multitask_step_runner(config: ConfigDict, mesh: Mesh, model: MultitaskModel,
         state_sharding)
 
 
-def make_predict_step(model: MultitaskModel, task: str) -> Callable:
-    """Returns `predict_step(params, batch) -> predictions [B]` for one task (no dropout)."""
+def make_predict_step(model: MultitaskModel, task: str, readout: Callable = predict) -> Callable:
+    """Returns `predict_step(params, batch) -> readout(spec, outputs)` for one task (no dropout): by default the
+    predictions [B] the dev metric scores."""
 
     def predict_step(params: dict, batch: dict) -> jax.Array:
-        return predict(model.specs[task], model.outputs(params, task, batch, deterministic=True))
+        return readout(model.specs[task], model.outputs(params, task, batch, deterministic=True))
 
     return predict_step

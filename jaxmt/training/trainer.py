@@ -24,7 +24,7 @@ from jaxmt.parallel.mesh import data_parallel_size, make_mesh
 from jaxmt.parallel.sharding_rules import check_heads
 from jaxmt.parallel.state_sharding import encoder_shardings
 from jaxmt.training import loop, setup
-from jaxmt.training.evaluation import Predictor
+from jaxmt.training.evaluation import Predictor, run_eval_packing
 from jaxmt.training.optimizer import make_optimizer
 from jaxmt.training.step import init_state, multitask_step_runner
 
@@ -147,10 +147,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     encoder = pretrained.params
     del pretrained
 
-    sampler, eval_layouts = make_sampler(config, train_split, dev_split, data_parallel_size(mesh))
+    sampler, _ = make_sampler(config, train_split, dev_split, data_parallel_size(mesh))
     dropped = packing_drops(sampler, config.num_steps)
     predictor = Predictor(model, mesh, config.eval_batch_size, config.data.buckets, tokenizer.pad_token_id,
-                          eval_layouts)
+                          run_eval_packing(config, dev_split, mesh))  # as jaxmt.evaluate and TrainedModel
     gradient_names = [setup.group_label(g) for g in groups]
     block = train_step_batches(train_split, sampler, 0, config.data.buckets, tokenizer.pad_token_id, runner.block)
     log.info("process %d builds block %d of %d of each batch: %s", jax.process_index(), *runner.block,
