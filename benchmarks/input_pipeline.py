@@ -19,6 +19,8 @@ batches of the three tasks, handed to the device (`put_host`).
     `Program.batch` builds them before `put_host`), in the consuming thread. Beside steps/s (wall clock), each
     mode but grain_processes has steps_per_cpu_s: steps a second of this process's CPU time (all its threads),
     what it delivers from a free core when the machine is shared (wall-clock rates then measure the load too).
+Also the packing's density over the same steps (placements only): each task's rows a group, examples trained a
+draw, tokens computed (the rows) and real a trained example, and the share of drawn examples dropped.
 (b) A real training run: `train_and_evaluate` for --train_steps steps with data.prefetch=--prefetch and with 0, the
     loop's wait for each step's batch (`Outcome.input_wait_seconds`) at steady state (from step 3: the first step
     compiles) and the step time.
@@ -52,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import environment, write_result  # noqa: E402
 from configs import pcgrad  # noqa: E402
-from jaxmt.data.packing import train_step_batches  # noqa: E402
+from jaxmt.data.packing import PackedTaskSampler, example_tokens, train_step_batches  # noqa: E402
 from jaxmt.data.prefetch import Prefetcher  # noqa: E402
 from jaxmt.data.sources import load_splits, task_specs  # noqa: E402
 from jaxmt.models.pretrained import load_pretrained  # noqa: E402
@@ -134,6 +136,28 @@ def host_part(config: ConfigDict) -> Callable[[int], dict]:
     sampler, _ = make_sampler(config, splits, {}, data_parallel_size(make_mesh(config.mesh.axes, config.mesh.shape)))
     return functools.partial(host_batches, splits=splits, sampler=sampler, buckets=config.data.buckets,
                              pad_id=tokenizer.pad_token_id)
+
+
+def packing_density(sampler: PackedTaskSampler, steps: int) -> dict:
+    """Per task over `steps` steps: rows a group, examples trained a draw, tokens computed (its rows) and real a
+    trained example, and the share of drawn examples dropped (placements only, no arrays built)."""
+    out = {}
+    for task, split in sampler.splits.items():
+        layout, tokens = sampler.layouts[task], example_tokens(split)
+        draws = [s for s in range(steps) if task in sampler.tasks_at(s)]
+        trained = [sampler.indices(task, s) for s in draws]
+        examples = sum(len(t) for t in trained)
+        out[task] = {"layout": f"{layout.groups}x{layout.rows}x{layout.length}",
+                     "examples_per_draw": round(examples / len(draws), 3),
+                     "computed_tokens_per_example": round(len(draws) * layout.array_rows * layout.length / examples, 2),
+                     "real_tokens_per_example": round(sum(int(tokens[t].sum()) for t in trained) / examples, 2),
+                     "dropped_share": round(sum(sampler.dropped(task, s) for s in draws)
+                                            / (len(draws) * sampler.batch_sizes[task]), 4)}
+    if sampler.mode == "all":  # every task every step: a step's tokens over its examples
+        tokens = sum(v.array_rows * v.length for v in sampler.layouts.values())
+        examples = sum(out[t]["examples_per_draw"] for t in sampler.tasks)
+        out["step_computed_tokens_per_example"] = round(tokens / examples, 2)
+    return out
 
 
 def consume(batches: Iterator) -> int:
@@ -266,6 +290,7 @@ def main(argv: list[str]) -> None:
     example = jax.device_get(program.batch(0))
     stream = {t: {"shape": list(b["input_ids"].shape), "examples": int(b["example_mask"].sum())}
               for t, b in example.items()}
+    density = packing_density(host.keywords["sampler"], steps)
     pipeline = pipeline_rates(program, host, steps, rounds, depth, FLAGS.grain)
     print("input_pipeline: pipeline modes timed", file=sys.stderr)
     result = {
@@ -279,6 +304,7 @@ def main(argv: list[str]) -> None:
         "method": "(a) each mode delivers the same steps' batches in a round, blocking on each batch's device arrays; "
                   "modes alternate round by round in one process; medians of steps/s over rounds. (b) the loop's "
                   f"wait for each step's batch (Outcome.input_wait_seconds) from step {STEADY_FROM + 1} on",
+        "packing": density,
         "pipeline": pipeline,
     }
     if train_steps:

@@ -55,7 +55,7 @@ from benchmarks import torch_reference as ref  # noqa: E402
 from benchmarks.common import JaxmtTrain, environment, jaxmt_train, torch_info, train_run, write_result  # noqa: E402
 from configs import pcgrad  # noqa: E402
 from jaxmt.data.eval_batches import EvalPacking, eval_packing, sized_eval_batches  # noqa: E402
-from jaxmt.data.packing import train_step_batches  # noqa: E402
+from jaxmt.data.packing import PackedTaskSampler, train_step_batches  # noqa: E402
 from jaxmt.data.sampling import TaskSampler, eval_batches  # noqa: E402
 from jaxmt.data.sources import load_splits, task_specs  # noqa: E402
 from jaxmt.data.tokenization import EncodedSplit, make_batch  # noqa: E402
@@ -73,6 +73,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating timing rounds (slices o
 _EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", -1, "Keep the first N dev examples of each task (-1: all).")
 _NO_TORCH = flags.DEFINE_bool("no_torch", False, "Skip the PyTorch reference.")
 _NO_PADDED = flags.DEFINE_bool("no_padded", False, "Skip the jaxmt padded training runners (the slowest).")
+_PACKED_ROWS = flags.DEFINE_string("packed_rows", "", "Also train packed batches with these rows a group "
+                                   "(runner jaxmt_packed_rows), e.g. an earlier sizing: 'sst:4,para:5,sts:5'.")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the reference.")
 _MAX_LENGTH = flags.DEFINE_integer("max_length", 128, "data.max_length (truncation; pack_length is 128).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/real_stream_cpu_2core.json", "Where the JSON is written.")
@@ -142,37 +144,44 @@ def built(make: Callable[[], list]) -> tuple[list, float]:
     return out, time.perf_counter() - start
 
 
-def train_streams(train: dict[str, EncodedSplit], packed_sampler: TaskSampler, padded_sampler: TaskSampler,
-                  steps: int, buckets: Sequence[int], pad_id: int, limit: int) -> tuple[dict, dict]:
+def train_streams(train: dict[str, EncodedSplit], packed_samplers: dict[str, TaskSampler],
+                  padded_sampler: TaskSampler, steps: int, buckets: Sequence[int], pad_id: int,
+                  limit: int) -> tuple[dict, dict]:
     """The host batches of the packed, padded and torch runners over the start of the same stream: by kind
     (items, their `batch_counts` [items, 3], seconds to build them); and the facts of the stream for the JSON.
 
-    Padded and torch take `steps` steps of the padded sampler; packed takes as many packed steps as train as many
-    examples, `limit` at most. A packed draw takes the padded draw's examples, and carries those its rows do not
-    hold to the next draw (`jaxmt.data.packing`), so the packed steps train the padded stream's examples but for
-    the few carried past the last step or dropped (checked: at least 95% of them; the JSON gives the share).
+    Padded and torch take `steps` steps of the padded sampler; each packed kind (`packed_samplers`: kind ->
+    sampler) takes as many packed steps as train as many examples, `limit` at most. A packed draw takes the padded
+    draw's examples, and carries those its rows do not hold to the next draw (`jaxmt.data.packing`), so the packed
+    steps train the padded stream's examples but for the few carried past the last step or dropped (checked: at
+    least 90% of them; the JSON gives the share).
     """
     quotas = {t: steps * padded_sampler.batch_sizes[t] for t in padded_sampler.tasks}
-    packed_steps = packed_steps_to_cover(packed_sampler, quotas, limit)
-    packed_idx, padded_idx = stream_indices(packed_sampler, packed_steps), stream_indices(padded_sampler, steps)
-    shared = {t: round(float(np.isin(padded_idx[t], packed_idx[t]).mean()), 4) for t in quotas}
-    if min(shared.values()) < 0.95:
-        raise RuntimeError(f"the packed steps train only {shared} of the padded stream's examples")
+    padded_idx = stream_indices(padded_sampler, steps)
+    makers, facts = [], {"examples_per_task": quotas, "padded_steps": steps}
+    for kind, sampler in packed_samplers.items():
+        packed_steps = packed_steps_to_cover(sampler, quotas, limit)
+        packed_idx = stream_indices(sampler, packed_steps)
+        shared = {t: round(float(np.isin(padded_idx[t], packed_idx[t]).mean()), 4) for t in quotas}
+        if min(shared.values()) < 0.9:  # drops (up to 5%), and the carry past a short run's end
+            raise RuntimeError(f"the {kind} steps train only {shared} of the padded stream's examples")
+        makers.append((kind, lambda sampler=sampler, n=packed_steps: [
+            train_step_batches(train, sampler, s, buckets, pad_id) for s in range(n)]))
+        suffix = kind.removeprefix("packed")
+        facts.update({f"packed{suffix}_steps": packed_steps,
+                      # share of the padded stream's examples the packed steps train
+                      f"padded_examples_trained_packed{suffix}": shared,
+                      f"packed{suffix}_examples_per_task": {t: len(v) for t, v in packed_idx.items()},
+                      f"packed{suffix}_rows": {t: v.rows for t, v in sampler.layouts.items()}})
     streams = {}
     for kind, make in (
-        ("packed", lambda: [train_step_batches(train, packed_sampler, s, buckets, pad_id)
-                            for s in range(packed_steps)]),
+        *makers,
         ("padded", lambda: [train_step_batches(train, padded_sampler, s, buckets, pad_id) for s in range(steps)]),
         ("torch", lambda: [{t: dynamic_batch(train[t], padded_sampler.indices(t, s), pad_id)
                             for t in padded_sampler.tasks_at(s)} for s in range(steps)]),
     ):
         items, build_s = built(make)
         streams[kind] = (items, np.stack([sum(batch_counts(b) for b in step.values()) for step in items]), build_s)
-    facts = {
-        "examples_per_task": quotas, "padded_steps": steps, "packed_steps": packed_steps,
-        "padded_examples_trained_packed": shared,  # share of the padded stream's examples the packed steps train
-        "packed_examples_per_task": {t: len(v) for t, v in packed_idx.items()},
-    }
     return streams, facts
 
 
@@ -215,6 +224,7 @@ class Timed:
             "real_tokens_per_s": round(median([n / w for n, w in zip(per_round[:, 1], self.wall)]), 1),
             "s_per_step": round(median([w / n for w, n in zip(self.wall, sizes)]), 4),
             "cpu_s_per_step": round(median([c / n for c, n in zip(self.cpu, sizes)]), 4),
+            "examples_per_cpu_s": round(median([n / c for n, c in zip(per_round[:, 0], self.cpu)]), 2),
             "pass_s": round(sum(self.wall), 2), "round_s": [round(w, 2) for w in self.wall], **self.info,
         }
 
@@ -235,8 +245,9 @@ def train_runners(label: str, surgery: str, pretrained, specs: dict, streams: di
                   use_torch: bool, schedule_steps: int, eval_examples: int) -> list[Timed]:
     """The packed, padded and torch runners of one step kind, each with its own state, warmed up."""
     runners = []
-    for kind in ("packed",) if _NO_PADDED.value else ("packed", "padded"):
-        config = bench_config(surgery, kind == "packed", schedule_steps, eval_examples)
+    kinds = [k for k in streams if k.startswith("packed")] + ([] if _NO_PADDED.value else ["padded"])
+    for kind in kinds:
+        config = bench_config(surgery, kind.startswith("packed"), schedule_steps, eval_examples)
         train = jaxmt_train(config, pretrained, specs, schedule_steps)
         heads = jax.device_get(train.state.params["heads"])  # before the first step donates the state
         first_leaf = jax.tree_util.tree_leaves(train.state.params)[0]
@@ -333,13 +344,27 @@ def agreement(predictions: dict, dev: dict, reference: str = "jaxmt_padded") -> 
 
 
 def compare(runners: list[Timed]) -> dict:
-    """Each runner's summary and the examples/s ratios of packed over torch and over padded."""
+    """Each runner's summary and the examples/s ratios of packed over torch and over padded (and of the
+    --packed_rows runner's, where it ran: over torch, and packed over it)."""
     entry = {r.name: r.summary() for r in runners}
-    packed = entry["jaxmt_packed"]["examples_per_s"]
-    for other, short in (("torch_dynamic", "torch"), ("jaxmt_padded", "padded")):
-        if other in entry:
-            entry[f"ratio_packed_over_{short}"] = round(packed / entry[other]["examples_per_s"], 3)
+    for name, label in (("jaxmt_packed", "packed"), ("jaxmt_packed_rows", "packed_rows")):
+        if name not in entry:
+            continue
+        for other, short in (("torch_dynamic", "torch"), ("jaxmt_padded", "padded"), ("jaxmt_packed_rows", "rows")):
+            if other in entry and other != name:
+                entry[f"ratio_{label}_over_{short}"] = round(
+                    entry[name]["examples_per_s"] / entry[other]["examples_per_s"], 3)
     return entry
+
+
+def rows_sampler(sampler: PackedTaskSampler, spec: str, num_steps: int) -> dict[str, TaskSampler]:
+    """{"packed_rows": `sampler` with each group's rows set by `spec` ('task:rows,...')}, or {} for ''."""
+    if not spec:
+        return {}
+    rows = {task: int(n) for task, n in (item.split(":") for item in spec.split(","))}
+    layouts = {t: dataclasses.replace(v, rows=rows.get(t, v.rows)) for t, v in sampler.layouts.items()}
+    return {"packed_rows": PackedTaskSampler(sampler.splits, layouts, sampler.batch_sizes, sampler.mode, sampler.seed,
+                                             num_steps)}
 
 
 def main(argv: list[str]) -> None:
@@ -367,9 +392,10 @@ def main(argv: list[str]) -> None:
     buckets = base.data.buckets
     streams, facts, slices = {}, {}, {}
     if _ONLY.value != "eval":
-        streams, facts = train_streams(train, packed_sampler, padded_sampler, steps, buckets, pad_id, schedule_steps)
-        slices = {"packed": np.array_split(np.arange(facts["packed_steps"]), rounds),
-                  "padded": np.array_split(np.arange(steps), rounds)}
+        samplers = {"packed": packed_sampler, **rows_sampler(packed_sampler, _PACKED_ROWS.value, schedule_steps)}
+        streams, facts = train_streams(train, samplers, padded_sampler, steps, buckets, pad_id, schedule_steps)
+        slices = {"padded": np.array_split(np.arange(steps), rounds),
+                  **{k: np.array_split(np.arange(facts[f"{k}_steps"]), rounds) for k in samplers}}
 
     evaluation, predictions = [], {}
     if _ONLY.value != "train":
