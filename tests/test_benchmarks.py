@@ -23,7 +23,8 @@ def streams(tiny_bert, tiny_bert_dir):
     padded_sampler, _ = make_sampler(config, train, {}, 1)
     pad_id = tiny_bert.tokenizer.pad_token_id
     steps = 5
-    out, facts = train_streams(train, packed_sampler, padded_sampler, steps, config.data.buckets, pad_id, 4 * steps)
+    out, facts = train_streams(train, {"packed": packed_sampler}, padded_sampler, steps, config.data.buckets, pad_id,
+                               4 * steps)
     return out, facts, train, padded_sampler, steps
 
 
@@ -65,7 +66,14 @@ def test_timed_summary_and_ratios():
 
 def test_input_pipeline_modes_deliver_the_trainers_batches_and_waits_are_summarised(tiny_bert_dir):
     """benchmarks/input_pipeline.py's part (a) on the demo data (no step compiled) and its wait summary."""
-    from benchmarks.input_pipeline import host_part, pipeline_rates, put_of, trainer_program, wait_summary
+    from benchmarks.input_pipeline import (
+        host_part,
+        packing_density,
+        pipeline_rates,
+        put_of,
+        trainer_program,
+        wait_summary,
+    )
 
     config = tiny_config(tiny_bert_dir, **{"data.prefetch": 2})
     program, host = trainer_program(config), host_part(config)
@@ -73,6 +81,10 @@ def test_input_pipeline_modes_deliver_the_trainers_batches_and_waits_are_summari
     rates = pipeline_rates(program, host, steps=6, rounds=2, depth=2, use_grain=False)
     assert set(rates) == {"host_only", "sync", "prefetch_thread", "steps_per_round"} and rates["steps_per_round"] == 3
     assert all(len(rates[m]["rounds"]) == 2 and rates[m]["steps_per_s"] > 0 for m in ("sync", "prefetch_thread"))
+    density = packing_density(host.keywords["sampler"], 6)  # the rows' tokens over the examples they train
+    for task in config.task_names:
+        d = density[task]
+        assert d["computed_tokens_per_example"] >= d["real_tokens_per_example"] > 0 and 0 <= d["dropped_share"] <= 1
     summary = wait_summary([5.0, 0.5, 0.001, 0.003, 0.002], [9.0, 1.0, 1.0, 2.0, 1.0])
     assert summary["steady_steps"] == 3 and summary["wait_ms_median"] == 2.0 and summary["wait_ms_max"] == 3.0
     assert summary["step_s_median"] == 1.0

@@ -11,12 +11,15 @@ import pytest
 from conftest import tiny_config
 
 from jaxmt.data.packing import (
+    MAX_DROPPED_SHARE,
     PackedTaskSampler,
     PackLayout,
     layout_for,
     pack_batch,
     packed_eval_batches,
     place,
+    simulated_drops,
+    sizing_draws,
 )
 from jaxmt.data.sampling import TaskSampler, eval_batches
 from jaxmt.data.sources import load_splits, task_specs
@@ -103,6 +106,22 @@ def test_dropped_share_counts_the_carried_examples_without_room(packed_setup):
     for task in splits:  # round robin: a task trains every len(tasks)-th step, 8 examples a draw
         steps = [s for s in range(12) if sampler.tasks_at(s) == (task,)]
         assert shares[task] == sum(sampler.dropped(task, s) for s in steps) / (8 * len(steps)) > 0
+
+
+def test_rows_are_the_fewest_whose_simulated_draws_drop_at_most_the_bound(packed_setup):
+    config, splits, *_ = packed_setup
+    for groups in (1, 2):
+        for task, split in splits.items():
+            layout = layout_for(split, 8, 64, groups)
+            draws = sizing_draws(split, 8 // groups)
+            budget = MAX_DROPPED_SHARE * (8 // groups) * (len(draws) - 1)
+            assert layout.rows >= split.num_sequences and layout.max_examples == 2 * (8 // groups)
+            assert simulated_drops(split, draws, layout) <= budget, (task, layout)
+            if layout.rows > split.num_sequences:  # one row fewer drops more than the bound
+                assert simulated_drops(split, draws, dataclasses.replace(layout, rows=layout.rows - 1)) > budget
+            # the sampler's own stream drops about as often (its draws are a shuffled epoch, not these)
+            sampler = PackedTaskSampler({task: split}, {task: layout}, {task: 8}, "all", 0, 40)
+            assert sampler.dropped_share(40)[task] <= 2 * MAX_DROPPED_SHARE, (task, layout)
 
 
 def padded_and_packed(splits, task, idx, pad_id, length=128):
