@@ -60,6 +60,9 @@ def get_config() -> ConfigDict:
     # (e.g. 8) to train the same losses on every device count that divides it.
     config.data.pack_groups = 0  # row groups a step (x accumulation_steps), a multiple of the devices; 0 = one a device
     config.data.pack_length = 128  # tokens a packed row (>= max_length)
+    # A group's rows are the fewest with which the examples a draw cannot place, carried to the next, overflow
+    # at most this share of a task's examples (simulated on its lengths): fewer rows, less padding, some dropped.
+    config.data.pack_max_dropped = 0.05  # 0 = rows for every simulated draw (almost nothing dropped, more padding)
     config.data.max_length = 128  # truncation length (tokens, special tokens included)
     config.data.on_bad_row = "skip"  # error: stop at a bad row | skip: leave it out, count and report it
     config.data.max_train_examples = -1  # keep only the first N training rows per task (-1 = all)

@@ -117,6 +117,7 @@ RANGE_RULES: tuple[tuple[str, Range], ...] = (
     ("data.max_eval_examples", EXAMPLE_CAP),
     ("data.prefetch", NON_NEGATIVE),  # 0 = batches built in the loop's thread
     ("data.pack_groups", NON_NEGATIVE),  # 0 = one row group a data-parallel device
+    ("data.pack_max_dropped", Range(0, 1, high_open=True)),  # a share of a task's examples
     ("profile_steps", NON_NEGATIVE),  # (first step, count); count 0 = off
     ("decode.null_threshold", ANY_FINITE),
     ("tasks.*.label_min", ANY_FINITE),

@@ -122,6 +122,9 @@ def test_rows_are_the_fewest_whose_simulated_draws_drop_at_most_the_bound(packed
             # the sampler's own stream drops about as often (its draws are a shuffled epoch, not these)
             sampler = PackedTaskSampler({task: split}, {task: layout}, {task: 8}, "all", 0, 40)
             assert sampler.dropped_share(40)[task] <= 2 * MAX_DROPPED_SHARE, (task, layout)
+            # data.pack_max_dropped = 0: rows for every simulated draw, at least as many, none of them dropping
+            exact = layout_for(split, 8, 64, groups, max_dropped_share=0.0)
+            assert exact.rows >= layout.rows and simulated_drops(split, draws, exact) == 0, (task, exact)
 
 
 def padded_and_packed(splits, task, idx, pad_id, length=128):

@@ -21,10 +21,11 @@ count a step's examples, and its losses, are the same on any number of devices t
 of a group's share that its rows do not hold (first fit decreasing) are carried to the same group of the next
 draw and placed in the room its own examples leave. A carried example that does not fit there either is
 dropped (`PackedTaskSampler.dropped` counts them, `dropped_share` the trainer logs at start and records in
-results.json). A group's rows are the fewest with which at most MAX_DROPPED_SHARE of a task's examples are
-dropped (`layout_for`, from the task's own length distribution): the carry lets rows be sized for an average
-draw rather than a heavy one, so fewer of their tokens are padding. The carry is recomputed from the previous
-draw's own examples, never chained further back, so a draw needs no earlier draw.
+results.json). A group's rows are the fewest with which at most `data.pack_max_dropped` (MAX_DROPPED_SHARE by
+default) of a task's examples are dropped (`layout_for`, from the task's own length distribution): the carry
+lets rows be sized for an average draw rather than a heavy one, so fewer of their tokens are padding. The
+carry is recomputed from the previous draw's own examples, never chained further back, so a draw needs no
+earlier draw.
 
 Why not grain's packers: they pack one stateful stream into rows and are resumed from a saved iterator
 state; here every task draws its own examples per step, any step's batch must be computable on its own
@@ -44,7 +45,7 @@ from jaxmt.data.tokenization import EncodedSplit
 
 # (example index, [(row, start) of each of its sequences]) in slot order: where a group's examples lie.
 Placement = list[tuple[int, list[tuple[int, int]]]]
-MAX_DROPPED_SHARE = 0.05  # a group's rows: the fewest with which simulated draws drop at most this share of examples
+MAX_DROPPED_SHARE = 0.05  # default data.pack_max_dropped: the share of examples simulated draws may drop
 SIZING_EXAMPLES = 4096  # examples the row sizing simulates, in draws of a group's share (at least 32 draws)
 
 
@@ -74,11 +75,13 @@ def example_tokens(split: EncodedSplit) -> np.ndarray:
     return np.asarray([sum(len(s) for s in seqs) for seqs in split.input_ids], dtype=np.int64)
 
 
-def layout_for(split: EncodedSplit, batch_size: int, length: int, groups: int = 1) -> PackLayout:
+def layout_for(split: EncodedSplit, batch_size: int, length: int, groups: int = 1,
+               max_dropped_share: float = MAX_DROPPED_SHARE) -> PackLayout:
     """Groups of rows for `batch_size` examples a batch, `batch_size / groups` a group, twice a group's share of
     example slots (room for carried examples), and the fewest rows (at least one example's worth) with which
     consecutive random draws of this split (`sizing_draws`), each carrying what its rows do not hold to the next
-    as the sampler does, drop at most MAX_DROPPED_SHARE of their examples (`simulated_drops`).
+    as the sampler does, drop at most `max_dropped_share` of their examples (`simulated_drops`; 0: rows that
+    hold every simulated draw, carry included, so the sampler drops almost none).
 
     Why from the drops and not from the rows a draw needs: rows that hold nearly every draw whole (the 0.9
     quantile, as before) are half a row too many on average, since the carry fills the rows of a light draw with
@@ -91,7 +94,7 @@ def layout_for(split: EncodedSplit, batch_size: int, length: int, groups: int = 
         raise ValueError(f"a batch of {batch_size} examples does not split into {groups} row groups")
     share = batch_size // groups
     draws = sizing_draws(split, share)
-    budget = MAX_DROPPED_SHARE * share * (len(draws) - 1)
+    budget = max_dropped_share * share * (len(draws) - 1)
     layout = PackLayout(rows=split.num_sequences, length=length, max_examples=2 * share, groups=groups)
     while simulated_drops(split, draws, layout, stop_above=budget) > budget:  # ends: rows for every draw drop none
         layout = dataclasses.replace(layout, rows=layout.rows + 1)

@@ -94,7 +94,8 @@ def make_sampler(config: ConfigDict, train: dict[str, EncodedSplit], dev: dict[s
                            config.num_steps), None
     length = config.data.pack_length
     train_groups = setup.pack_groups(config, data_parallel) * config.optim.accumulation_steps
-    layouts = {t: layout_for(s, batch_sizes[t], length, train_groups) for t, s in train.items()}
+    layouts = {t: layout_for(s, batch_sizes[t], length, train_groups, config.data.pack_max_dropped)
+               for t, s in train.items()}
     sampler = PackedTaskSampler(train, layouts, batch_sizes, config.sampling, config.seed, config.num_steps)
     log.info("packed batches: %s", {t: f"{v.groups}x{v.rows}x{v.length}" for t, v in layouts.items()})
     return sampler, {t: layout_for(s, config.eval_batch_size, length, data_parallel) for t, s in dev.items()}
