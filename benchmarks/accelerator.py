@@ -50,7 +50,7 @@ from jaxmt.data.tokenization import EncodedSplit, make_batch  # noqa: E402
 from jaxmt.models.pretrained import load_pretrained, write_random_bert  # noqa: E402
 from jaxmt.parallel.mesh import data_parallel_size, make_mesh  # noqa: E402
 from jaxmt.training import setup  # noqa: E402
-from jaxmt.training.evaluation import Predictor  # noqa: E402
+from jaxmt.training.evaluation import Predictor, run_eval_packing  # noqa: E402
 from jaxmt.training.trainer import make_sampler  # noqa: E402
 
 _TINY = flags.DEFINE_bool("tiny", False, "CPU smoke run: a tiny random BERT, demo data, a few steps.")
@@ -223,8 +223,7 @@ def main(argv: list[str]) -> None:
     pad_id = pretrained.tokenizer.pad_token_id
     train = setup.encode_splits(config, load_splits(config, specs, "train"), pretrained.tokenizer)
     dev = setup.encode_splits(config, load_splits(config, specs, "dev"), pretrained.tokenizer)
-    sampler, eval_layouts = make_sampler(config, train, dev,
-                                         data_parallel_size(make_mesh(config.mesh.axes, config.mesh.shape)))
+    sampler = make_sampler(config, train, data_parallel_size(make_mesh(config.mesh.axes, config.mesh.shape)))
     built = jaxmt_train(config, pretrained, specs, config.num_steps)
     num_params = int(sum(x.size for x in jax.tree_util.tree_leaves(built.state.params)))
     heads = jax.device_get(built.state.params["heads"])
@@ -245,7 +244,8 @@ def main(argv: list[str]) -> None:
         train_runners.append(Timed("torch_dynamic", torch_steps[1:], counts[1:], torch_run, rounds))
         train_runners[1].warm_up(torch_steps[:1])
 
-    predictor = Predictor(built.model, built.mesh, config.eval_batch_size, config.data.buckets, pad_id, eval_layouts)
+    predictor = Predictor(built.model, built.mesh, config.eval_batch_size, config.data.buckets, pad_id,
+                          run_eval_packing(config, dev, built.mesh))
     passes = [sorted(dev)] * rounds  # an item: a full pass over the dev sets; a round times one
     dev_flops = sum(sequence_flops(bert, step_lengths(s, np.arange(len(s.data))), False) for s in dev.values())
     eval_counts = np.asarray([[sum(len(s.data) for s in dev.values()), dev_flops]] * rounds)

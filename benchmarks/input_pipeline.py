@@ -133,7 +133,7 @@ def host_part(config: ConfigDict) -> Callable[[int], dict]:
     specs = task_specs(config)
     tokenizer = load_pretrained(config.model.name).tokenizer
     splits = setup.encode_splits(config, load_splits(config, specs, "train"), tokenizer)
-    sampler, _ = make_sampler(config, splits, {}, data_parallel_size(make_mesh(config.mesh.axes, config.mesh.shape)))
+    sampler = make_sampler(config, splits, data_parallel_size(make_mesh(config.mesh.axes, config.mesh.shape)))
     return functools.partial(host_batches, splits=splits, sampler=sampler, buckets=config.data.buckets,
                              pad_id=tokenizer.pad_token_id)
 

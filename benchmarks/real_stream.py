@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import torch_reference as ref  # noqa: E402
 from benchmarks.common import JaxmtTrain, environment, jaxmt_train, torch_info, train_run, write_result  # noqa: E402
 from configs import pcgrad  # noqa: E402
-from jaxmt.data.eval_batches import EvalPacking, eval_packing, sized_eval_batches  # noqa: E402
+from jaxmt.data.eval_batches import EvalPacking, sized_eval_batches  # noqa: E402
 from jaxmt.data.packing import PackedTaskSampler, train_step_batches  # noqa: E402
 from jaxmt.data.sampling import TaskSampler, eval_batches  # noqa: E402
 from jaxmt.data.sources import load_splits, task_specs  # noqa: E402
@@ -62,7 +62,7 @@ from jaxmt.data.tokenization import EncodedSplit, make_batch  # noqa: E402
 from jaxmt.models.pretrained import load_pretrained  # noqa: E402
 from jaxmt.parallel.mesh import data_parallel_size, make_mesh  # noqa: E402
 from jaxmt.training import setup  # noqa: E402
-from jaxmt.training.evaluation import Predictor  # noqa: E402
+from jaxmt.training.evaluation import Predictor, run_eval_packing  # noqa: E402
 from jaxmt.training.faults import user_facing_errors  # noqa: E402
 from jaxmt.training.trainer import make_sampler  # noqa: E402
 
@@ -382,12 +382,12 @@ def main(argv: list[str]) -> None:
     tokenizer, pad_id = pretrained.tokenizer, pretrained.tokenizer.pad_token_id
     train = setup.encode_splits(base, load_splits(base, specs, "train"), tokenizer)
     dev = setup.encode_splits(base, load_splits(base, specs, "dev"), tokenizer)
-    multiple = data_parallel_size(make_mesh(base.mesh.axes, base.mesh.shape))
-    packed_sampler, eval_layouts = make_sampler(base, train, dev, multiple)
-    packing = {t: dataclasses.replace(eval_packing(v.length, v.groups), tokens=_EVAL_TOKENS.value,
-                                      max_examples=_EVAL_MAX_EXAMPLES.value) for t, v in eval_layouts.items()}
-    padded_sampler, _ = make_sampler(bench_config("pcgrad", False, schedule_steps, eval_examples), train, dev,
-                                     multiple)
+    mesh = make_mesh(base.mesh.axes, base.mesh.shape)
+    packed_sampler = make_sampler(base, train, data_parallel_size(mesh))
+    packing = {t: dataclasses.replace(v, tokens=_EVAL_TOKENS.value, max_examples=_EVAL_MAX_EXAMPLES.value)
+               for t, v in run_eval_packing(base, dev, mesh).items()}
+    padded_sampler = make_sampler(bench_config("pcgrad", False, schedule_steps, eval_examples), train,
+                                  data_parallel_size(mesh))
 
     buckets = base.data.buckets
     streams, facts, slices = {}, {}, {}

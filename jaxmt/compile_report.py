@@ -174,7 +174,7 @@ def finetune_program(config: ConfigDict, mesh) -> Program:
     runner = multitask_step_runner(config, mesh, model, tx, setup.loss_weights(config, specs), state_sharding)
     one_step = config.copy_and_resolve_references()
     one_step.num_steps = 1  # the sampler places every step's draws up front; step 0's shapes are every step's
-    sampler, _ = make_sampler(one_step, train_split, {}, data_parallel_size(mesh))
+    sampler = make_sampler(one_step, train_split, data_parallel_size(mesh))
     batches = train_step_batches(train_split, sampler, 0, config.data.buckets, tokenizer.pad_token_id)
     examples = sum(config.tasks[t].batch_size for t in batches)
     tokens = sum(int(math.prod(b["input_ids"].shape)) for b in batches.values())

@@ -18,9 +18,9 @@ def streams(tiny_bert, tiny_bert_dir):
     config = tiny_config(tiny_bert_dir)
     specs = task_specs(config)
     train = setup.encode_splits(config, load_splits(config, specs, "train"), tiny_bert.tokenizer)
-    packed_sampler, _ = make_sampler(config, train, {}, 1)
+    packed_sampler = make_sampler(config, train, 1)
     config.data.packing = False
-    padded_sampler, _ = make_sampler(config, train, {}, 1)
+    padded_sampler = make_sampler(config, train, 1)
     pad_id = tiny_bert.tokenizer.pad_token_id
     steps = 5
     out, facts = train_streams(train, {"packed": packed_sampler}, padded_sampler, steps, config.data.buckets, pad_id,

@@ -185,7 +185,7 @@ def run_strategies(model_dir: str) -> dict:
                                      pretrained.tokenizer)
         sampler = TaskSampler({t: 64 for t in specs}, {t: 16 for t in specs}, "all", 0, STEPS)
         if packed:
-            sampler = make_sampler(config, splits, {}, PACK_GROUPS)[0]
+            sampler = make_sampler(config, splits, PACK_GROUPS)
         losses = []
         for step in range(STEPS):
             batches = runner.put_host(train_step_batches(splits, sampler, step, config.data.buckets,

@@ -76,7 +76,7 @@ def compile_packed_steps(model_dir: str, setups=SETUPS) -> dict:
             runner = multitask_step_runner(config, mesh, model, tx, setup.loss_weights(config, specs), shardings)
             splits = setup.encode_splits(config, {t: demo_split(s, "train", 96) for t, s in specs.items()},
                                          pretrained.tokenizer)
-            sampler, _ = make_sampler(config, splits, {}, data_parallel_size(mesh))
+            sampler = make_sampler(config, splits, data_parallel_size(mesh))
             batches = train_step_batches(splits, sampler, 0, config.data.buckets, pretrained.tokenizer.pad_token_id)
             state = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                            abstract, shardings)

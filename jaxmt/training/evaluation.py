@@ -15,7 +15,6 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxmt.data.eval_batches import EvalPacking, eval_packing, sized_eval_batches
-from jaxmt.data.packing import PackLayout
 from jaxmt.data.sampling import eval_batches
 from jaxmt.data.schema import TaskSpec
 from jaxmt.data.tokenization import EncodedSplit
@@ -42,20 +41,18 @@ def run_eval_packing(config: ConfigDict, tasks: Iterable[str], mesh: Mesh) -> di
 
 class Predictor:
     """Jitted predict steps, one per task: compiled once per bucket length (padded batches), or once per task
-    and batch shape with packed batches (`layouts`: the task's packed `PackLayout`, e.g. from
-    `jaxmt.data.packing.layout_for`, whose row length and groups `jaxmt.data.eval_batches.eval_packing`
-    turns into rows sized to the examples; or an `EvalPacking` itself, e.g. from `run_eval_packing`).
+    and batch shape with packed batches (`layouts`: each task's `EvalPacking`, rows sized to the examples, from
+    `run_eval_packing`).
 
     `readout` turns a task's outputs into what `predict` returns per example: by default the prediction the
     dev metric scores (class id, 0/1, score); `jaxmt.inference.readable_scores` gives probabilities."""
 
     def __init__(self, model: MultitaskModel, mesh: Mesh, batch_size: int, buckets, pad_id: int,
-                 layouts: dict[str, PackLayout | EvalPacking] | None = None,
+                 layouts: dict[str, EvalPacking] | None = None,
                  readout: Readout = metric_prediction) -> None:
         self.model, self.mesh = model, mesh
         self.batch_size, self.buckets, self.pad_id = batch_size, tuple(buckets), pad_id
-        self.packing = None if layouts is None else {
-            t: v if isinstance(v, EvalPacking) else eval_packing(v.length, v.groups) for t, v in layouts.items()}
+        self.packing = layouts
         self._steps = {
             # params as they come (replicated, FSDP- or tensor-sharded); batches split over the data axes
             task: jax.jit(make_predict_step(model, task, readout), in_shardings=(None, batch_sharding(mesh)),

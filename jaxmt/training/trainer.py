@@ -13,7 +13,7 @@ from ml_collections import ConfigDict
 
 from jaxmt.core.rngs import stream_key
 from jaxmt.data.demo import DEMO_BANNER
-from jaxmt.data.packing import PackedTaskSampler, PackLayout, layout_for, train_step_batches
+from jaxmt.data.packing import PackedTaskSampler, layout_for, train_step_batches
 from jaxmt.data.sampling import TaskSampler
 from jaxmt.data.sources import first_skipped_rows, load_splits, task_specs
 from jaxmt.data.tokenization import EncodedSplit
@@ -81,24 +81,23 @@ def _nonfinite_tasks(flags: dict) -> str:
 DROP_CHECK_STEPS = 200  # steps over which the start measures packing's dropped examples (placements only)
 
 
-def make_sampler(config: ConfigDict, train: dict[str, EncodedSplit], dev: dict[str, EncodedSplit],
-                 data_parallel: int) -> tuple[TaskSampler, dict[str, PackLayout] | None]:
-    """The training sampler and the dev sets' packed layouts: each task's batch size of examples a step in
-    `setup.pack_groups` row groups (`data.pack_groups`, a multiple of the `data_parallel` devices) of
-    `data.pack_length`-token rows, or fixed-size padded batches (layouts None) when `data.packing` is off.
-    Training batches hold `optim.accumulation_steps` times the groups: a micro-batch is whole groups, the same
-    number on every device. Dev sets pack one group a device (predictions do not depend on the grouping)."""
+def make_sampler(config: ConfigDict, train: dict[str, EncodedSplit], data_parallel: int) -> TaskSampler:
+    """The training sampler: each task's batch size of examples a step in `setup.pack_groups` row groups
+    (`data.pack_groups`, a multiple of the `data_parallel` devices) of `data.pack_length`-token rows, or
+    fixed-size padded batches when `data.packing` is off. Training batches hold `optim.accumulation_steps` times
+    the groups: a micro-batch is whole groups, the same number on every device. (Dev sets are evaluated in rows
+    sized to their examples: `jaxmt.training.evaluation.run_eval_packing`.)"""
     batch_sizes = {t: config.tasks[t].batch_size for t in train}
     if not config.data.packing:
         return TaskSampler({t: len(s.data) for t, s in train.items()}, batch_sizes, config.sampling, config.seed,
-                           config.num_steps), None
+                           config.num_steps)
     length = config.data.pack_length
     train_groups = setup.pack_groups(config, data_parallel) * config.optim.accumulation_steps
     layouts = {t: layout_for(s, batch_sizes[t], length, train_groups, config.data.pack_max_dropped)
                for t, s in train.items()}
     sampler = PackedTaskSampler(train, layouts, batch_sizes, config.sampling, config.seed, config.num_steps)
     log.info("packed batches: %s", {t: f"{v.groups}x{v.rows}x{v.length}" for t, v in layouts.items()})
-    return sampler, {t: layout_for(s, config.eval_batch_size, length, data_parallel) for t, s in dev.items()}
+    return sampler
 
 
 def packing_drops(sampler: TaskSampler, num_steps: int) -> dict:
@@ -135,7 +134,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
 
     if config.get("num_epochs", 0.0) > 0:  # num_steps from the epochs, before the schedule and sampler use it
         config = config.copy_and_resolve_references()
-        examples = make_sampler(config, train_split, dev_split, data_parallel_size(mesh))[0].examples_per_step()
+        examples = make_sampler(config, train_split, data_parallel_size(mesh)).examples_per_step()
         config.num_steps = epoch_num_steps(config, {t: len(s.data) for t, s in train_split.items()}, examples)
     model = setup.build_model(config, pretrained.config, specs)
     groups = setup.surgery_groups(config, specs)
@@ -148,7 +147,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     encoder = pretrained.params
     del pretrained
 
-    sampler, _ = make_sampler(config, train_split, dev_split, data_parallel_size(mesh))
+    sampler = make_sampler(config, train_split, data_parallel_size(mesh))
     dropped = packing_drops(sampler, config.num_steps)
     predictor = Predictor(model, mesh, config.eval_batch_size, config.data.buckets, tokenizer.pad_token_id,
                           run_eval_packing(config, dev_split, mesh))  # as jaxmt.evaluate and TrainedModel
