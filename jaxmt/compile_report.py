@@ -126,6 +126,7 @@ class Program:
     per_device_batch: float  # examples a device a step (fine-tuning: a task's)
     tokens: int  # token positions a step computes (all devices)
     params: int  # parameter count
+    repeated: dict[str, int] = dataclasses.field(default_factory=dict)  # task -> times its training set is repeated
 
 
 def _abstract(tree: Any) -> Any:
@@ -163,7 +164,16 @@ def finetune_program(config: ConfigDict, mesh) -> Program:
     bert_config, tokenizer_name = bert_config_of(config.model.name)
     check_heads(bert_config.num_attention_heads, mesh)
     tokenizer = load_tokenizer(tokenizer_name)
-    train_split = setup.encode_splits(config, load_splits(config, specs, "train"), tokenizer)
+    # A large slice's global batch can exceed a task's training set (paper A's 7,544 SST sentences are fewer than
+    # 512 examples on each of 16 chips): the step's shapes, the report's question, do not depend on which examples
+    # fill it, so such a set is repeated until it holds one batch; the report records how often.
+    splits, repeated = {}, {}
+    for task, split in load_splits(config, specs, "train").items():
+        times = -(-config.tasks[task].batch_size // len(split))
+        if times > 1:
+            split, repeated[task] = split.subset([i % len(split) for i in range(times * len(split))]), times
+        splits[task] = split
+    train_split = setup.encode_splits(config, splits, tokenizer)
     specs = {t: specs[t] for t in train_split}
     model = setup.build_model(config, bert_config, specs)
     groups = setup.surgery_groups(config, specs)
@@ -180,7 +190,8 @@ def finetune_program(config: ConfigDict, mesh) -> Program:
     tokens = sum(int(math.prod(b["input_ids"].shape)) for b in batches.values())
     rng = jax.eval_shape(lambda: stream_key(config.seed, "dropout"))
     per_device = max(config.tasks[t].batch_size for t in batches) / data_parallel_size(mesh)
-    return Program(runner, (state, _abstract(batches), rng), examples, per_device, tokens, _param_count(state))
+    return Program(runner, (state, _abstract(batches), rng), examples, per_device, tokens, _param_count(state),
+                   repeated)
 
 
 def pretrain_program(config: ConfigDict, mesh) -> Program:
@@ -371,6 +382,7 @@ def compile_once(config: ConfigDict, topology: str, devices: list) -> dict[str, 
         "per_device_batch": program.per_device_batch, "tokens_per_step": program.tokens,
         "params": program.params, "compute_dtype": config.model.dtype, "remat": bool(config.model.get("remat", False)),
         "accumulation_steps": config.optim.get("accumulation_steps", 1),
+        **({"training_set_repeated": program.repeated} if program.repeated else {}),
         "batch_shapes": {"/".join(str(getattr(k, "key", k)) for k in path): [list(x.shape), str(x.dtype)]
                          for path, x in _leaves_with_path(program.args[1])},
     }
@@ -405,8 +417,10 @@ def search_per_device_batch(config: ConfigDict, topology: str, devices: list, st
                             log: Callable[[str, dict], None] | None = None) -> tuple[int | None, dict[int, dict]]:
     """The largest power-of-two per-device batch whose step fits the chip's HBM, and every compile's report.
 
-    Memory grows about linearly with the batch, so two compiles (`start`, 2 * `start`) predict the answer;
-    compiles then confirm it fits and that twice it does not, walking on where the prediction was off.
+    Walks from `start`: down by halves while the step does not fit, up by doubles while it does. Start high: a
+    compile that runs out of HBM fails within a minute or two, one that fits takes the whole compile (23-35
+    minutes for BERT-base on a loaded 2-core host), so a start one power above the answer costs one full compile.
+    (Memory is far from linear in the batch, XLA rematerializes under pressure, so no line predicts the answer.)
     `log(message, reports)` is called after each compile (default: the message to stderr).
     """
     log = log or (lambda message, reports: print(message, file=sys.stderr))
@@ -416,35 +430,22 @@ def search_per_device_batch(config: ConfigDict, topology: str, devices: list, st
     reports: dict[int, dict] = {}
 
     def fits(per_device: int) -> bool:
-        if per_device not in reports:
-            reports[per_device] = compile_once(with_per_device_batch(config, per_device, data_parallel), topology,
-                                               devices)
-            r = reports[per_device]
-            log(f"per-device batch {per_device}: fits={r['fits']} "
-                f"({r.get('memory_per_device', {}).get('total_gib', '-')} GiB, {r['compile_seconds']} s to compile)",
-                reports)
-        return reports[per_device]["fits"]
+        reports[per_device] = compile_once(with_per_device_batch(config, per_device, data_parallel), topology, devices)
+        r = reports[per_device]
+        log(f"per-device batch {per_device}: fits={r['fits']} "
+            f"({r.get('memory_per_device', {}).get('total_gib', '-')} GiB, {r['compile_seconds']} s to compile)",
+            reports)
+        return r["fits"]
 
-    low = start
-    while not fits(low):
-        if low == 1:
-            return None, reports
-        low //= 2
-    if fits(2 * low):
-        a, b = (reports[x]["memory_per_device"]["total_bytes"] for x in (low, 2 * low))
-        per_example = (b - a) / low
-        if per_example > 0:
-            hbm = chip_of(topology).hbm_bytes
-            predicted = (hbm - (a - per_example * low)) / per_example
-            guess = 2 ** max(0, int(math.floor(math.log2(max(predicted, 1)))))
-            low = max(2 * low, guess)
-            while not fits(low):
-                low //= 2
-        else:
-            low *= 2
-    while fits(2 * low):
-        low *= 2
-    return low, reports
+    if fits(start):
+        best = start
+        while fits(2 * best):
+            best *= 2
+        return best, reports
+    best = start // 2
+    while best >= 1 and not fits(best):
+        best //= 2
+    return (best or None), reports
 
 
 def markdown_table(folder: str) -> str:

@@ -67,10 +67,13 @@ def test_search_finds_the_largest_power_of_two_that_fits(monkeypatch):
     config = pretrain_bert.get_config()
     best, reports = cr.search_per_device_batch(config, "v5e:2x2", jax.devices()[:1], start=4, log=lambda m, r: None)
     assert best == 32 and reports[32]["fits"] and not reports[64]["fits"]
-    assert compiled == [4, 8, 32, 64]  # two to fit the line, then the prediction and twice it
+    assert compiled == [4, 8, 16, 32, 64]  # up by doubles from a start that fits, to the first that does not
     compiled.clear()
     best, _ = cr.search_per_device_batch(config, "v5e:2x2", jax.devices()[:1], start=128, log=lambda m, r: None)
-    assert best == 32 and compiled == [128, 64, 32]  # walks down from a start that does not fit
+    assert best == 32 and compiled == [128, 64, 32]  # down by halves from a start that does not fit
+    compiled.clear()
+    best, _ = cr.search_per_device_batch(config, "v5e:2x2", jax.devices()[:1], start=64, log=lambda m, r: None)
+    assert best == 32 and compiled == [64, 32]  # a start one power above the answer: one compile that fits
     partial = cr.search_report({k: v for k, v in reports.items() if k <= 8}, None)  # as saved while searching
     assert partial["largest_per_device_batch"] is None  # not known yet; the largest fitting so far is shown
     assert partial["memory_per_device"] == reports[8]["memory_per_device"]
@@ -157,3 +160,14 @@ def test_markdown_table_has_a_row_a_record(tmp_path):
     assert first == ("| a_fits | v5e:4x4 (16) | 16 x 1 | 256 | 12.90 (16) | 256 | 5500 | 3, 200 | 31.2 (compute) "
                      "| 90 |")
     assert "| b_unfit | v4:2x2x1 (4) | 1 x 4 | 64 | out of memory | - |" in second
+
+
+def test_a_batch_larger_than_the_training_set_repeats_it_and_says_so(tiny_bert_dir):
+    """A pod's global batch can exceed a task's training set; the report's shapes still come from real packing."""
+    from jaxmt.parallel.mesh import make_mesh
+
+    config = tiny_config(tiny_bert_dir)  # 64 training examples a task
+    mesh = make_mesh(config.mesh.axes, config.mesh.shape, jax.devices()[:1])
+    program = cr.finetune_program(cr.with_per_device_batch(config, 96, 1), mesh)
+    assert program.repeated == {"sst": 2, "para": 2, "sts": 2} and program.global_batch == 3 * 96
+    assert cr.finetune_program(cr.with_per_device_batch(config, 32, 1), mesh).repeated == {}
