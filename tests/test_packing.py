@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+from jaxmt.data.eval_batches import eval_packing, sized_eval_batches
 from jaxmt.data.packing import (
     MAX_DROPPED_SHARE,
     PackedTaskSampler,
     PackLayout,
     layout_for,
     pack_batch,
-    packed_eval_batches,
     place,
     simulated_drops,
     sizing_draws,
@@ -179,9 +179,8 @@ def test_packed_evaluation_predicts_every_example_as_the_padded_pass(packed_setu
     split = splits["para"]
     predict = jax.jit(lambda p, b: model.outputs(p, "para", b))
     out = {}
-    layout = layout_for(split, 16, 128)
     for name, batches in (("padded", eval_batches(split, 16, (16, 32, 64), pad_id)),
-                          ("packed", packed_eval_batches(split, layout, pad_id))):
+                          ("packed", sized_eval_batches(split, eval_packing(128), pad_id))):
         out[name] = np.zeros(len(split.data), np.float32)
         seen = []
         for idx, batch in batches:

@@ -362,18 +362,3 @@ def train_step_batches(splits: dict[str, EncodedSplit], sampler: TaskSampler, st
             out[t] = sampler.batch(t, step, pad_id, slice(i * per, (i + 1) * per))
         return out
     return train_batches(splits, sampler, step, buckets, pad_id, shard)
-
-
-def packed_eval_batches(split: EncodedSplit, layout: PackLayout, pad_id: int):
-    """Yields (indices, packed batch) over a whole split, shortest examples first (as the padded path); the
-    indices are in slot order, the slots of `batch['example_mask'] > 0`."""
-    order = np.argsort(split.lengths, kind="stable")
-    start = 0
-    while start < len(order):
-        parts = []
-        for _ in range(layout.groups):
-            count = place(split, order[start:start + layout.max_examples], layout)[1]
-            parts.append(order[start:start + count])
-            start += count
-        yield np.concatenate(parts), pack_batch(split, parts, layout, pad_id)
-

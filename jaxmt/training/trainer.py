@@ -134,7 +134,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
 
     if config.get("num_epochs", 0.0) > 0:  # num_steps from the epochs, before the schedule and sampler use it
         config = config.copy_and_resolve_references()
-        examples = make_sampler(config, train_split, data_parallel_size(mesh)).examples_per_step()
+        examples = {t: float(config.tasks[t].batch_size) for t in train_split}  # a draw's examples, packed or not
         config.num_steps = epoch_num_steps(config, {t: len(s.data) for t, s in train_split.items()}, examples)
     model = setup.build_model(config, pretrained.config, specs)
     groups = setup.surgery_groups(config, specs)
