@@ -149,8 +149,9 @@ class BertSelfAttention(nn.Module):
         return out.reshape(out.shape[:2] + (-1,))
 
 
-class BertSelfOutput(nn.Module):
-    """Attention output projection, dropout, residual + LayerNorm."""
+class BertOutput(nn.Module):
+    """Dense projection to hidden_size, dropout, residual + LayerNorm: the end of the attention block (the
+    `attention/output` scope) and of the MLP (`output`), one module since Hugging Face's two are the same."""
 
     config: Any
     dtype: Any = jnp.float32
@@ -174,7 +175,7 @@ class BertAttention(nn.Module):
 
     def setup(self) -> None:
         self.self = BertSelfAttention(self.config, dtype=self.dtype, implementation=self.implementation)
-        self.output = BertSelfOutput(self.config, dtype=self.dtype)
+        self.output = BertOutput(self.config, dtype=self.dtype)
 
     def __call__(self, hidden: jax.Array, mask: jax.Array | None, deterministic: bool = True) -> jax.Array:
         return self.output(self.self(hidden, mask, deterministic=deterministic), hidden, deterministic=deterministic)
@@ -192,22 +193,6 @@ class BertIntermediate(nn.Module):
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         return self.activation(self.dense(hidden))
-
-
-class BertOutput(nn.Module):
-    """The MLP's projection back to hidden_size, dropout, residual + LayerNorm."""
-
-    config: Any
-    dtype: Any = jnp.float32
-
-    def setup(self) -> None:
-        self.dense = nn.Dense(self.config.hidden_size, kernel_init=_normal_init(self.config), dtype=self.dtype)
-        self.dropout = nn.Dropout(rate=self.config.hidden_dropout_prob)
-        self.LayerNorm = nn.LayerNorm(epsilon=self.config.layer_norm_eps, dtype=self.dtype)
-
-    def __call__(self, hidden: jax.Array, residual: jax.Array, deterministic: bool = True) -> jax.Array:
-        hidden = self.dropout(self.dense(hidden), deterministic=deterministic)
-        return self.LayerNorm(hidden + residual)
 
 
 class BertLayer(nn.Module):
