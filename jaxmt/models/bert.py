@@ -25,6 +25,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jaxmt.parallel.mesh import constrain_batch
+
 ACTIVATIONS = {  # config.hidden_act -> function, as transformers' Flax ACT2FN
     "gelu": functools.partial(nn.gelu, approximate=False),
     "gelu_new": functools.partial(nn.gelu, approximate=True),
@@ -252,7 +254,8 @@ class BertLayerStack(nn.Module):
     def run_layer(self, index: int, hidden: jax.Array, mask: jax.Array | None,
                   deterministic: bool = True) -> jax.Array:
         """Layer `index` (0-based) alone; `mask` comes from `attention_mask_for`."""
-        return self.layer.layers[index](hidden, mask, deterministic)  # positional: remat's static argnum
+        hidden = self.layer.layers[index](constrain_batch(hidden), mask, deterministic)  # positional: remat's
+        return constrain_batch(hidden)  # static argnum; batch-sharded activations (FSDP gathers the weights)
 
     def __call__(self, hidden: jax.Array, mask: jax.Array | None, deterministic: bool = True,
                  output_hidden_states: bool = False) -> tuple[jax.Array, tuple[jax.Array, ...] | None]:

@@ -48,8 +48,10 @@ class JitStep:
         return put_process_block(block, self.data_sharding, self.block[1])
 
     def step(self, state: Any, batches: Any, rng: jax.Array) -> tuple[Any, dict]:
-        return self._step(state, batches, rng)
+        with jax.set_mesh(self.mesh):  # traced under the mesh: `constrain_batch` keeps activations batch-sharded
+            return self._step(state, batches, rng)
 
     def lower(self, state: Any, batches: Any, rng: jax.Array):
         """The lowered step (for `.compile()`, its shardings and cost analysis)."""
-        return self._step.lower(state, batches, rng)
+        with jax.set_mesh(self.mesh):
+            return self._step.lower(state, batches, rng)
