@@ -61,7 +61,7 @@ def make_mesh(axes: Sequence[str], shape: Sequence[int], devices: Sequence[jax.D
     return Mesh(grid, tuple(axes))
 
 
-def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+def batch_axes(mesh: Mesh | jax.sharding.AbstractMesh) -> tuple[str, ...]:
     """The mesh axes the batch dimension is split over."""
     return tuple(a for a in mesh.axis_names if a not in MODEL_AXES)
 
@@ -76,8 +76,8 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x
-    axes = tuple(a for a, kind in zip(mesh.axis_names, mesh.axis_types, strict=True)
-                 if a not in MODEL_AXES and mesh.shape[a] > 1 and kind == jax.sharding.AxisType.Auto)
+    kinds = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
+    axes = tuple(a for a in batch_axes(mesh) if mesh.shape[a] > 1 and kinds[a] == jax.sharding.AxisType.Auto)
     return jax.lax.with_sharding_constraint(x, P(axes)) if axes else x
 
 
