@@ -166,14 +166,13 @@ def finetune_program(config: ConfigDict, mesh) -> Program:
     tokenizer = load_tokenizer(tokenizer_name)
     # A large slice's global batch can exceed a task's training set (paper A's 7,544 SST sentences are fewer than
     # 512 examples on each of 16 chips): the step's shapes, the report's question, do not depend on which examples
-    # fill it, so such a set is repeated until it holds one batch; the report records how often.
-    splits, repeated = {}, {}
-    for task, split in load_splits(config, specs, "train").items():
-        times = -(-config.tasks[task].batch_size // len(split))
+    # fill it, so such a set is repeated (once tokenized) until it holds one batch; the report records how often.
+    train_split = setup.encode_splits(config, load_splits(config, specs, "train"), tokenizer)
+    repeated = {}
+    for task, split in train_split.items():
+        times = -(-config.tasks[task].batch_size // len(split.input_ids))
         if times > 1:
-            split, repeated[task] = split.subset([i % len(split) for i in range(times * len(split))]), times
-        splits[task] = split
-    train_split = setup.encode_splits(config, splits, tokenizer)
+            train_split[task], repeated[task] = split.repeated(times), times
     specs = {t: specs[t] for t in train_split}
     model = setup.build_model(config, bert_config, specs)
     groups = setup.surgery_groups(config, specs)

@@ -59,6 +59,20 @@ def test_single_sentence_truncation_counts(tiny_bert):
     np.testing.assert_array_equal(enc.lengths, [16, 4])
 
 
+def test_a_repeated_split_equals_encoding_the_repeated_rows(tiny_bert):
+    """The compile report repeats a small training set once tokenized; it must equal tokenizing the repeat."""
+    a = ["a man is playing a guitar on a stage in the snow by a river .", "a cat ."]
+    b = ["a dog .", "a woman is holding a book ."]
+    enc = encode_split(pair_data(a, b, [1.0, 4.0]), tiny_bert.tokenizer, max_length=12, pair_mode="triplet")
+    twice = encode_split(pair_data(a * 3, b * 3, [1.0, 4.0] * 3), tiny_bert.tokenizer, 12, "triplet")
+    got = enc.repeated(3)
+    assert enc.num_truncated == 2 and got.num_truncated == twice.num_truncated == 6 and len(got.data) == 6
+    np.testing.assert_array_equal(got.data.labels, twice.data.labels)
+    np.testing.assert_array_equal(got.lengths, twice.lengths)
+    for mine, theirs in zip(got.input_ids + got.token_type_ids, twice.input_ids + twice.token_type_ids):
+        chex.assert_trees_all_equal(mine, theirs)
+
+
 def test_buckets_and_batches(tiny_bert):
     assert bucket_length(5, (16, 32)) == 16
     assert bucket_length(16, (16, 32)) == 16

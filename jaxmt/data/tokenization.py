@@ -34,6 +34,16 @@ class EncodedSplit:
     def num_sequences(self) -> int:
         return len(self.input_ids[0])
 
+    def repeated(self, times: int) -> EncodedSplit:
+        """The split `times` over, in order, reusing its token arrays (no second tokenization): a compile report's
+        global batch on a large slice can exceed the training set, and tokenizing it again would cost minutes."""
+        return EncodedSplit(
+            data=self.data.subset([i % len(self.data) for i in range(times * len(self.data))]),
+            input_ids=self.input_ids * times,
+            token_type_ids=self.token_type_ids * times,
+            num_truncated=self.num_truncated * times,
+        )
+
     @functools.cached_property
     def lengths(self) -> np.ndarray:
         """The longest sequence of each example, [N]."""
