@@ -25,7 +25,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from jaxmt.parallel.mesh import constrain_batch
+from jaxmt.parallel.mesh import constrain_batch, gather_weight
 
 ACTIVATIONS = {  # config.hidden_act -> function, as transformers' Flax ACT2FN
     "gelu": functools.partial(nn.gelu, approximate=False),
@@ -85,6 +85,15 @@ def hidden_activation(config: Any) -> Any:
     return ACTIVATIONS[config.hidden_act]
 
 
+class GatheredEmbed(nn.Embed):
+    """`nn.Embed` (same parameter, same lookup) that gathers an FSDP-sharded table before the lookup
+    (`jaxmt.parallel.mesh.gather_weight`), so the looked-up rows come out batch-sharded with no all-to-all."""
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        (table,) = flax.linen.dtypes.promote_dtype(self.embedding, dtype=self.dtype, inexact=False)
+        return jnp.take(gather_weight(table), inputs, axis=0)
+
+
 class BertEmbeddings(nn.Module):
     """Word + position + token-type embeddings, LayerNorm, dropout."""
 
@@ -94,11 +103,11 @@ class BertEmbeddings(nn.Module):
     def setup(self) -> None:
         init = _normal_init(self.config)
         size = self.config.hidden_size
-        self.word_embeddings = nn.Embed(self.config.vocab_size, size, embedding_init=init, dtype=self.dtype)
-        self.position_embeddings = nn.Embed(self.config.max_position_embeddings, size, embedding_init=init,
-                                            dtype=self.dtype)
-        self.token_type_embeddings = nn.Embed(self.config.type_vocab_size, size, embedding_init=init,
-                                              dtype=self.dtype)
+        self.word_embeddings = GatheredEmbed(self.config.vocab_size, size, embedding_init=init, dtype=self.dtype)
+        self.position_embeddings = GatheredEmbed(self.config.max_position_embeddings, size, embedding_init=init,
+                                                 dtype=self.dtype)
+        self.token_type_embeddings = GatheredEmbed(self.config.type_vocab_size, size, embedding_init=init,
+                                                   dtype=self.dtype)
         self.LayerNorm = nn.LayerNorm(epsilon=self.config.layer_norm_eps, dtype=self.dtype)
         self.dropout = nn.Dropout(rate=self.config.hidden_dropout_prob)
 

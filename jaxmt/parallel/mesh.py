@@ -81,6 +81,21 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, P(axes)) if axes else x
 
 
+def gather_weight(weight: jax.Array) -> jax.Array:
+    """`weight` whole on every device (FSDP's gather), where the current mesh has an automatic axis to split.
+
+    For the embedding tables: their hidden dimension is split over 'fsdp', and a lookup from such a table leaves
+    GSPMD to gather each device's share of the hidden size for the whole global batch and then all-to-all the
+    activations into the batch layout, traffic that grows with the batch (the FSDP collectives test). Gathering
+    the table costs its size once, as every other FSDP weight does. A no-op without a mesh, or where every axis
+    is manual (shard_map, pmap) or of size 1."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not any(mesh.shape[a] > 1 and t == jax.sharding.AxisType.Auto
+                             for a, t in zip(mesh.axis_names, mesh.axis_types, strict=True)):
+        return weight
+    return jax.lax.with_sharding_constraint(weight, P())
+
+
 def data_parallel_size(mesh: Mesh) -> int:
     return math.prod(mesh.shape[a] for a in batch_axes(mesh))
 

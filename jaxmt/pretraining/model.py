@@ -143,8 +143,10 @@ class HierarchicalBert(nn.Module):
                         injected = injected * (jnp.arange(hidden.shape[1]) == 0)[None, :, None]
                     hidden = hidden + injected
             if layers.get("mlm") == number:
-                rows = jnp.arange(hidden.shape[0])[:, None]
-                masked = hidden[rows, batch["mlm_positions"]]
+                # A per-row gather (batched over rows), so a batch-sharded hidden state gives batch-sharded
+                # masked positions; `hidden[rows, positions]` is a gather over both axes, which GSPMD computed
+                # on the whole batch (an all-gather of the positions and an all-reduce of the result).
+                masked = jnp.take_along_axis(hidden, batch["mlm_positions"][:, :, None], axis=1)
                 if self.transfer == "concat":
                     extra = self.transfer_projection(nsp_repr)[:, None, :]
                     masked = jnp.concatenate([masked, jnp.broadcast_to(extra, masked.shape)], axis=-1)
