@@ -402,12 +402,14 @@ def _leaves_with_path(tree: Any):
     return jax.tree_util.tree_flatten_with_path(tree)[0]
 
 
-def search_report(reports: dict[int, dict], best: int | None) -> dict[str, Any]:
+def search_report(reports: dict[int, dict], best: int | None, finished: bool = True) -> dict[str, Any]:
     """The search's JSON: the largest fitting compile's report (`best`; None while searching: the largest that fit
-    so far), `largest_per_device_batch` (None until the search ends) and every compile's verdict."""
+    so far), `largest_per_device_batch` (None until the search ends, or where nothing fits), `search_finished`
+    (False in the copies saved while searching: table.sh compiles such a row again) and every compile's verdict."""
     fitted = [b for b, r in reports.items() if r["fits"]]
     shown = best if best is not None else max(fitted, default=None)
     return {**(reports[shown] if shown is not None else {}), "largest_per_device_batch": best,
+            "search_finished": finished,
             "search": {str(k): {"fits": r["fits"], "total_gib": r.get("memory_per_device", {}).get("total_gib"),
                                 "compile_seconds": r["compile_seconds"]} for k, r in sorted(reports.items())}}
 
@@ -516,7 +518,7 @@ def run(argv: list[str] | None = None) -> None:
             if FLAGS.search:
                 def log(message: str, reports: dict) -> None:  # each compile's verdict, and the search so far saved
                     print(message, file=sys.stderr)
-                    write(search_report(reports, None))
+                    write(search_report(reports, None, finished=False))
 
                 best, reports = search_per_device_batch(config, FLAGS.topology, devices,
                                                         FLAGS.per_device_batch or 8, log=log)

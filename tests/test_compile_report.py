@@ -74,8 +74,9 @@ def test_search_finds_the_largest_power_of_two_that_fits(monkeypatch):
     compiled.clear()
     best, _ = cr.search_per_device_batch(config, "v5e:2x2", jax.devices()[:1], start=64, log=lambda m, r: None)
     assert best == 32 and compiled == [64, 32]  # a start one power above the answer: one compile that fits
-    partial = cr.search_report({k: v for k, v in reports.items() if k <= 8}, None)  # as saved while searching
+    partial = cr.search_report({k: v for k, v in reports.items() if k <= 8}, None, finished=False)  # as saved
     assert partial["largest_per_device_batch"] is None  # not known yet; the largest fitting so far is shown
+    assert not partial["search_finished"] and cr.search_report(reports, 32)["search_finished"]
     assert partial["memory_per_device"] == reports[8]["memory_per_device"]
     assert set(partial["search"]) == {"4", "8"} and cr.search_report(reports, 32)["largest_per_device_batch"] == 32
 

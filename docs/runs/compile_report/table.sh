@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The compile-report table of docs/scaling.md: a `python -m jaxmt.compile_report` run a row, skipping rows whose
-# JSON exists (resumable). SEARCH=1: each row searches the largest power-of-two per-device batch from its start
-# (--search); unset: one compile at the start batch. Run from a checkout (or snapshot) with ../shared/data beside it.
+# JSON exists (resumable; a search cut short starts again). SEARCH=1: each row searches the largest power-of-two
+# per-device batch from its start (--search); unset: one compile at the start batch. Run from a checkout (or
+# snapshot) with ../shared/data beside it.
 # Usage: [SEARCH=1] table.sh CHECKOUT_DIR OUT_DIR
 set -u
 SNAP=$1; OUT=$2
@@ -17,7 +18,9 @@ DATA='--config.mesh.shape=(-1,1,1)'
 FSDP='--config.mesh.shape=(1,-1,1)'
 row() {  # name start topology args...
   local name=$1 start=$2 topo=$3; shift 3
-  [ -s "$OUT/$name.json" ] && return
+  if [ -s "$OUT/$name.json" ]; then  # done; a search's copy saved mid-way (killed) says it is not finished
+    grep -q '"search_finished": false' "$OUT/$name.json" || return
+  fi
   echo "$(date -u +%FT%TZ) start $name"
   timeout 14400 "$PY" -m jaxmt.compile_report "$@" --topology="$topo" ${SEARCH:+--search} --per_device_batch="$start" \
     --output="$OUT/$name.json" > "$OUT/$name.log" 2>&1
