@@ -411,7 +411,9 @@ def search_report(reports: dict[int, dict], best: int | None, finished: bool = T
     return {**(reports[shown] if shown is not None else {}), "largest_per_device_batch": best,
             "search_finished": finished,
             "search": {str(k): {"fits": r["fits"], "total_gib": r.get("memory_per_device", {}).get("total_gib"),
-                                "compile_seconds": r["compile_seconds"]} for k, r in sorted(reports.items())}}
+                                "compile_seconds": r["compile_seconds"],
+                                **({"compiler_error": r["compiler_error"]} if "compiler_error" in r else {})}
+                       for k, r in sorted(reports.items())}}
 
 
 def search_per_device_batch(config: ConfigDict, topology: str, devices: list, start: int = 8,

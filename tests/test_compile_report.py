@@ -58,8 +58,9 @@ def test_search_finds_the_largest_power_of_two_that_fits(monkeypatch):
         per_device = config.batch_size  # one device: the global batch
         compiled.append(per_device)
         total = int(fixed + per_example * per_device)
-        return {"fits": total <= hbm, "compile_seconds": 1.0, "memory_per_device": {"total_bytes": total,
-                                                                                   "total_gib": total / cr.GIB}}
+        out = {"fits": total <= hbm, "compile_seconds": 1.0, "memory_per_device": {"total_bytes": total,
+                                                                                  "total_gib": total / cr.GIB}}
+        return out if out["fits"] else {**out, "compiler_error": f"Ran out of memory: {total} bytes"}
 
     monkeypatch.setattr(cr, "compile_once", fake_compile)
     from configs import pretrain_bert
@@ -77,6 +78,8 @@ def test_search_finds_the_largest_power_of_two_that_fits(monkeypatch):
     partial = cr.search_report({k: v for k, v in reports.items() if k <= 8}, None, finished=False)  # as saved
     assert partial["largest_per_device_batch"] is None  # not known yet; the largest fitting so far is shown
     assert not partial["search_finished"] and cr.search_report(reports, 32)["search_finished"]
+    search = cr.search_report(reports, 32)["search"]  # an out-of-memory verdict keeps the compiler's line
+    assert search["64"]["compiler_error"].startswith("Ran out of memory") and "compiler_error" not in search["32"]
     assert partial["memory_per_device"] == reports[8]["memory_per_device"]
     assert set(partial["search"]) == {"4", "8"} and cr.search_report(reports, 32)["largest_per_device_batch"] == 32
 
