@@ -66,6 +66,16 @@ def batch_axes(mesh: Mesh | jax.sharding.AbstractMesh) -> tuple[str, ...]:
     return tuple(a for a in mesh.axis_names if a not in MODEL_AXES)
 
 
+def _auto_split_axes() -> tuple[str, ...]:
+    """The current mesh's axes that GSPMD partitions (Auto, size > 1); none without a mesh (a plain jit) and none
+    manual (shard_map, pmap: each device already holds its own share)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return ()
+    return tuple(a for a, kind in zip(mesh.axis_names, mesh.axis_types, strict=True)
+                 if mesh.shape[a] > 1 and kind == jax.sharding.AxisType.Auto)
+
+
 def constrain_batch(x: jax.Array) -> jax.Array:
     """`x` with its leading (batch) axis split over the current mesh's data-parallel axes, as MaxText's logical
     activation constraints do. In a step traced under `jax.set_mesh` (`JitStep`) it keeps every layer's activations
@@ -73,11 +83,8 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     tensor parallelism over whole-batch activations (which the compile report found: a 0.8 GB all-reduce a layer
     for BERT-base at 64 examples a device). A no-op where no mesh is set (a plain jit), inside shard_map or pmap
     (their axes are manual: each device already holds its own rows) or where the batch is not split."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return x
-    kinds = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
-    axes = tuple(a for a in batch_axes(mesh) if mesh.shape[a] > 1 and kinds[a] == jax.sharding.AxisType.Auto)
+    split = _auto_split_axes()
+    axes = tuple(a for a in batch_axes(jax.sharding.get_abstract_mesh()) if a in split)
     return jax.lax.with_sharding_constraint(x, P(axes)) if axes else x
 
 
@@ -89,11 +96,7 @@ def gather_weight(weight: jax.Array) -> jax.Array:
     activations into the batch layout, traffic that grows with the batch (the FSDP collectives test). Gathering
     the table costs its size once, as every other FSDP weight does. A no-op without a mesh, or where every axis
     is manual (shard_map, pmap) or of size 1."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not any(mesh.shape[a] > 1 and t == jax.sharding.AxisType.Auto
-                             for a, t in zip(mesh.axis_names, mesh.axis_types, strict=True)):
-        return weight
-    return jax.lax.with_sharding_constraint(weight, P())
+    return jax.lax.with_sharding_constraint(weight, P()) if _auto_split_axes() else weight
 
 
 def data_parallel_size(mesh: Mesh) -> int:
