@@ -40,7 +40,7 @@ import dataclasses
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import jax
@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import torch_reference as ref  # noqa: E402
 from benchmarks.common import JaxmtTrain, environment, jaxmt_train, torch_info, train_run, write_result  # noqa: E402
 from configs import pcgrad  # noqa: E402
-from jaxmt.data.eval_batches import EvalPacking, sized_eval_batches  # noqa: E402
+from jaxmt.data.eval_batches import EvalPacking, fit_choice, sized_eval_batches  # noqa: E402
 from jaxmt.data.packing import PackedTaskSampler, train_step_batches  # noqa: E402
 from jaxmt.data.sampling import TaskSampler, eval_batches  # noqa: E402
 from jaxmt.data.sources import load_splits, task_specs  # noqa: E402
@@ -83,6 +83,9 @@ _ONLY = flags.DEFINE_enum("only", "all", ["all", "train", "eval"], "Run the trai
 _EVAL_TOKENS = flags.DEFINE_integer("eval_tokens", EvalPacking((1,)).tokens, "Packed evaluation: tokens a batch.")
 _EVAL_MAX_EXAMPLES = flags.DEFINE_integer("eval_max_examples", EvalPacking((1,)).max_examples,
                                           "Packed evaluation: examples a batch at most.")
+_FIT_ROWS = flags.DEFINE_integer("fit_rows", 0, "Also evaluate in rows of every multiple of N tokens, each example "
+                                 "in the shortest that holds its longest sequence (runner jaxmt_fit_rows; "
+                                 "benchmarks/eval_layout_cost.py counts its cost); 0: off.")
 
 EVAL_ONLY_OUT = "benchmarks/results/real_stream_eval_cpu_2core.json"
 QUICK = {"steps": 6, "rounds": 2, "eval_examples": 128, "out": "benchmarks/results/real_stream_quick.json"}
@@ -278,15 +281,18 @@ def train_runners(label: str, surgery: str, pretrained, specs: dict, streams: di
 
 
 def eval_runners(train: JaxmtTrain, config: ConfigDict, pretrained, dev: dict, packings: dict[str, dict], rounds: int,
-                 use_torch: bool) -> tuple[list[Timed], dict]:
-    """Packed (one runner per entry of `packings`: runner name -> task -> `EvalPacking`), padded and torch
+                 use_torch: bool, fit: Collection[str] = ()) -> tuple[list[Timed], dict]:
+    """Packed (one runner per entry of `packings`: runner name -> task -> `EvalPacking`; the runners named in
+    `fit` place each example in the shortest row that holds its longest sequence), padded and torch
     evaluation runners over the dev sets (every `rounds`-th batch a round), warmed up, on `train`'s initial
     params; and the predictions each fills in (by runner, then task)."""
     pad_id, batch_size = pretrained.tokenizer.pad_token_id, config.eval_batch_size
     params = train.state.params
     heads = jax.device_get(params["heads"])
     passes = {
-        **{name: lambda t, p=packing: sized_eval_batches(dev[t], p[t], pad_id) for name, packing in packings.items()},
+        **{name: lambda t, p=packing, f=name in fit: sized_eval_batches(
+            dev[t], p[t], pad_id, fit_choice(dev[t], p[t].row_lengths) if f else None)
+           for name, packing in packings.items()},
         "jaxmt_padded": lambda t: eval_batches(dev[t], batch_size, config.data.buckets, pad_id),
         "torch_dynamic": lambda t: ((i, dynamic_batch(dev[t], i, pad_id))
                                     for i, _ in eval_batches(dev[t], batch_size, config.data.buckets, pad_id)),
@@ -386,6 +392,8 @@ def main(argv: list[str]) -> None:
     packed_sampler = make_sampler(base, train, data_parallel_size(mesh))
     packing = {t: dataclasses.replace(v, tokens=_EVAL_TOKENS.value, max_examples=_EVAL_MAX_EXAMPLES.value)
                for t, v in run_eval_packing(base, dev, mesh).items()}
+    fitted = {} if not _FIT_ROWS.value else {"jaxmt_fit_rows": dict.fromkeys(dev, dataclasses.replace(
+        next(iter(packing.values())), row_lengths=tuple(range(_FIT_ROWS.value, PACK_LENGTH + 1, _FIT_ROWS.value))))}
     padded_sampler = make_sampler(bench_config("pcgrad", False, schedule_steps, eval_examples), train,
                                   data_parallel_size(mesh))
 
@@ -400,8 +408,8 @@ def main(argv: list[str]) -> None:
     evaluation, predictions = [], {}
     if _ONLY.value != "train":
         initial = jaxmt_train(base, pretrained, specs, schedule_steps)  # its params, never stepped, are evaluated
-        evaluation, predictions = eval_runners(initial, base, pretrained, dev, {"jaxmt_packed": packing}, rounds,
-                                               use_torch)
+        evaluation, predictions = eval_runners(initial, base, pretrained, dev, {"jaxmt_packed": packing, **fitted},
+                                               rounds, use_torch, fit=fitted)
     groups = {} if _ONLY.value == "eval" else {
         label: train_runners(label, surgery, pretrained, specs, streams, slices, use_torch, schedule_steps,
                              eval_examples) for label, surgery in (("sum", "none"), ("pcgrad", "pcgrad"))}
@@ -435,6 +443,8 @@ def main(argv: list[str]) -> None:
                                for t, v in packed_sampler.layouts.items()},
             "eval_layouts": {t: {length: f"{v.layout(length).rows}x{length}, <= {v.max_examples} examples"
                                  for length in v.row_lengths} for t, v in packing.items()},
+            **({"eval_fit_rows": f"every {_FIT_ROWS.value} tokens, each example in the shortest row that holds its "
+                                 "longest sequence"} if fitted else {}),
         },
         **environment(torch_info(use_torch, torch_note, _TORCH_THREADS.value)),
         "method": f"host batches built before timing; {rounds} rounds, each runner on one slice of the pass a round "

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from jaxmt.data.eval_batches import EvalPacking, eval_packing, example_sizes, row_choice, sized_eval_batches
+from jaxmt.data.eval_batches import EvalPacking, eval_packing, example_sizes, fit_choice, row_choice, sized_eval_batches
 from jaxmt.data.sources import load_splits, task_specs
 from jaxmt.parallel.mesh import make_mesh
 from jaxmt.training import setup
@@ -55,6 +55,24 @@ def test_sized_rows_come_from_the_pack_length_and_an_overlong_sequence_is_an_err
     assert packing.row_lengths == (16, 32, 64) and packing.groups == 4 and packing.layout(16).groups == 4
     with pytest.raises(ValueError, match=r"does not fit the longest evaluation row \(8 tokens\)"):
         next(sized_eval_batches(splits["sst"], EvalPacking(row_lengths=(4, 8)), pad_id))
+
+
+def test_a_given_row_choice_overrides_the_size_fill(eval_setup):
+    # benchmarks/eval_layout_cost.py compares layouts by handing each example's row length in
+    _, splits, _, _, pad_id = eval_setup
+    split = splits["para"]
+    which = np.arange(len(split.data)) % 2  # alternately the 32- and the 64-token rows, whatever their size
+    packing = EvalPacking(row_lengths=(32, 64), tokens=256, max_examples=24)
+    seen = []
+    for idx, batch in sized_eval_batches(split, packing, pad_id, which):
+        assert (np.asarray([32, 64])[which[idx]] == batch["input_ids"].shape[1]).all()
+        seen.extend(idx.tolist())
+    assert sorted(seen) == list(range(len(split.data)))
+    # fit_choice: the shortest row that holds an example's longest sequence, the longest row past it
+    lengths = (8, 16, 24, 32)
+    chosen = np.asarray(lengths)[fit_choice(split, lengths)]
+    longest = np.asarray([max(len(q) for q in seqs) for seqs in split.input_ids])
+    assert ((chosen >= longest) | (chosen == 32)).all() and ((chosen - 8 < longest) | (chosen == 8)).all()
 
 
 def test_packed_predictions_equal_the_padded_ones(eval_setup):

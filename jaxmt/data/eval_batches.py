@@ -70,6 +70,14 @@ def row_choice(sizes: np.ndarray, row_lengths: tuple[int, ...]) -> np.ndarray:
     return np.argmax(filled - 1e-9 * np.arange(lengths.shape[1]), axis=1)  # ties: the shortest row
 
 
+def fit_choice(split: EncodedSplit, row_lengths: tuple[int, ...]) -> np.ndarray:
+    """For each example, the index of the shortest row length that holds its longest sequence (the longest row
+    for longer ones): about one sequence a row, as dynamic padding computes; an alternative to `row_choice`
+    that benchmarks/eval_layout_cost.py and real_stream.py's --fit_rows compare (more tokens, less attention)."""
+    longest = np.asarray([max(len(s) for s in seqs) for seqs in split.input_ids])
+    return np.minimum(np.searchsorted(np.asarray(row_lengths), longest), len(row_lengths) - 1)
+
+
 def fill_group(split: EncodedSplit, pending: list[int], layout: PackLayout) -> tuple[Placement, list[int]]:
     """First fit decreasing of the examples `pending` (indices, longest first) into one group's empty rows, at
     most `layout.max_examples` of them: (their placement in slot order, the indices left, still longest first).
@@ -124,16 +132,18 @@ def length_batches(split: EncodedSplit, indices: np.ndarray, layout: PackLayout,
                concat_groups([pack_group(split, g, sized, pad_id) for g in groups]))
 
 
-def sized_eval_batches(split: EncodedSplit, packing: EvalPacking, pad_id: int) -> Iterator[tuple[np.ndarray, dict]]:
+def sized_eval_batches(split: EncodedSplit, packing: EvalPacking, pad_id: int,
+                       which: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, dict]]:
     """Yields (indices into `split`, packed batch) covering every example once: each row length's examples in
     batches of `packing.layout(length)` (`length_batches`); the indices are those of the batch's example slots
     with `example_mask > 0`, in slot order. An example longer than every row (a siamese pair of two long
-    sentences) goes to the longest rows, which hold it as training rows of that length do."""
+    sentences) goes to the longest rows, which hold it as training rows of that length do. `which` (index of a
+    row length per example) overrides `row_choice` (e.g. `fit_choice`)."""
     longest = packing.row_lengths[-1]
     if len(split.data) and int(split.lengths.max()) > longest:
         raise ValueError(f"a sequence of {int(split.lengths.max())} tokens does not fit the longest evaluation row "
                          f"({longest} tokens)")
-    which = row_choice(example_sizes(split), packing.row_lengths)
+    which = row_choice(example_sizes(split), packing.row_lengths) if which is None else which
     for k, length in enumerate(packing.row_lengths):
         members = np.flatnonzero(which == k)
         if len(members):
