@@ -308,6 +308,41 @@ def collectives(hlo_text: str) -> list[dict[str, Any]]:
     return found
 
 
+ALLOCATION = re.compile(r"^allocation \d+: size (\d+)(.*):$")
+VALUE = re.compile(r"^\s*value: <\d+ ([\w.\-]+)(?:\{[^}]*\})? @\d+> \(size=(\d+),offset=\d+\): (.*)$")
+OP_NAME = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?op_name="([^"]*)"')
+
+
+def largest_temporaries(dump_dir: str, hlo_text: str, top: int = 15) -> dict[str, Any]:
+    """The largest values XLA placed in the step's temporary HBM allocations, from the compiler's buffer assignment
+    dumped into `dump_dir` (`xla_dump_to`): which arrays make the `temporaries_bytes`, each with its HLO
+    instruction and the JAX op it came from (`hlo_text`: the compiled module, for the op names). Values whose live
+    ranges do not overlap share bytes, so their sizes add up to more than the allocation."""
+    from etils import epath
+
+    dumps = sorted(epath.Path(dump_dir).glob("*after_optimizations-buffer-assignment.txt"),
+                   key=lambda f: f.stat().length)
+    if not dumps:
+        raise FileNotFoundError(f"{dump_dir}: no buffer assignment was dumped (xla_dump_to)")
+    op_names = dict(m.groups() for m in map(OP_NAME.match, hlo_text.splitlines()) if m)
+    values, allocated, in_temp = [], 0, False
+    for line in dumps[-1].read_text().splitlines():  # the largest module: the train step
+        header = ALLOCATION.match(line)
+        if header:
+            tags = header.group(2)
+            in_temp = not re.search(r"parameter|constant|output shape|maybe-live-out|color [1-9]", tags)
+            allocated += int(header.group(1)) if in_temp else 0
+            continue
+        value = VALUE.match(line)
+        if in_temp and value:
+            name, size, shape = value.groups()
+            values.append({"bytes": int(size), "shape": re.sub(r"\{[^}]*\}", "", shape).strip(),
+                           "instruction": name, "op_name": op_names.get(name, "")})
+    values.sort(key=lambda v: -v["bytes"])
+    return {"allocated_bytes": allocated, "values": len(values), "largest": values[:top],
+            "buffer_assignment": str(dumps[-1])}
+
+
 def summarize(compiled, chip: Chip, compile_seconds: float, program: Program, mesh) -> dict[str, Any]:
     """The report's figures from a compiled step."""
     memory = compiled.memory_analysis()
@@ -359,9 +394,10 @@ def _out_of_memory(err: Exception) -> str | None:
     return None
 
 
-def compile_once(config: ConfigDict, topology: str, devices: list) -> dict[str, Any]:
+def compile_once(config: ConfigDict, topology: str, devices: list, dump_to: str = "") -> dict[str, Any]:
     """Builds the config's train step for the topology's mesh, compiles it and returns its figures (or, when the
-    compiler runs out of HBM, `fits: False` and its message)."""
+    compiler runs out of HBM, `fits: False` and its message). With `dump_to` the compiler's dumps go to
+    `dump_to/per_device_N` and the report lists the largest temporary buffers (`largest_temporaries`)."""
     from jaxmt.parallel.mesh import data_parallel_size, make_mesh
 
     if config.parallel.mode != "jit":
@@ -385,15 +421,19 @@ def compile_once(config: ConfigDict, topology: str, devices: list) -> dict[str, 
         "batch_shapes": {"/".join(str(getattr(k, "key", k)) for k in path): [list(x.shape), str(x.dtype)]
                          for path, x in _leaves_with_path(program.args[1])},
     }
+    dump_dir = f"{dump_to.rstrip('/')}/per_device_{program.per_device_batch}" if dump_to else ""
     try:
-        compiled = lowered.compile()
+        compiled = lowered.compile(compiler_options={"xla_dump_to": dump_dir} if dump_dir else None)
     except Exception as err:  # XlaRuntimeError; only an out-of-memory verdict is an answer, anything else re-raises
         reason = _out_of_memory(err)
         if reason is None:
             raise
         return {**shape, "fits": False, "compile_seconds": round(time.perf_counter() - start, 1),
                 "compiler_error": reason}
-    return {**shape, **summarize(compiled, chip, time.perf_counter() - start, program, mesh)}
+    report = {**shape, **summarize(compiled, chip, time.perf_counter() - start, program, mesh)}
+    if dump_dir:
+        report["temporaries"] = largest_temporaries(dump_dir, compiled.as_text())
+    return report
 
 
 def _leaves_with_path(tree: Any):
@@ -417,14 +457,16 @@ def search_report(reports: dict[int, dict], best: int | None, finished: bool = T
 
 
 def search_per_device_batch(config: ConfigDict, topology: str, devices: list, start: int = 8,
-                            log: Callable[[str, dict], None] | None = None) -> tuple[int | None, dict[int, dict]]:
+                            log: Callable[[str, dict], None] | None = None,
+                            dump_to: str = "") -> tuple[int | None, dict[int, dict]]:
     """The largest power-of-two per-device batch whose step fits the chip's HBM, and every compile's report.
 
     Walks from `start`: down by halves while the step does not fit, up by doubles while it does. Start high: a
     compile that runs out of HBM fails within a minute or two, one that fits takes the whole compile (23-35
     minutes for BERT-base on a loaded 2-core host), so a start one power above the answer costs one full compile.
     (Memory is far from linear in the batch, XLA rematerializes under pressure, so no line predicts the answer.)
-    `log(message, reports)` is called after each compile (default: the message to stderr).
+    `log(message, reports)` is called after each compile (default: the message to stderr); `dump_to` as in
+    `compile_once`.
     """
     log = log or (lambda message, reports: print(message, file=sys.stderr))
     from jaxmt.parallel.mesh import data_parallel_size, make_mesh
@@ -433,7 +475,8 @@ def search_per_device_batch(config: ConfigDict, topology: str, devices: list, st
     reports: dict[int, dict] = {}
 
     def fits(per_device: int) -> bool:
-        reports[per_device] = compile_once(with_per_device_batch(config, per_device, data_parallel), topology, devices)
+        reports[per_device] = compile_once(with_per_device_batch(config, per_device, data_parallel), topology, devices,
+                                           dump_to)
         r = reports[per_device]
         log(f"per-device batch {per_device}: fits={r['fits']} "
             f"({r.get('memory_per_device', {}).get('total_gib', '-')} GiB, {r['compile_seconds']} s to compile)",
@@ -490,6 +533,8 @@ def run(argv: list[str] | None = None) -> None:
     flags.DEFINE_integer("per_device_batch", 0, "Examples a device a step (0 = the config's own batch sizes).")
     flags.DEFINE_boolean("search", False, "Find the largest power-of-two per-device batch that fits the HBM.")
     flags.DEFINE_string("output", "", "Also write the JSON to this file.")
+    flags.DEFINE_string("dump_to", "", "Write the compiler's dumps here (a local folder) and list the largest "
+                        "temporary buffers in the report ('temporaries'): what makes the step's memory.")
     flags.DEFINE_string("table", "", "Print a markdown table of the reports (JSON files) in this folder, and exit.")
 
     def main(argv_: list[str]) -> None:
@@ -523,12 +568,13 @@ def run(argv: list[str] | None = None) -> None:
                     write(search_report(reports, None, finished=False))
 
                 best, reports = search_per_device_batch(config, FLAGS.topology, devices,
-                                                        FLAGS.per_device_batch or 8, log=log)
+                                                        FLAGS.per_device_batch or 8, log=log,
+                                                        dump_to=FLAGS.dump_to)
                 report = search_report(reports, best)
             else:
                 if FLAGS.per_device_batch:
                     config = with_per_device_batch(config, FLAGS.per_device_batch, data_parallel)
-                report = compile_once(config, FLAGS.topology, devices)
+                report = compile_once(config, FLAGS.topology, devices, FLAGS.dump_to)
         print(write(report))
 
     app.run(main, argv=argv, flags_parser=parse_flags)

@@ -137,6 +137,46 @@ def test_finetuning_step_compiles_for_a_v5e_slice(tiny_bert_dir):
 
 
 @needs_libtpu
+def test_dumped_buffer_assignment_names_the_largest_temporaries(tiny_bert_dir, tmp_path):
+    config = with_overrides(tiny_config(tiny_bert_dir), **{"optim.gradient_surgery": "pcgrad"})
+    report = cr.compile_once(cr.with_per_device_batch(config, 4, 4), "v5e:2x2", cr.topology_devices("v5e:2x2"),
+                             dump_to=str(tmp_path / "dump"))
+    temps = report["temporaries"]
+    assert temps["buffer_assignment"].startswith(str(tmp_path / "dump" / "per_device_4"))
+    sizes = [v["bytes"] for v in temps["largest"]]
+    assert sizes == sorted(sizes, reverse=True) and 0 < sizes[0] <= temps["allocated_bytes"]
+    assert temps["values"] >= len(sizes) > 1
+    # the allocations are the compiler's temporaries, as memory_analysis counts them
+    assert temps["allocated_bytes"] >= report["memory_per_device"]["temporaries_bytes"] // 2
+    assert all(v["shape"] and "{" not in v["shape"] and v["instruction"] for v in temps["largest"])
+    assert any("jvp" in v["op_name"] or "transpose" in v["op_name"] or "train" in v["op_name"]
+               for v in temps["largest"])  # op names come from the compiled HLO's metadata
+
+
+def test_largest_temporaries_parses_the_buffer_assignment(tmp_path):
+    (tmp_path / "module_0001.jit_step.after_optimizations-buffer-assignment.txt").write_text("""\
+BufferAssignment:
+allocation 0: size 64, parameter 0, shape |f32[4,4]| at ShapeIndex {}:
+ value: <1 p @0> (size=64,offset=0): f32[4,4]{1,0}
+allocation 1: size 96, output shape is |f32[4,4]|, maybe-live-out:
+ value: <2 fusion.2 @0> (size=64,offset=0): f32[4,4]{1,0}
+allocation 2: size 4096, preallocated-temp:
+ value: <3 fusion.1 @0> (size=1024,offset=0): bf16[16,32]{1,0:T(8,128)(2,1)}
+ value: <4 convolution.7{} @0> (size=4096,offset=0): f32[32,32]{1,0}
+allocation 3: size 512, color 1, preallocated-temp:
+ value: <5 copy-start @1> (size=512,offset=0): f32[128]{0:S(1)}
+""")
+    hlo = '  %convolution.7 = f32[32,32]{1,0} convolution(%a, %b), metadata={op_name="jit(step)/dot_general"}\n'
+    temps = cr.largest_temporaries(str(tmp_path), hlo)
+    assert temps["allocated_bytes"] == 4096 and temps["values"] == 2
+    assert temps["largest"] == [
+        {"bytes": 4096, "shape": "f32[32,32]", "instruction": "convolution.7", "op_name": "jit(step)/dot_general"},
+        {"bytes": 1024, "shape": "bf16[16,32]", "instruction": "fusion.1", "op_name": ""}]
+    with pytest.raises(FileNotFoundError, match="no buffer assignment"):
+        cr.largest_temporaries(str(tmp_path / "empty"), hlo)
+
+
+@needs_libtpu
 def test_pretraining_step_compiles_for_a_v4_slice_with_fsdp(bert_dir, tmp_path):  # noqa: F811 (fixture)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(synthetic_corpus(8, 4))
