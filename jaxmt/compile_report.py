@@ -316,8 +316,9 @@ OP_NAME = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?op_name="([^"]*)"')
 def largest_temporaries(dump_dir: str, hlo_text: str, top: int = 15) -> dict[str, Any]:
     """The largest values XLA placed in the step's temporary HBM allocations, from the compiler's buffer assignment
     dumped into `dump_dir` (`xla_dump_to`): which arrays make the `temporaries_bytes`, each with its HLO
-    instruction and the JAX op it came from (`hlo_text`: the compiled module, for the op names). Values whose live
-    ranges do not overlap share bytes, so their sizes add up to more than the allocation."""
+    instruction and the JAX op it came from (`hlo_text`: the compiled module, for the op names), and the bytes by
+    op with layer numbers folded (`by_op`: `encoder.run_layer/*/intermediate/...` sums the twelve layers' values).
+    Values whose live ranges do not overlap share bytes, so their sizes add up to more than the allocation."""
     from etils import epath
 
     dumps = sorted(epath.Path(dump_dir).glob("*after_optimizations-buffer-assignment.txt"),
@@ -339,8 +340,14 @@ def largest_temporaries(dump_dir: str, hlo_text: str, top: int = 15) -> dict[str
             values.append({"bytes": int(size), "shape": re.sub(r"\{[^}]*\}", "", shape).strip(),
                            "instruction": name, "op_name": op_names.get(name, "")})
     values.sort(key=lambda v: -v["bytes"])
+    by_op: dict[str, dict[str, int]] = {}
+    for v in values:
+        group = by_op.setdefault(re.sub(r"/\d+/", "/*/", v["op_name"]) or v["instruction"], {"values": 0, "bytes": 0})
+        group["values"] += 1
+        group["bytes"] += v["bytes"]
+    ops = sorted(by_op.items(), key=lambda kv: -kv[1]["bytes"])[:top]
     return {"allocated_bytes": allocated, "values": len(values), "largest": values[:top],
-            "buffer_assignment": str(dumps[-1])}
+            "by_op": [{"op_name": name, **group} for name, group in ops], "buffer_assignment": str(dumps[-1])}
 
 
 def summarize(compiled, chip: Chip, compile_seconds: float, program: Program, mesh) -> dict[str, Any]:
@@ -421,7 +428,7 @@ def compile_once(config: ConfigDict, topology: str, devices: list, dump_to: str 
         "batch_shapes": {"/".join(str(getattr(k, "key", k)) for k in path): [list(x.shape), str(x.dtype)]
                          for path, x in _leaves_with_path(program.args[1])},
     }
-    dump_dir = f"{dump_to.rstrip('/')}/per_device_{program.per_device_batch}" if dump_to else ""
+    dump_dir = f"{dump_to.rstrip('/')}/per_device_{program.per_device_batch:g}" if dump_to else ""
     try:
         compiled = lowered.compile(compiler_options={"xla_dump_to": dump_dir} if dump_dir else None)
     except Exception as err:  # XlaRuntimeError; only an out-of-memory verdict is an answer, anything else re-raises
