@@ -172,6 +172,8 @@ allocation 3: size 512, color 1, preallocated-temp:
     assert temps["largest"] == [
         {"bytes": 4096, "shape": "f32[32,32]", "instruction": "convolution.7", "op_name": "jit(step)/dot_general"},
         {"bytes": 1024, "shape": "bf16[16,32]", "instruction": "fusion.1", "op_name": ""}]
+    assert temps["by_op"] == [{"op_name": "jit(step)/dot_general", "values": 1, "bytes": 4096},
+                              {"op_name": "fusion.1", "values": 1, "bytes": 1024}]
     with pytest.raises(FileNotFoundError, match="no buffer assignment"):
         cr.largest_temporaries(str(tmp_path / "empty"), hlo)
 
