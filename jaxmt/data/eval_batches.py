@@ -74,8 +74,7 @@ def fit_choice(split: EncodedSplit, row_lengths: tuple[int, ...]) -> np.ndarray:
     """For each example, the index of the shortest row length that holds its longest sequence (the longest row
     for longer ones): about one sequence a row, as dynamic padding computes; an alternative to `row_choice`
     that benchmarks/eval_layout_cost.py and real_stream.py's --fit_rows compare (more tokens, less attention)."""
-    longest = np.asarray([max(len(s) for s in seqs) for seqs in split.input_ids])
-    return np.minimum(np.searchsorted(np.asarray(row_lengths), longest), len(row_lengths) - 1)
+    return np.minimum(np.searchsorted(np.asarray(row_lengths), split.lengths), len(row_lengths) - 1)
 
 
 def fill_group(split: EncodedSplit, pending: list[int], layout: PackLayout) -> tuple[Placement, list[int]]:
