@@ -483,7 +483,7 @@ def search_per_device_batch(config: ConfigDict, topology: str, devices: list, st
 
     def fits(per_device: int) -> bool:
         reports[per_device] = compile_once(with_per_device_batch(config, per_device, data_parallel), topology, devices,
-                                           dump_to)
+                                           dump_to=dump_to)
         r = reports[per_device]
         log(f"per-device batch {per_device}: fits={r['fits']} "
             f"({r.get('memory_per_device', {}).get('total_gib', '-')} GiB, {r['compile_seconds']} s to compile)",

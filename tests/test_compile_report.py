@@ -54,7 +54,7 @@ def test_search_finds_the_largest_power_of_two_that_fits(monkeypatch):
     fixed, per_example = 3 * cr.GIB, 0.3 * cr.GIB  # fits up to 43 examples: the answer is 32
     compiled = []
 
-    def fake_compile(config, topology, devices):
+    def fake_compile(config, topology, devices, dump_to=""):
         per_device = config.batch_size  # one device: the global batch
         compiled.append(per_device)
         total = int(fixed + per_example * per_device)
