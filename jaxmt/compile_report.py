@@ -274,6 +274,13 @@ def _array_bytes(shape_text: str) -> int:
 
 
 INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w\-]*)\((.*)$")
+OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def _op_name(instruction_line: str) -> str:
+    """The JAX op an HLO instruction came from (its metadata's op_name), or '' for one the compiler made up."""
+    found = OP_NAME.search(instruction_line)
+    return found.group(1) if found else ""
 
 
 def collectives(hlo_text: str) -> list[dict[str, Any]]:
@@ -297,20 +304,18 @@ def collectives(hlo_text: str) -> list[dict[str, Any]]:
         operands = re.findall(r"%([\w.\-]+)", operand_text)
         groups = re.search(r"replica_groups=(\[[^\]]*\]<=\[[^\]]*\](?:T\([^)]*\))?|\{[^}]*\}(?:\}|)|mesh\[[^\]]*\]"
                            r"(?: \{[^}]*\})?)", line)
-        op_name = re.search(r'op_name="([^"]*)"', line)
         found.append({
             "kind": kind,
             "operand_bytes": sum(_array_bytes(shapes.get(o, "")) for o in operands),
             "result": re.sub(r"\{[^}]*\}", "", shape),
             "replica_groups": groups.group(1) if groups else "",
-            "op_name": op_name.group(1) if op_name else "",
+            "op_name": _op_name(line),
         })
     return found
 
 
 ALLOCATION = re.compile(r"^allocation \d+: size (\d+)(.*):$")
 VALUE = re.compile(r"^\s*value: <\d+ ([\w.\-]+)(?:\{[^}]*\})? @\d+> \(size=(\d+),offset=\d+\): (.*)$")
-OP_NAME = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?op_name="([^"]*)"')
 
 
 def largest_temporaries(dump_dir: str, hlo_text: str, top: int = 15) -> dict[str, Any]:
@@ -325,7 +330,7 @@ def largest_temporaries(dump_dir: str, hlo_text: str, top: int = 15) -> dict[str
                    key=lambda f: f.stat().length)
     if not dumps:
         raise FileNotFoundError(f"{dump_dir}: no buffer assignment was dumped (xla_dump_to)")
-    op_names = dict(m.groups() for m in map(OP_NAME.match, hlo_text.splitlines()) if m)
+    op_names = {m.group(1): _op_name(line) for line in hlo_text.splitlines() if (m := INSTRUCTION.match(line))}
     values, allocated, in_temp = [], 0, False
     for line in dumps[-1].read_text().splitlines():  # the largest module: the train step
         header = ALLOCATION.match(line)
