@@ -314,6 +314,22 @@ def collectives(hlo_text: str) -> list[dict[str, Any]]:
     return found
 
 
+def while_loops(hlo_text: str) -> dict[str, int]:
+    """The compiled module's while loops, counted by the JAX op they came from (layer numbers folded).
+
+    XLA's cost analysis counts a loop body's FLOPs and bytes once, however often it runs, so a step with loops
+    reports less than it does. On an FSDP mesh XLA's TPU compiler may compute a weight gradient and its
+    reduce-scatter as a windowed einsum (a loop over the shards with collective-permutes; its op name is the
+    gradient's `dot_general`): the report's FLOPs then leave out all but one iteration of those matmuls."""
+    loops: dict[str, int] = {}
+    for line in hlo_text.splitlines():
+        match = INSTRUCTION.match(line)
+        if match and match.group(3) == "while":
+            name = re.sub(r"/\d+/", "/*/", _op_name(line)) or match.group(1)
+            loops[name] = loops.get(name, 0) + 1
+    return loops
+
+
 ALLOCATION = re.compile(r"^allocation \d+: size (\d+)(.*):$")
 VALUE = re.compile(r"^\s*value: <\d+ ([\w.\-]+)(?:\{[^}]*\})? @\d+> \(size=(\d+),offset=\d+\): (.*)$")
 
@@ -366,7 +382,8 @@ def summarize(compiled, chip: Chip, compile_seconds: float, program: Program, me
     flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
     compute_s, memory_s = flops / chip.peak_flops, accessed / chip.hbm_bandwidth
     step_s = max(compute_s, memory_s)
-    found = collectives(compiled.as_text())
+    text = compiled.as_text()
+    found, loops = collectives(text), while_loops(text)
     by_kind: dict[str, dict[str, int]] = {}
     for c in found:
         entry = by_kind.setdefault(c["kind"], {"count": 0, "operand_bytes": 0})
@@ -393,6 +410,8 @@ def summarize(compiled, chip: Chip, compile_seconds: float, program: Program, me
         },
         "collectives": {"by_kind": by_kind, "total_operand_bytes": sum(c["operand_bytes"] for c in found),
                         "each": found},
+        "while_loops": {"count": sum(loops.values()), "by_op": loops,
+                        "note": "cost_per_device counts each loop body once, however often it runs"},
         "mesh": dict(mesh.shape),
     }
 
@@ -507,7 +526,8 @@ def search_per_device_batch(config: ConfigDict, topology: str, devices: list, st
 
 
 def markdown_table(folder: str) -> str:
-    """A markdown table of the reports (`--output` JSON files) in `folder`, a row a file, named by its stem."""
+    """A markdown table of the reports (`--output` JSON files) in `folder`, a row a file, named by its stem; FLOPs
+    marked '(loops)' leave out all but one iteration of the step's while loops (`while_loops`)."""
     from etils import epath
 
     head = ("| report | topology (chips) | mesh data x fsdp | per-device batch | GiB a device (of HBM) | largest "
@@ -525,10 +545,11 @@ def markdown_table(folder: str) -> str:
         collective = r.get("collectives", {})
         count = sum(k["count"] for k in collective.get("by_kind", {}).values())
         roof = r.get("roofline", {})
+        loops = " (loops)" if r.get("while_loops", {}).get("count") else ""
         rows.append(
             f"| {path.stem} | {r['topology']} ({r['devices']}) | {r['mesh']['data']} x {r['mesh']['fsdp']} | "
             f"{r['per_device_batch']:g} | {gib} | {largest} | "
-            f"{r.get('cost_per_device', {}).get('flops', 0) / 1e9:.0f} | "
+            f"{r.get('cost_per_device', {}).get('flops', 0) / 1e9:.0f}{loops} | "
             f"{count}, {collective.get('total_operand_bytes', 0) / 1e6:.0f} | "
             f"{roof.get('step_seconds', 0) * 1e3:.1f} ({roof.get('bound', '-')}) | {r['compile_seconds']:.0f} |")
     return "\n".join(rows)

@@ -49,6 +49,19 @@ def test_collectives_take_operand_sizes_from_the_operands_definitions():
     assert reduce["replica_groups"].startswith("mesh[")
 
 
+def test_while_loops_are_counted_by_op_with_layers_folded():
+    """A windowed einsum's loop (what XLA's TPU compiler makes of an FSDP weight gradient and its reduce-scatter):
+    the report counts it, because the cost analysis counts the loop's body once."""
+    body = "(bf16[8,4]{{1,0}}, u32[]) while(%tuple.{i}), condition=%cond.{i}, body=%body.{i}"
+    layer = 'metadata={{op_name="jit(train_step)/transpose(jvp(Bert))/encoder.run_layer/{i}/output/dense/dot_general"}}'
+    text = "\n".join([HLO.rsplit("}", 1)[0]]
+                     + [f"  %while.{i} = {body.format(i=i)}, {layer.format(i=i)}" for i in (0, 1)]
+                     + [f"  %while.7 = {body.format(i=7)}", "}"])
+    assert cr.while_loops(text) == {
+        "jit(train_step)/transpose(jvp(Bert))/encoder.run_layer/*/output/dense/dot_general": 2, "while.7": 1}
+    assert cr.while_loops(HLO) == {}
+
+
 def test_search_finds_the_largest_power_of_two_that_fits(monkeypatch):
     hbm = cr.CHIPS["v5e"].hbm_bytes
     fixed, per_example = 3 * cr.GIB, 0.3 * cr.GIB  # fits up to 43 examples: the answer is 32
@@ -121,6 +134,7 @@ def _check_report(report: dict, topology: str, devices: int) -> None:
     roofline = report["roofline"]
     assert roofline["step_seconds"] == max(roofline["compute_seconds"], roofline["memory_seconds"]) > 0
     assert report["collectives"]["each"] and all(c["operand_bytes"] > 0 for c in report["collectives"]["each"])
+    assert report["while_loops"]["count"] == sum(report["while_loops"]["by_op"].values())
     json.dumps(report)  # what the command prints
 
 
@@ -199,13 +213,16 @@ def test_markdown_table_has_a_row_a_record(tmp_path):
                               "total_operand_bytes": 2e8}}
     unfit = {"topology": "v4:2x2x1", "devices": 4, "mesh": {"data": 1, "fsdp": 4, "tensor": 1},
              "per_device_batch": 64, "fits": False, "compile_seconds": 30.0, "compiler_error": "Ran out of memory"}
+    looped = {**fitted, "while_loops": {"count": 73, "by_op": {}}}
     (tmp_path / "a_fits.json").write_text(json.dumps(fitted))
     (tmp_path / "b_unfit.json").write_text(json.dumps(unfit))
-    head, rule, first, second = cr.markdown_table(str(tmp_path)).splitlines()
+    (tmp_path / "c_looped.json").write_text(json.dumps(looped))
+    head, rule, first, second, third = cr.markdown_table(str(tmp_path)).splitlines()
     assert head.count("|") == rule.count("|") == first.count("|") == second.count("|") == 11
     assert first == ("| a_fits | v5e:4x4 (16) | 16 x 1 | 256 | 12.90 (16) | 256 | 5500 | 3, 200 | 31.2 (compute) "
                      "| 90 |")
     assert "| b_unfit | v4:2x2x1 (4) | 1 x 4 | 64 | out of memory | - |" in second
+    assert "| 5500 (loops) | 3, 200 |" in third  # its FLOPs count each loop body once
 
 
 def test_a_batch_larger_than_the_training_set_repeats_it_and_says_so(tiny_bert_dir):
