@@ -38,7 +38,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import torch_reference as ref  # noqa: E402
-from benchmarks.common import environment, jaxmt_train, torch_info, train_run, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    encoder_matmul_flops,
+    environment,
+    jaxmt_train,
+    torch_info,
+    train_run,
+    write_result,
+)
 from configs import pcgrad  # noqa: E402
 from jaxmt.compile_report import BERT_SHAPES, SHAPE_TOKENIZER  # noqa: E402
 from jaxmt.data.demo import SPLIT_SIZES, demo_split  # noqa: E402
@@ -117,14 +124,6 @@ def bench_config(model_dir: Path, steps: int):
         config.data.max_train_examples = 400
     setup.check_config(config)
     return config
-
-
-def sequence_flops(bert_config, lengths: np.ndarray, training: bool) -> float:
-    """Encoder matmul FLOPs of sequences of these real lengths: dense layers and attention scores/values."""
-    h, inter, layers = bert_config.hidden_size, bert_config.intermediate_size, bert_config.num_hidden_layers
-    n = lengths.astype(np.float64)
-    forward = layers * (2 * n.sum() * (4 * h * h + 2 * h * inter) + 4 * (n * n).sum() * h)
-    return float((3 if training else 1) * forward)
 
 
 def step_lengths(split: EncodedSplit, indices: np.ndarray) -> np.ndarray:
@@ -233,7 +232,7 @@ def main(argv: list[str]) -> None:
     host = [train_step_batches(train, sampler, s, config.data.buckets, pad_id) for s in range(steps + 1)]
     indices = [{t: sampler.indices(t, s) for t in sampler.tasks_at(s)} for s in range(steps + 1)]
     counts = np.asarray([[sum(len(i) for i in idx.values()),
-                          sum(sequence_flops(bert, step_lengths(train[t], i), True) for t, i in idx.items())]
+                          sum(encoder_matmul_flops(bert, step_lengths(train[t], i), True) for t, i in idx.items())]
                          for idx in indices])
     train_runners = [Timed("jaxmt_packed", host[1:], counts[1:], train_run(built), rounds)]
     train_runners[0].warm_up(host[:1])
@@ -247,7 +246,7 @@ def main(argv: list[str]) -> None:
     predictor = Predictor(built.model, built.mesh, config.eval_batch_size, config.data.buckets, pad_id,
                           run_eval_packing(config, dev, built.mesh))
     passes = [sorted(dev)] * rounds  # an item: a full pass over the dev sets; a round times one
-    dev_flops = sum(sequence_flops(bert, step_lengths(s, np.arange(len(s.data))), False) for s in dev.values())
+    dev_flops = sum(encoder_matmul_flops(bert, step_lengths(s, np.arange(len(s.data))), False) for s in dev.values())
     eval_counts = np.asarray([[sum(len(s.data) for s in dev.values()), dev_flops]] * rounds)
 
     def jaxmt_eval(chosen: list) -> None:

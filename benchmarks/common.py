@@ -1,5 +1,6 @@
-"""Pieces the benchmarks share: jaxmt's train step built as the trainer builds it, and the record of the
-machine a result was measured on (so every JSON says the same things about its environment)."""
+"""Pieces the benchmarks share: jaxmt's train step built as the trainer builds it, the encoder's FLOPs for MFU,
+and the record of the machine a result was measured on (so every JSON says the same things about its
+environment)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from ml_collections import ConfigDict
 
 from jaxmt.models.multitask import MultitaskModel
@@ -62,6 +64,17 @@ def train_run(train: JaxmtTrain) -> Callable[[Sequence], None]:
         jax.block_until_ready((holder["state"].params, metrics))
 
     return run
+
+
+def encoder_matmul_flops(bert_config, lengths: Sequence[int] | np.ndarray, training: bool) -> float:
+    """Matmul FLOPs of the encoder on sequences of these lengths: the dense layers (query, key, value, attention
+    output, the feed-forward pair) and attention's scores and mixing, each sequence at its own length; a
+    training step is 3x the forward pass (the backward pass runs two matmuls for each forward one). Embeddings,
+    LayerNorm, softmax and the task heads are left out, as MFU figures usually do (PaLM, appendix B)."""
+    h, inter, layers = bert_config.hidden_size, bert_config.intermediate_size, bert_config.num_hidden_layers
+    n = np.asarray(lengths, np.float64)
+    forward = layers * (2 * n.sum() * (4 * h * h + 2 * h * inter) + 4 * (n * n).sum() * h)
+    return float((3 if training else 1) * forward)
 
 
 def torch_info(use_torch: bool, note: str | None, threads: int) -> dict:

@@ -30,6 +30,7 @@ from absl import app, flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import encoder_matmul_flops  # noqa: E402
 from configs import default  # noqa: E402
 from jaxmt.data.schema import DEFAULT_TASKS  # noqa: E402
 from jaxmt.parallel.mesh import make_mesh  # noqa: E402
@@ -111,13 +112,6 @@ def time_rounds(runs: dict) -> dict:
                    "all_s": [round(t, 4) for t in r["times"]]} for name, r in runs.items()}
 
 
-def train_flops(bert, tokens: int, length: int) -> float:
-    """6 x non-embedding params per token (forward + backward matmuls) + attention scores and mixing."""
-    h, layers = bert.hidden_size, bert.num_hidden_layers
-    per_layer = 4 * h * h + 2 * h * bert.intermediate_size
-    return tokens * (6 * layers * per_layer + 12 * layers * length * h)
-
-
 def emulated_devices() -> dict:
     bert = bert_config(_HIDDEN.value, _LAYERS.value, heads=8)
     runs = {}
@@ -134,8 +128,7 @@ def one_device_mfu() -> dict:
     device = jax.devices()[0]
     runner, state, batches = build((1, 1, 1), "jit", bert, [device], dtype="bfloat16")
     timing = time_rounds({"bert_base": {"runner": runner, "state": state, "batches": batches}})["bert_base"]
-    tokens = 3 * _BATCH.value * _LENGTH.value
-    flops = train_flops(bert, tokens, _LENGTH.value)
+    flops = encoder_matmul_flops(bert, [_LENGTH.value] * (3 * _BATCH.value), training=True)
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k.lower() in device.device_kind.lower()), None)
     achieved = flops / timing["s_per_step"]
     return {"benchmark": "parallel_step_mfu", "device": device.device_kind, "backend": jax.default_backend(),

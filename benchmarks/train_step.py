@@ -33,7 +33,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import torch_reference as ref  # noqa: E402
-from benchmarks.common import environment, jaxmt_train, torch_info  # noqa: E402
+from benchmarks.common import encoder_matmul_flops, environment, jaxmt_train, torch_info  # noqa: E402
 from configs import default  # noqa: E402
 from jaxmt.data.schema import DEFAULT_TASKS  # noqa: E402
 from jaxmt.models.pretrained import load_pretrained  # noqa: E402
@@ -69,16 +69,6 @@ def random_batches(tasks: tuple[str, ...], vocab_size: int, batch: int, length: 
         out[task] = {"input_ids": ids, "token_type_ids": types, "attention_mask": np.ones_like(ids),
                      "labels": labels, "example_mask": np.ones(batch, np.float32)}
     return out
-
-
-def model_flops(bert_config, examples: int, length: int, training: bool = True) -> float:
-    """Matmul FLOPs of the encoder (dense layers and attention); a training step is 3x the forward pass."""
-    h, inter, layers = bert_config.hidden_size, bert_config.intermediate_size, bert_config.num_hidden_layers
-    tokens = examples * length
-    dense = 2 * tokens * (4 * h * h + 2 * h * inter)
-    attention = 2 * 2 * examples * length * length * h
-    forward = layers * (dense + attention)
-    return (3 if training else 1) * forward
 
 
 def jax_matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
@@ -196,7 +186,7 @@ def main(argv: list[str]) -> None:
     results = {}
     for setting, group in runners.items():
         tasks, batch, length = SETTINGS[setting]
-        flops = model_flops(pretrained.config, len(tasks) * batch, length)
+        flops = encoder_matmul_flops(pretrained.config, [length] * (len(tasks) * batch), training=True)
         entry: dict = {"tasks": list(tasks), "per_task_batch": batch, "length": length,
                        "examples_per_step": len(tasks) * batch, "model_flops_per_step": flops}
         for runner in group:

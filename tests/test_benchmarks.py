@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+from benchmarks.common import encoder_matmul_flops
 from benchmarks.real_stream import Timed, compare, train_streams
 from jaxmt.data.sources import load_splits, task_specs
 from jaxmt.training import setup
@@ -120,3 +121,17 @@ def test_accelerator_check_runs_on_cpu_with_a_tiny_model(tmp_path):
         else:
             assert "torch_dynamic" not in result[part] and "ratio_jaxmt_over_torch" not in result[part]
     assert result["peak_source"] == "best bf16 matmul measured here" and result["gpu"] == "not available in this run"
+
+
+def test_encoder_matmul_flops_counts_dense_layers_and_attention_per_sequence():
+    """The MFU numerator of every benchmark, by hand for hidden 2, feed-forward 4, one layer: per token
+    2 x (4 x 2 x 2 + 2 x 2 x 4) = 64 dense FLOPs; per sequence of n, 4 x n^2 x 2 for attention's two matmuls."""
+    from types import SimpleNamespace
+
+    bert = SimpleNamespace(hidden_size=2, intermediate_size=4, num_hidden_layers=1)
+    assert encoder_matmul_flops(bert, [3], training=False) == 3 * 64 + 8 * 9
+    assert encoder_matmul_flops(bert, [3, 1], training=False) == 4 * 64 + 8 * (9 + 1)  # each at its own length
+    assert encoder_matmul_flops(bert, np.array([3, 1]), training=True) == 3 * (4 * 64 + 8 * 10)
+    base = SimpleNamespace(hidden_size=768, intermediate_size=3072, num_hidden_layers=12)
+    dense = 12 * (4 * 768 * 768 + 2 * 768 * 3072)  # BERT-base's 85M encoder weights: 6 N FLOPs a trained token
+    assert encoder_matmul_flops(base, [128], training=True) == 6 * dense * 128 + 3 * 12 * 4 * 128 * 128 * 768
