@@ -527,7 +527,7 @@ def search_per_device_batch(config: ConfigDict, topology: str, devices: list, st
 
 def markdown_table(folder: str) -> str:
     """A markdown table of the reports (`--output` JSON files) in `folder`, a row a file, named by its stem; FLOPs
-    marked '(loops)' leave out all but one iteration of the step's while loops (`while_loops`)."""
+    marked '(N loops)' leave out all but one iteration of the step's N while loops (`while_loops`)."""
     from etils import epath
 
     head = ("| report | topology (chips) | mesh data x fsdp | per-device batch | GiB a device (of HBM) | largest "
@@ -545,7 +545,8 @@ def markdown_table(folder: str) -> str:
         collective = r.get("collectives", {})
         count = sum(k["count"] for k in collective.get("by_kind", {}).values())
         roof = r.get("roofline", {})
-        loops = " (loops)" if r.get("while_loops", {}).get("count") else ""
+        n_loops = r.get("while_loops", {}).get("count", 0)
+        loops = f" ({n_loops} loop{'s' if n_loops > 1 else ''})" if n_loops else ""
         rows.append(
             f"| {path.stem} | {r['topology']} ({r['devices']}) | {r['mesh']['data']} x {r['mesh']['fsdp']} | "
             f"{r['per_device_batch']:g} | {gib} | {largest} | "

@@ -222,7 +222,7 @@ def test_markdown_table_has_a_row_a_record(tmp_path):
     assert first == ("| a_fits | v5e:4x4 (16) | 16 x 1 | 256 | 12.90 (16) | 256 | 5500 | 3, 200 | 31.2 (compute) "
                      "| 90 |")
     assert "| b_unfit | v4:2x2x1 (4) | 1 x 4 | 64 | out of memory | - |" in second
-    assert "| 5500 (loops) | 3, 200 |" in third  # its FLOPs count each loop body once
+    assert "| 5500 (73 loops) | 3, 200 |" in third  # its FLOPs count each loop body once
 
 
 def test_a_batch_larger_than_the_training_set_repeats_it_and_says_so(tiny_bert_dir):
