@@ -283,6 +283,12 @@ def _op_name(instruction_line: str) -> str:
     return found.group(1) if found else ""
 
 
+def _fold_layers(op_name: str) -> str:
+    """An op name with its layer number folded (`encoder.run_layer/3/...` -> `encoder.run_layer/*/...`), so the
+    twelve layers' instances of one op group together."""
+    return re.sub(r"/\d+/", "/*/", op_name)
+
+
 def collectives(hlo_text: str) -> list[dict[str, Any]]:
     """Every collective of a compiled (partitioned) HLO module: kind, operand bytes, result shape, groups.
 
@@ -325,7 +331,7 @@ def while_loops(hlo_text: str) -> dict[str, int]:
     for line in hlo_text.splitlines():
         match = INSTRUCTION.match(line)
         if match and match.group(3) == "while":
-            name = re.sub(r"/\d+/", "/*/", _op_name(line)) or match.group(1)
+            name = _fold_layers(_op_name(line)) or match.group(1)
             loops[name] = loops.get(name, 0) + 1
     return loops
 
@@ -363,7 +369,7 @@ def largest_temporaries(dump_dir: str, hlo_text: str, top: int = 15) -> dict[str
     values.sort(key=lambda v: -v["bytes"])
     by_op: dict[str, dict[str, int]] = {}
     for v in values:
-        group = by_op.setdefault(re.sub(r"/\d+/", "/*/", v["op_name"]) or v["instruction"], {"values": 0, "bytes": 0})
+        group = by_op.setdefault(_fold_layers(v["op_name"]) or v["instruction"], {"values": 0, "bytes": 0})
         group["values"] += 1
         group["bytes"] += v["bytes"]
     ops = sorted(by_op.items(), key=lambda kv: -kv[1]["bytes"])[:top]
