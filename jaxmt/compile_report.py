@@ -544,10 +544,13 @@ def markdown_table(folder: str) -> str:
         r = json.loads(path.read_text())
         memory = r.get("memory_per_device", {})
         gib = f"{memory['total_gib']:.2f} ({memory['hbm_bytes'] / GIB:.0f})" if memory else "out of memory"
-        if "largest_per_device_batch" in r:
+        if r.get("largest_per_device_batch") is not None:
             largest = str(r["largest_per_device_batch"])
+        elif r["fits"]:  # a single compile, or a search cut short (killed) after this batch fitted
+            largest = f">= {r['per_device_batch']:g} (" + (
+                "search unfinished" if r.get("search_finished") is False else "twice not compiled") + ")"
         else:
-            largest = f">= {r['per_device_batch']:g} (twice not compiled)" if r["fits"] else "-"
+            largest = "-"
         collective = r.get("collectives", {})
         count = sum(k["count"] for k in collective.get("by_kind", {}).values())
         roof = r.get("roofline", {})

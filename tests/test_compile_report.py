@@ -216,13 +216,19 @@ def test_markdown_table_has_a_row_a_record(tmp_path):
     looped = {**fitted, "while_loops": {"count": 73, "by_op": {}}}
     (tmp_path / "a_fits.json").write_text(json.dumps(fitted))
     (tmp_path / "b_unfit.json").write_text(json.dumps(unfit))
+    cut_short = {**fitted, "largest_per_device_batch": None, "search_finished": False}  # killed searching
+    single = {k: v for k, v in fitted.items() if k != "largest_per_device_batch"}  # no --search
     (tmp_path / "c_looped.json").write_text(json.dumps(looped))
-    head, rule, first, second, third = cr.markdown_table(str(tmp_path)).splitlines()
+    (tmp_path / "d_cut_short.json").write_text(json.dumps(cut_short))
+    (tmp_path / "e_single.json").write_text(json.dumps(single))
+    head, rule, first, second, third, fourth, fifth = cr.markdown_table(str(tmp_path)).splitlines()
     assert head.count("|") == rule.count("|") == first.count("|") == second.count("|") == 11
     assert first == ("| a_fits | v5e:4x4 (16) | 16 x 1 | 256 | 12.90 (16) | 256 | 5500 | 3, 200 | 31.2 (compute) "
                      "| 90 |")
     assert "| b_unfit | v4:2x2x1 (4) | 1 x 4 | 64 | out of memory | - |" in second
     assert "| 5500 (73 loops) | 3, 200 |" in third  # its FLOPs count each loop body once
+    assert "| 12.90 (16) | >= 256 (search unfinished) |" in fourth
+    assert "| 12.90 (16) | >= 256 (twice not compiled) |" in fifth
 
 
 def test_a_batch_larger_than_the_training_set_repeats_it_and_says_so(tiny_bert_dir):
