@@ -493,9 +493,29 @@ def search_report(reports: dict[int, dict], best: int | None, finished: bool = T
                        for k, r in sorted(reports.items())}}
 
 
+def reports_of_search(record: dict[str, Any]) -> dict[int, dict]:
+    """The compiles a saved search record (`search_report`'s JSON) holds, as `search_per_device_batch` keeps
+    them: the record's own batch with its whole report, every other batch with its verdict alone (fits, GiB,
+    seconds, the compiler's error), which is all the search reads of it. Lets a search cut short go on from
+    where it stopped instead of compiling again what it had answered (half an hour a BERT-large compile)."""
+    shown = {k: v for k, v in record.items() if k not in ("largest_per_device_batch", "search_finished", "search",
+                                                          "command")}
+    reports: dict[int, dict] = {}
+    for batch, verdict in record.get("search", {}).items():
+        reports[int(batch)] = {"fits": verdict["fits"], "compile_seconds": verdict["compile_seconds"],
+                               **({"memory_per_device": {"total_gib": verdict["total_gib"]}}
+                                  if verdict.get("total_gib") is not None else {}),
+                               **({"compiler_error": verdict["compiler_error"]} if "compiler_error" in verdict
+                                  else {})}
+    if shown.get("per_device_batch") in reports:
+        reports[shown["per_device_batch"]] = shown
+    return reports
+
+
 def search_per_device_batch(config: ConfigDict, topology: str, devices: list, start: int = 8,
                             log: Callable[[str, dict], None] | None = None,
-                            dump_to: str = "") -> tuple[int | None, dict[int, dict]]:
+                            dump_to: str = "",
+                            known: dict[int, dict] | None = None) -> tuple[int | None, dict[int, dict]]:
     """The largest power-of-two per-device batch whose step fits the chip's HBM, and every compile's report.
 
     Walks from `start`: down by halves while the step does not fit, up by doubles while it does. Start high: a
@@ -503,15 +523,17 @@ def search_per_device_batch(config: ConfigDict, topology: str, devices: list, st
     minutes for BERT-base on a loaded 2-core host), so a start one power above the answer costs one full compile.
     (Memory is far from linear in the batch, XLA rematerializes under pressure, so no line predicts the answer.)
     `log(message, reports)` is called after each compile (default: the message to stderr); `dump_to` as in
-    `compile_once`.
+    `compile_once`; `known`: compiles already made (`reports_of_search` of a search cut short), not made again.
     """
     log = log or (lambda message, reports: print(message, file=sys.stderr))
     from jaxmt.parallel.mesh import data_parallel_size, make_mesh
 
     data_parallel = data_parallel_size(make_mesh(config.mesh.axes, config.mesh.shape, devices))
-    reports: dict[int, dict] = {}
+    reports: dict[int, dict] = dict(known or {})
 
     def fits(per_device: int) -> bool:
+        if per_device in reports:  # answered before the search was cut short
+            return reports[per_device]["fits"]
         reports[per_device] = compile_once(with_per_device_batch(config, per_device, data_parallel), topology, devices,
                                            dump_to=dump_to)
         r = reports[per_device]
@@ -565,6 +587,33 @@ def markdown_table(folder: str) -> str:
     return "\n".join(rows)
 
 
+def _same_search(command: str, other: str) -> bool:
+    """Whether two commands ask the same search (the start batch aside, which only sets where it walks from)."""
+    def words(text: str) -> list[str]:
+        return [w for w in text.split() if not w.startswith("--per_device_batch")]
+    return words(command) == words(other)
+
+
+def _cut_short(output: str) -> dict[int, dict]:
+    """The compiles of this very search saved in `output` by a run that was cut short (killed), to go on from;
+    none where there is no such record, it finished, or it was a different command's."""
+    from etils import epath
+
+    if not output or not epath.Path(output).exists():
+        return {}
+    try:
+        record = json.loads(epath.Path(output).read_text())
+    except json.JSONDecodeError:  # written half-way when killed: nothing to go on from
+        return {}
+    command = " ".join(["python -m jaxmt.compile_report"] + sys.argv[1:])
+    if record.get("search_finished") is not False or not _same_search(record.get("command", ""), command):
+        return {}
+    known = reports_of_search(record)
+    print(f"going on from the search cut short in {output}: per-device batches {sorted(known)} already compiled",
+          file=sys.stderr)
+    return known
+
+
 def run(argv: list[str] | None = None) -> None:
     """The command line (see the module docstring)."""
     from absl import app, flags
@@ -612,7 +661,7 @@ def run(argv: list[str] | None = None) -> None:
 
                 best, reports = search_per_device_batch(config, FLAGS.topology, devices,
                                                         FLAGS.per_device_batch or 8, log=log,
-                                                        dump_to=FLAGS.dump_to)
+                                                        dump_to=FLAGS.dump_to, known=_cut_short(FLAGS.output))
                 report = search_report(reports, best)
             else:
                 if FLAGS.per_device_batch:

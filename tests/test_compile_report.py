@@ -71,8 +71,8 @@ def test_search_finds_the_largest_power_of_two_that_fits(monkeypatch):
         per_device = config.batch_size  # one device: the global batch
         compiled.append(per_device)
         total = int(fixed + per_example * per_device)
-        out = {"fits": total <= hbm, "compile_seconds": 1.0, "memory_per_device": {"total_bytes": total,
-                                                                                  "total_gib": total / cr.GIB}}
+        out = {"fits": total <= hbm, "compile_seconds": 1.0, "per_device_batch": per_device,
+               "memory_per_device": {"total_bytes": total, "total_gib": total / cr.GIB}}
         return out if out["fits"] else {**out, "compiler_error": f"Ran out of memory: {total} bytes"}
 
     monkeypatch.setattr(cr, "compile_once", fake_compile)
@@ -95,6 +95,42 @@ def test_search_finds_the_largest_power_of_two_that_fits(monkeypatch):
     assert search["64"]["compiler_error"].startswith("Ran out of memory") and "compiler_error" not in search["32"]
     assert partial["memory_per_device"] == reports[8]["memory_per_device"]
     assert set(partial["search"]) == {"4", "8"} and cr.search_report(reports, 32)["largest_per_device_batch"] == 32
+
+    # A search cut short goes on from its saved record: what it compiled is not compiled again, the result is the
+    # uninterrupted search's.
+    saved = json.loads(json.dumps(cr.search_report({k: v for k, v in reports.items() if k <= 16}, None, False)))
+    compiled.clear()
+    best, resumed = cr.search_per_device_batch(config, "v5e:2x2", jax.devices()[:1], start=4, log=lambda m, r: None,
+                                               known=cr.reports_of_search(saved))
+    assert best == 32 and compiled == [32, 64]
+    assert cr.search_report(resumed, 32)["search"] == json.loads(json.dumps(cr.search_report(reports, 32)["search"]))
+    down = json.loads(json.dumps(cr.search_report({k: v for k, v in reports.items() if k in (32, 64)}, None, False)))
+    compiled.clear()  # cut short after 32 fitted and 64 did not: nothing left to compile, 32's whole report kept
+    best, resumed = cr.search_per_device_batch(config, "v5e:2x2", jax.devices()[:1], start=64, log=lambda m, r: None,
+                                               known=cr.reports_of_search(down))
+    assert best == 32 and compiled == [] and cr.search_report(resumed, 32)["memory_per_device"] == (
+        reports[32]["memory_per_device"])
+
+
+def test_a_search_goes_on_only_from_its_own_unfinished_record(tmp_path, monkeypatch):
+    record = tmp_path / "row.json"
+    args = ["--config=configs/pretrain_bert.py", "--topology=v5e:2x2", "--search", f"--output={record}"]
+    saved = {"fits": True, "per_device_batch": 8, "memory_per_device": {"total_gib": 9.0}, "compile_seconds": 5.0,
+             "largest_per_device_batch": None, "search_finished": False,
+             "search": {"8": {"fits": True, "total_gib": 9.0, "compile_seconds": 5.0}},
+             "command": " ".join(["python -m jaxmt.compile_report", *args, "--per_device_batch=8"])}
+    monkeypatch.setattr(sys, "argv", ["compile_report.py", *args, "--per_device_batch=16"])  # another start
+    assert cr._cut_short(str(record)) == {}  # no record yet
+    record.write_text(json.dumps(saved))
+    assert cr._cut_short(str(record)) == {8: {k: v for k, v in saved.items()
+                                              if k not in ("largest_per_device_batch", "search_finished", "search",
+                                                           "command")}}
+    record.write_text(json.dumps({**saved, "search_finished": True}))
+    assert cr._cut_short(str(record)) == {}  # finished: a new search starts afresh
+    record.write_text(json.dumps({**saved, "command": saved["command"].replace("v5e:2x2", "v5e:4x4")}))
+    assert cr._cut_short(str(record)) == {}  # another topology's
+    record.write_text(json.dumps(saved)[:40])
+    assert cr._cut_short(str(record)) == {}  # written half-way when killed
 
 
 def test_bad_topology_and_unknown_model_are_one_line_errors():

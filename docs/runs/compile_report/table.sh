@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The compile-report table of docs/scaling.md: a `python -m jaxmt.compile_report` run a row, skipping rows whose
-# JSON exists (resumable; a search cut short starts again). SEARCH=1: each row searches the largest power-of-two
-# per-device batch from its start (--search); unset: one compile at the start batch. Run from a checkout (or
-# snapshot) with ../shared/data beside it.
+# JSON exists (resumable: a search cut short goes on from the compiles its record holds). SEARCH=1: each row
+# searches the largest power-of-two per-device batch from its start (--search); unset: one compile at the start
+# batch. Run from a checkout (or snapshot) with ../shared/data beside it.
 # Usage: [SEARCH=1] table.sh CHECKOUT_DIR OUT_DIR
 set -u
 SNAP=$1; OUT=$2
