@@ -587,6 +587,11 @@ def markdown_table(folder: str) -> str:
     return "\n".join(rows)
 
 
+def _command() -> str:
+    """This run's command line, as records keep it (`command`)."""
+    return " ".join(["python -m jaxmt.compile_report"] + sys.argv[1:])
+
+
 def _same_search(command: str, other: str) -> bool:
     """Whether two commands ask the same search (the start batch aside, which only sets where it walks from)."""
     def words(text: str) -> list[str]:
@@ -605,8 +610,7 @@ def _cut_short(output: str) -> dict[int, dict]:
         record = json.loads(epath.Path(output).read_text())
     except json.JSONDecodeError:  # written half-way when killed: nothing to go on from
         return {}
-    command = " ".join(["python -m jaxmt.compile_report"] + sys.argv[1:])
-    if record.get("search_finished") is not False or not _same_search(record.get("command", ""), command):
+    if record.get("search_finished") is not False or not _same_search(record.get("command", ""), _command()):
         return {}
     known = reports_of_search(record)
     print(f"going on from the search cut short in {output}: per-device batches {sorted(known)} already compiled",
@@ -641,7 +645,7 @@ def run(argv: list[str] | None = None) -> None:
 
         def write(report: dict) -> str:
             """The report as JSON, with its command; written to --output too."""
-            report["command"] = " ".join(["python -m jaxmt.compile_report"] + sys.argv[1:])
+            report["command"] = _command()
             text = json.dumps(report, indent=2, sort_keys=True)
             if FLAGS.output:
                 from etils import epath
